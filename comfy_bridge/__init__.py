@@ -1,0 +1,3 @@
+"""The pack's core plugged into ComfyUI's extension points (GUIDER, KSAMPLER, wrappers).
+
+Imports ComfyUI; the core (guiders/, samplers/) does not."""

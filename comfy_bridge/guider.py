@@ -1,0 +1,128 @@
+"""One ComfyUI GUIDER for every guidance policy of the pack."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import comfy.patcher_extension
+import comfy.samplers
+
+from ..guiders import GuidancePolicy, GuidanceRecord, GuidedRun
+
+log = logging.getLogger("guidance_lab")
+
+NFE_WRAPPER_KEY = "guidance_lab_nfe"
+
+
+class PolicyGuider(comfy.samplers.CFGGuider):
+    """A ``CFGGuider`` that asks a policy, at every evaluation, whether the unconditional
+    estimate is needed and how to combine the two.
+
+    Cond and uncond go to the model in one batched call when both are needed (ComfyUI's
+    ``calc_cond_batch``), the conditional batch alone when the policy skips uncond.
+    ComfyUI's pre- and post-CFG model patches still run around the policy. The settings
+    (``policy``) are shared by every run; the state of a run (``GuidedRun``) is created in
+    ``sample`` and dropped when it returns, so cached guiders reused by later prompts
+    never see an earlier run's state.
+    """
+
+    def __init__(self, model_patcher, policy: GuidancePolicy, node_name: str = "Guidance Lab guider"):
+        super().__init__(model_patcher)
+        self.policy = policy
+        self.node_name = node_name
+        self.cfg = getattr(policy, "scale", 1.0)
+        self.last_record: Optional[GuidanceRecord] = None
+        self._run: Optional[GuidedRun] = None
+
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+               disable_pbar=False, seed=None):
+        self.check_latent(latent_image)
+        run = GuidedRun(self.policy, total_steps=max(int(sigmas.shape[-1]) - 1, 0),
+                        batch_size=int(latent_image.shape[0]))
+
+        def step_callback(step, x0, x, total_steps):
+            run.step_done(step)
+            if callback is not None:
+                callback(step, x0, x, total_steps)
+
+        self._run = run
+        self.last_record = None
+        try:
+            out = super().sample(noise, latent_image, sampler, sigmas, denoise_mask, step_callback,
+                                 disable_pbar, seed)
+        finally:
+            self._run = None
+        self.last_record = run.finish()
+        log.info("%s: %s", self.node_name, self.last_record.summary().replace("\n", "; "))
+        return out
+
+    def check_latent(self, latent_image) -> None:
+        if getattr(latent_image, "is_nested", False):
+            return
+        expected = self.model_patcher.get_model_object("latent_format").latent_channels
+        if latent_image.ndim < 4 or latent_image.shape[1] != expected:
+            got = latent_image.shape[1] if latent_image.ndim > 1 else "no"
+            raise ValueError(
+                f"{self.node_name}: input 'latent_image' of the sampler has {got} channels "
+                f"(shape {tuple(latent_image.shape)}), but this model expects {expected}. "
+                f"Use a latent made for this model (e.g. EmptyLatentImage or VAEEncode with its VAE).")
+
+    def outer_sample(self, *args, **kwargs):
+        # self.model_options is already the per-sample clone made by CFGGuider.sample, so
+        # the counter never leaks into the model patcher or into another run.
+        run = self._run
+
+        def count_evaluations(executor, x, *a, **kw):
+            run.count_evaluations(int(x.shape[0]))
+            return executor(x, *a, **kw)
+
+        comfy.patcher_extension.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.APPLY_MODEL, NFE_WRAPPER_KEY, count_evaluations,
+            self.model_options, is_model_options=True)
+        return super().outer_sample(*args, **kwargs)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        run = self._run
+        if run is None:
+            raise RuntimeError(f"{self.node_name}: predict_noise was called outside of sample()")
+        positive = self.conds.get("positive", None)
+        negative = self.conds.get("negative", None)
+        if "sampler_cfg_function" in model_options:
+            log.warning("%s: the model's patched CFG function is ignored; the %s policy decides "
+                        "the guided estimate", self.node_name, self.policy.name)
+
+        def evaluate(need_uncond: bool):
+            conds = [positive, negative if need_uncond else None]
+            if "sampler_calc_cond_batch_function" in model_options:
+                args = {"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model,
+                        "model_options": model_options}
+                out = model_options["sampler_calc_cond_batch_function"](args)
+            else:
+                out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+            for fn in model_options.get("sampler_pre_cfg_function", []):
+                args = {"conds": conds, "conds_out": out, "cond_scale": self.cfg, "timestep": timestep,
+                        "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options}
+                out = fn(args)
+            return out[0], (out[1] if need_uncond else None)
+
+        uncond_requested = bool(model_options.get("disable_cfg1_optimization", False))
+        cond, guided = run.denoise(x, timestep, evaluate, uncond_requested)
+        result = guided.denoised
+        # A policy that skipped uncond hands the conditional estimate on as "uncond": a
+        # CFG++ sampler then re-noises with D_c, never with ComfyUI's zero placeholder.
+        uncond_denoised = guided.uncond if guided.uncond is not None else cond
+        for fn in model_options.get("sampler_post_cfg_function", []):
+            args = {"denoised": result, "cond": positive, "uncond": negative, "cond_scale": self.cfg,
+                    "model": self.inner_model, "uncond_denoised": uncond_denoised, "cond_denoised": cond,
+                    "sigma": timestep, "model_options": model_options, "input": x}
+            result = fn(args)
+        return result
+
+
+def run_record(guider) -> Optional[GuidanceRecord]:
+    """The record of the guider's last run, or None for a guider that is not the pack's."""
+    return getattr(guider, "last_record", None) if isinstance(guider, PolicyGuider) else None
+
+
+__all__ = ["PolicyGuider", "run_record"]

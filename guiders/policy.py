@@ -1,0 +1,78 @@
+"""The guidance-policy interface every method of the pack plugs into.
+
+A *policy* holds a method's settings and is immutable; it is shared by every run that
+uses it. Each sampling run calls ``policy.start(total_steps)`` once and gets a fresh
+*policy run* that holds the per-run state (APG momentum, AG's switch, LinearAG's
+history). Two queued prompts that share a cached policy therefore never share state.
+
+Per model evaluation the guider asks the run two things, in this order:
+
+1. ``needs_uncond(step)``: is the unconditional estimate needed now? When it answers
+   ``False`` the guider calls the model with the conditional batch only.
+2. ``guide(cond, uncond, step)``: the guided denoised estimate, given the conditional
+   estimate ``D_c`` and the unconditional ``D_u`` (``None`` when it was not evaluated).
+   It also returns the unconditional estimate it used (evaluated or predicted), which
+   CFG++-style samplers re-noise with; ``None`` when the run is conditional-only.
+
+Everything is in ComfyUI's sigma-space convention: the model returns denoised (x0)
+estimates, and ``x`` / ``sigma`` are the sampler's state and noise level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where in the run an evaluation happens; ``index`` counts sampler steps from 0."""
+
+    index: int
+    total_steps: int
+    x: torch.Tensor
+    sigma: torch.Tensor
+    # The sampler asked for the unconditional estimate (CFG++ re-noises with it); a
+    # policy may still decline, e.g. after Adaptive Guidance switched to cond-only.
+    uncond_requested: bool = False
+
+
+@dataclass
+class Guided:
+    """A policy's answer for one evaluation."""
+
+    denoised: torch.Tensor
+    uncond: Optional[torch.Tensor]
+    # Scalar or per-sample tensors worth plotting (cosine similarity, guidance norm ...);
+    # they stay on the model's device and are read once, when the run ends.
+    metrics: dict = field(default_factory=dict)
+
+
+class PolicyRun:
+    """Per-run state of a policy. Subclasses override ``guide`` and, to skip the
+    unconditional evaluation, ``needs_uncond``."""
+
+    def needs_uncond(self, step: StepContext) -> bool:
+        return True
+
+    def guide(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], step: StepContext) -> Guided:
+        raise NotImplementedError
+
+    def decisions(self) -> dict:
+        """What the policy decided during the run (switch steps, ...), JSON-friendly."""
+        return {}
+
+
+class GuidancePolicy:
+    """Settings of one guidance method. ``start`` returns the per-run state object."""
+
+    name = "policy"
+
+    def start(self, total_steps: int) -> PolicyRun:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """The settings as a JSON-friendly dict, for reports and file metadata."""
+        return {}

@@ -1,0 +1,6 @@
+"""ComfyUI node classes of the pack: thin translations to the core's calls."""
+
+from .cfg_guider import CFGGuiderNode
+from .sampling import GuidedSamplerNode, SamplerSelectNode
+
+NODES = [CFGGuiderNode, SamplerSelectNode, GuidedSamplerNode]

@@ -1,0 +1,48 @@
+"""The loop every pack sampler shares: one progress bar, one callback per step.
+
+A sampler is written as a *step*: ``step(denoise, x, sigma, sigma_next, state) ->
+(x_next, denoised)``, where ``denoise(z, sigma)`` calls the model on state ``z``; a
+step may call it more than once (EDICT does). ``state`` is a dict private to one run
+(multistep history). ``sampling_loop`` turns a step into a sampler function of
+k-diffusion form, which ComfyUI wraps as a ``KSAMPLER``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import trange
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Step = Callable[[Denoise, torch.Tensor, torch.Tensor, torch.Tensor, dict], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+@torch.no_grad()
+def sampling_loop(step: Step, model, x: torch.Tensor, sigmas: torch.Tensor,
+                  extra_args: Optional[dict] = None, callback=None, disable=None) -> torch.Tensor:
+    """Run ``step`` over consecutive sigma pairs, k-diffusion style."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+
+    def denoise(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return model(z, sigma * s_in, **extra_args)
+
+    state: dict = {}
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x_next, denoised = step(denoise, x, sigmas[i], sigmas[i + 1], state)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        x = x_next
+    return x
+
+
+def sampler_function(step: Step):
+    """A k-diffusion-form sampler ``fn(model, x, sigmas, extra_args, callback, disable)``."""
+
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        return sampling_loop(step, model, x, sigmas, extra_args, callback, disable)
+
+    sample.__name__ = f"sample_{getattr(step, '__name__', 'step')}"
+    sample.__doc__ = step.__doc__
+    return sample

@@ -1,0 +1,53 @@
+"""Shared test set-up: the pack imported as the package ``guidance_lab``, as ComfyUI does.
+
+Three layers (see the README): ``core/`` never imports the host; ``host/`` imports the
+real ComfyUI provisioned under ``.host/`` in-process; ``e2e/`` starts it as a server.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _import_pack():
+    if "guidance_lab" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "guidance_lab", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["guidance_lab"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["guidance_lab"]
+
+
+_import_pack()
+from guidance_lab.tests.paths import FIXTURE_CACHE, ensure_host_importable  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fixture_cache() -> Path:
+    FIXTURE_CACHE.mkdir(parents=True, exist_ok=True)
+    return FIXTURE_CACHE
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(fixture_cache) -> Path:
+    """The tiny SD1.5-family checkpoint, built once and cached between runs."""
+    ensure_host_importable()
+    builder = importlib.import_module("guidance_lab.tests.fixtures.sd15_checkpoint")
+    return builder.ensure_sd15_checkpoint(fixture_cache)
+
+
+@pytest.fixture(scope="session")
+def host():
+    """The real ComfyUI, imported in-process (CPU)."""
+    ensure_host_importable()
+    import comfy.model_management  # noqa: F401  (after args.cpu is set)
+
+    return REPO / ".host" / "ComfyUI"
