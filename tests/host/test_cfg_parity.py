@@ -65,3 +65,18 @@ def test_pack_euler_sampler_equals_comfyui_euler(fixture_model, family):
     expected = sample(theirs, "euler", STEPS, empty_latent(2), seed=5)
     got = sample(ours, None, STEPS, empty_latent(2), seed=5, sampler=pack_sampler("euler"))
     assert (got - expected).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_pack_cfg_equals_comfyui_cfg_guider_in_half_precision(host, sd15_checkpoint, fixture_model, dtype):
+    import comfy.sd
+
+    model = comfy.sd.load_checkpoint_guess_config(str(sd15_checkpoint), output_vae=False, output_clip=False,
+                                                  model_options={"dtype": dtype})[0]
+    assert model.model_dtype() == dtype
+    _, positive, negative = fixture_model
+    ours, theirs = guiders(model, positive, negative, 7.5)
+    expected = sample(theirs, "dpmpp_2m", STEPS, empty_latent(2), seed=9)
+    got = sample(ours, "dpmpp_2m", STEPS, empty_latent(2), seed=9)
+    assert torch.isfinite(got).all()
+    assert (got - expected).abs().max().item() == 0.0
