@@ -101,3 +101,18 @@ def test_unknown_sampler_name_is_refused_and_server_keeps_serving(server, sd15_c
         message = str(rejected.body)
     assert "sampler_name" in message and "no_such_sampler" in message
     assert history_status(server.run_prompt(graph, timeout=600))[0] == "success"
+
+
+def test_queued_prompts_with_different_settings_keep_their_own_records(server, sd15_checkpoint):
+    base = small(server, load(api_workflows()[0].with_name("cfg_guider.json")), sd15_checkpoint)
+    sampler_id = next(iter(nodes_of(base, "GuidanceLab_GuidedSampler")))
+    queued = []
+    for cfg, seed in ((7.5, 1), (1.0, 1), (7.5, 2)):
+        graph = retarget(base)
+        graph["4"]["inputs"]["cfg"] = cfg
+        graph["7"]["inputs"]["noise_seed"] = seed
+        queued.append((cfg, server.post_prompt(graph)))
+    for cfg, prompt_id in queued:
+        report = "".join(server.wait_for(prompt_id, timeout=600)["outputs"][sampler_id]["text"])
+        nfe = STEPS * (1 if cfg == 1.0 else 2)
+        assert f"policy: cfg (scale={cfg})" in report and f"NFE: {nfe} total" in report
