@@ -1,0 +1,289 @@
+"""The pack in the real ComfyUI frontend, as an artist meets it: node search and library,
+the template browser, workflows on the canvas, a run queued from the UI, screenshots."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from guidance_lab.host.api_graph import API_WORKFLOWS, load
+from guidance_lab.tests.paths import REPO
+
+pytestmark = pytest.mark.browser
+
+UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+PACK_CATEGORY = "Guidance Lab"
+ARTIFACTS = REPO / "test-artifacts"
+SCREENSHOTS = ARTIFACTS / "screenshots"
+DOCS_SCREENSHOTS = REPO / "docs" / "screenshots"
+UPDATE_DOCS = os.environ.get("GUIDANCE_LAB_UPDATE_SCREENSHOTS") == "1"
+RUN_SIZE, RUN_STEPS = 64, 4
+
+NEXT_FRAME = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+
+GRAPH_STATE = """async () => {
+    const nodes = app.graph._nodes.map(n => ({
+        id: n.id, type: n.type, known: n.type in LiteGraph.registered_node_types,
+        widgets: (n.widgets || []).map(w => [w.name, w.value]),
+        widgets_values: n.serialize().widgets_values ?? [],
+    }));
+    let prompt = null, promptError = null;
+    try { prompt = (await app.graphToPrompt()).output } catch (e) { promptError = String(e) }
+    return {nodes, prompt, promptError};
+}"""
+
+
+def strip_meta(graph):
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in graph.items()}
+
+
+def pack_node_defs(page):
+    return page.evaluate("""() => Object.values(LiteGraph.registered_node_types)
+        .map(t => t.nodeData).filter(d => d && String(d.python_module).endsWith('guidance_lab'))""")
+
+
+def visible_dialogs(page) -> list[str]:
+    return [d.inner_text() for d in page.locator("[role=dialog]:visible").all()]
+
+
+def close_dialogs(page):
+    """Close every open dialog with its own close button (Escape, if it has none)."""
+    for _ in range(5):
+        dialogs = page.locator("[role=dialog]:visible")
+        if not dialogs.count():
+            break
+        dialog = dialogs.first
+        close = dialog.locator("button[aria-label=Close], button.p-dialog-close-button, "
+                               "button[data-pc-section=pcclosebutton], button:has(i.pi-times)")
+        if close.count():
+            close.first.click()
+        else:
+            page.keyboard.press("Escape")
+        dialog.wait_for(state="hidden", timeout=10_000)
+    page.locator(".p-dialog-mask").first.wait_for(state="detached", timeout=10_000)
+
+
+def wait_for_graph(page, workflow):
+    """Until the canvas holds exactly the file's nodes (ids and types)."""
+    expected = sorted([n["id"], n["type"]] for n in workflow["nodes"])
+    page.wait_for_function("""expected => {
+        const got = app.graph._nodes.map(n => [n.id, n.type]).sort((a, b) => a[0] - b[0]);
+        return JSON.stringify(got) === JSON.stringify(expected);
+    }""", arg=expected)
+    page.evaluate(NEXT_FRAME)
+
+
+def open_templates(page):
+    page.locator(".side-bar-button, button").filter(has_text=re.compile(r"^\s*Templates\s*$")).first.click()
+    dialog = page.locator("[role=dialog]:visible").filter(has_text="EXTENSIONS").first
+    dialog.get_by_text("guidance_lab", exact=True).first.click()
+    return dialog
+
+
+def load_from_template_browser(page, name, workflow):
+    dialog = open_templates(page)
+    card = dialog.get_by_test_id(f"template-workflow-{name}")
+    card.click()
+    dialog.wait_for(state="hidden")
+    wait_for_graph(page, workflow)
+
+
+def load_problems(page, console, mark, workflow, api_graph) -> list[str]:
+    """Everything that says the workflow did not load as saved: console errors since
+    ``mark``, open dialogs (missing nodes, ...), unknown node types, widget values that
+    differ from the file, and a queued graph that differs from the API twin."""
+    problems = [f"console {p}" for p in console.problems(mark)]
+    problems += [f"dialog: {text[:300]!r}" for text in visible_dialogs(page)]
+    state = page.evaluate(GRAPH_STATE)
+    by_id = {n["id"]: n for n in state["nodes"]}
+    for saved in workflow["nodes"]:
+        node = by_id.get(saved["id"])
+        if node is None:
+            problems.append(f"node {saved['id']} ({saved['type']}) not on the canvas")
+            continue
+        if not node["known"]:
+            problems.append(f"node {saved['id']}: unknown node type {saved['type']!r}")
+        if node["widgets_values"] != saved.get("widgets_values", []):
+            problems.append(f"node {saved['id']} ({saved['type']}): widgets hold {node['widgets']}, "
+                            f"the file saved {saved.get('widgets_values')}")
+    if state["promptError"]:
+        problems.append(f"graphToPrompt failed: {state['promptError']}")
+    elif strip_meta(state["prompt"]) != strip_meta(api_graph):
+        diff = {k: (v, strip_meta(api_graph).get(k)) for k, v in strip_meta(state["prompt"]).items()
+                if v != strip_meta(api_graph).get(k)}
+        problems.append(f"the UI would queue a graph that differs from the API twin: {diff}")
+    return problems
+
+
+# Fit the graph into the part of the canvas that no toolbar covers (at most 100 %), and
+# answer the page area to crop to: the nodes plus a margin.
+FIT_GRAPH = """() => {
+    const ds = app.canvas.ds, rect = app.canvas.canvas.getBoundingClientRect();
+    const free = {x0: 90, y0: 160, x1: rect.width - 30, y1: rect.height - 70}, pad = 24;
+    const title = LiteGraph.NODE_TITLE_HEIGHT;
+    const boxes = app.graph._nodes.map(n => [n.pos[0], n.pos[1] - title - 16, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+    const [x0, y0] = [Math.min(...boxes.map(b => b[0])), Math.min(...boxes.map(b => b[1]))];
+    const [x1, y1] = [Math.max(...boxes.map(b => b[2])), Math.max(...boxes.map(b => b[3]))];
+    const scale = Math.min(1, (free.x1 - free.x0) / (x1 - x0), (free.y1 - free.y0) / (y1 - y0));
+    const left = free.x0 + ((free.x1 - free.x0) - (x1 - x0) * scale) / 2;
+    const top = free.y0 + ((free.y1 - free.y0) - (y1 - y0) * scale) / 2;
+    ds.scale = scale;
+    ds.offset[0] = left / scale - x0;
+    ds.offset[1] = top / scale - y0;
+    app.canvas.setDirty(true, true);
+    return {x: rect.left + left - pad, y: rect.top + top - pad,
+            width: (x1 - x0) * scale + 2 * pad, height: (y1 - y0) * scale + 2 * pad};
+}"""
+
+
+def screenshot(page, name):
+    """The loaded graph, fitted to the view and cropped to its nodes."""
+    clip = page.evaluate(FIT_GRAPH)
+    page.evaluate(NEXT_FRAME)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), clip=clip)
+    if UPDATE_DOCS:
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_SCREENSHOTS / f"{name}.png")
+    return path
+
+
+# -- the node library and search ---------------------------------------------------------
+
+def test_pack_nodes_are_defined_with_category_names_and_tooltips(page, server):
+    info = server.get_json("/object_info")
+    pack = {k: v for k, v in info.items() if v["python_module"].endswith("guidance_lab")}
+    defs = {d["name"]: d for d in pack_node_defs(page)}
+    assert pack and defs.keys() == pack.keys()
+    for name, node_def in defs.items():
+        assert node_def["category"].split("/")[0] == PACK_CATEGORY
+        assert node_def["display_name"] == pack[name]["display_name"]
+        for section in ("required", "optional"):
+            for input_name, spec in (node_def["input"].get(section) or {}).items():
+                assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip in the UI"
+                assert spec[1]["tooltip"] == pack[name]["input"][section][input_name][1]["tooltip"]
+
+
+def test_node_search_box_finds_the_pack_nodes(page):
+    names = sorted(d["display_name"] for d in pack_node_defs(page))
+    page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true) }")
+    canvas = page.locator("#graph-canvas")
+    box = canvas.bounding_box()
+    canvas.dblclick(position={"x": box["width"] * 0.5, "y": box["height"] * 0.6})
+    search = page.get_by_placeholder("Search Nodes...")
+    search.wait_for(state="visible")
+    search.fill(PACK_CATEGORY)
+    options = page.locator("[role=option]")
+    page.wait_for_function("""names => { const t = [...document.querySelectorAll('[role=option]')]
+        .map(o => o.innerText).join('\\n'); return names.every(n => t.includes(n)) }""", arg=names)
+    texts = options.all_inner_texts()
+    for name in names:
+        shown = [t for t in texts if name in " ".join(t.split())]
+        assert shown, f"{name} not in the search results {texts}"
+        assert PACK_CATEGORY in shown[0], f"{name}: the result does not show its category: {shown[0]!r}"
+    page.keyboard.press("Escape")
+    search.wait_for(state="hidden")
+
+
+def test_node_library_lists_the_pack_category(page):
+    page.locator(".side-bar-button, button").filter(has_text=re.compile(r"^\s*Nodes\s*$")).first.click()
+    library = page.locator(".side-bar-panel, .sidebar-content-container, [class*=sidebar]").filter(
+        has_text=PACK_CATEGORY).first
+    folder = library.get_by_text(PACK_CATEGORY, exact=True).first
+    folder.click()
+    for node_def in pack_node_defs(page):
+        library.get_by_text(node_def["category"].split("/")[-1], exact=True).first.wait_for(state="visible")
+    page.locator(".side-bar-button, button").filter(has_text=re.compile(r"^\s*Nodes\s*$")).first.click()
+
+
+# -- the template browser and the canvas ------------------------------------------------
+
+def test_template_browser_lists_every_ui_workflow(page):
+    dialog = open_templates(page)
+    for path in UI_WORKFLOWS:
+        dialog.get_by_test_id(f"template-workflow-{path.stem}").wait_for(state="visible")
+    cards = dialog.locator("[data-testid^=template-workflow-]").evaluate_all(
+        "els => els.map(e => e.dataset.testid.replace('template-workflow-', ''))")
+    assert sorted(cards) == sorted(p.stem for p in UI_WORKFLOWS)
+    close_dialogs(page)
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_loads_from_the_template_browser(page, console, path):
+    workflow = json.loads(path.read_text())
+    close_dialogs(page)
+    mark = console.mark()
+    load_from_template_browser(page, path.stem, workflow)
+    problems = load_problems(page, console, mark, workflow, load(API_WORKFLOWS / path.name))
+    shot = screenshot(page, path.stem)
+    assert not problems, "\n".join(problems)
+    assert shot.stat().st_size > 10_000
+
+
+def test_workflow_queued_from_the_ui_runs_and_shows_its_image(page, console, server, sd15_checkpoint):
+    path = REPO / "workflows" / "cfg_guider.json"
+    workflow = json.loads(path.read_text())
+    close_dialogs(page)
+    load_from_template_browser(page, path.stem, workflow)
+    page.evaluate("""([ckpt, size, steps]) => {
+        const set = (type, name, value) => { for (const node of app.graph._nodes.filter(n => n.type === type)) {
+            const w = node.widgets.find(w => w.name === name); w.value = value; w.callback?.(value) } };
+        set('CheckpointLoaderSimple', 'ckpt_name', ckpt);
+        set('EmptyLatentImage', 'width', size); set('EmptyLatentImage', 'height', size);
+        set('BasicScheduler', 'steps', steps);
+        app.graph.setDirtyCanvas(true, true);
+    }""", [sd15_checkpoint.name, RUN_SIZE, RUN_STEPS])
+    mark = console.mark()
+    page.get_by_role("button", name="Run", exact=True).first.click()
+    image = page.locator("img[src*='/api/view?filename=cfg_guider_']").first
+    image.wait_for(state="visible", timeout=300_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [RUN_SIZE, RUN_SIZE]
+    filename = re.search(r"filename=([^&]+)", image.get_attribute("src")).group(1)
+    entries = [e for e in server.get_json("/history").values()
+               if any(img["filename"] == filename for out in e.get("outputs", {}).values()
+                      for img in out.get("images", []))]
+    assert len(entries) == 1
+    assert entries[0]["status"]["status_str"] == "success"
+    assert not console.problems(mark), "\n".join(console.problems(mark))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "cfg_guider_after_run.png"))
+
+
+# -- a broken workflow file is caught ---------------------------------------------------
+
+def corrupt_unknown_node(workflow):
+    node = next(n for n in workflow["nodes"] if n["type"] == "GuidanceLab_CFGGuider")
+    node["type"] = "GuidanceLab_NoSuchGuider"
+    return "GuidanceLab_NoSuchGuider"
+
+
+def corrupt_shifted_widgets(workflow):
+    node = next(n for n in workflow["nodes"] if n["type"] == "BasicScheduler")
+    node["widgets_values"] = node["widgets_values"][1:] + node["widgets_values"][:1]
+    return "BasicScheduler"
+
+
+@pytest.mark.parametrize("corrupt", [corrupt_unknown_node, corrupt_shifted_widgets],
+                         ids=["unknown_node", "shifted_widgets"])
+def test_a_corrupted_workflow_is_detected(page, console, corrupt):
+    path = REPO / "workflows" / "cfg_guider.json"
+    workflow = json.loads(path.read_text())
+    broken = copy.deepcopy(workflow)
+    culprit = corrupt(broken)
+    close_dialogs(page)
+    mark = console.mark()
+    page.evaluate("wf => app.loadGraphData(wf, true, true, 'corrupted_cfg_guider')", broken)
+    wait_for_graph(page, broken)
+    if corrupt is corrupt_unknown_node:
+        page.get_by_text("missing nodes").first.wait_for(state="visible")
+    problems = load_problems(page, console, mark, broken, load(API_WORKFLOWS / path.name))
+    close_dialogs(page)
+    assert problems, "the corrupted workflow loaded without a detected problem"
+    assert any(culprit in p for p in problems), problems
