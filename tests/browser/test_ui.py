@@ -191,15 +191,18 @@ def test_node_search_box_finds_the_pack_nodes(page):
     search.wait_for(state="hidden")
 
 
-def test_node_library_lists_the_pack_category(page):
-    page.locator(".side-bar-button, button").filter(has_text=re.compile(r"^\s*Nodes\s*$")).first.click()
-    library = page.locator(".side-bar-panel, .sidebar-content-container, [class*=sidebar]").filter(
-        has_text=PACK_CATEGORY).first
-    folder = library.get_by_text(PACK_CATEGORY, exact=True).first
-    folder.click()
-    for node_def in pack_node_defs(page):
-        library.get_by_text(node_def["category"].split("/")[-1], exact=True).first.wait_for(state="visible")
-    page.locator(".side-bar-button, button").filter(has_text=re.compile(r"^\s*Nodes\s*$")).first.click()
+def test_node_library_lists_the_pack_nodes_under_its_category(page):
+    defs = pack_node_defs(page)
+    tab = page.locator(".side-bar-button, button").filter(has_text=re.compile(r"^\s*Nodes\s*$")).first
+    tab.click()
+    folder = page.locator("[role=treeitem]").filter(
+        has=page.get_by_text(PACK_CATEGORY, exact=True)).first
+    folder.get_by_text(PACK_CATEGORY, exact=True).first.click()
+    for sub in sorted({d["category"].split("/", 1)[1] for d in defs if "/" in d["category"]}):
+        folder.get_by_text(sub.split("/")[0], exact=True).first.click()
+    for node_def in defs:
+        folder.get_by_text(node_def["display_name"], exact=True).first.wait_for(state="visible")
+    tab.click()
 
 
 # -- the template browser and the canvas ------------------------------------------------
