@@ -30,23 +30,34 @@ def _is_widget(kind: str, options: dict) -> bool:
     return kind in WIDGET_TYPES and not options.get("forceInput")
 
 
-def _depths(graph: dict) -> dict:
+def _columns(graph: dict) -> dict:
+    """Layer the graph for drawing: sinks in the last column, every other node in the
+    column just before its earliest consumer, so sources sit next to what reads them."""
+    inputs = {k: [str(v[0]) for v in node["inputs"].values() if isinstance(v, list)] for k, node in graph.items()}
     depth: dict = {}
 
-    def visit(node_id):
+    def longest_path(node_id):
         if node_id not in depth:
-            links = [v[0] for v in graph[node_id]["inputs"].values() if isinstance(v, list)]
-            depth[node_id] = 1 + max((visit(str(n)) for n in links), default=-1)
+            depth[node_id] = 1 + max((longest_path(n) for n in inputs[node_id]), default=-1)
         return depth[node_id]
 
+    last = max(longest_path(k) for k in graph)
+    consumers = {k: [c for c, ins in inputs.items() if k in ins] for k in graph}
+    column: dict = {}
+
+    def place(node_id):
+        if node_id not in column:
+            column[node_id] = min((place(c) - 1 for c in consumers[node_id]), default=last)
+        return column[node_id]
+
     for node_id in graph:
-        visit(node_id)
-    return depth
+        place(node_id)
+    return column
 
 
 def api_to_ui(graph: dict, object_info: dict) -> dict:
-    depth = _depths(graph)
-    order = sorted(graph, key=lambda k: (depth[k], int(k)))
+    column = _columns(graph)
+    order = sorted(graph, key=lambda k: (column[k], int(k)))
     rows: dict = defaultdict(int)
     nodes, links, out_links = [], [], defaultdict(list)
     socket_slot = {}
@@ -72,7 +83,7 @@ def api_to_ui(graph: dict, object_info: dict) -> dict:
                 links.append([link, int(origin), slot, int(node_id), socket_slot[node_id][name], kind])
                 out_links[(origin, slot)].append(link)
             inputs.append({"name": name, "type": kind, "link": link})
-        col = depth[node_id]
+        col = column[node_id]
         node = {"id": int(node_id), "type": api["class_type"], "pos": [40 + 360 * col, 40 + 220 * rows[col]],
                 "size": [320, 130], "flags": {}, "order": position, "mode": 0, "inputs": inputs,
                 "outputs": [], "properties": {"Node name for S&R": api["class_type"]},

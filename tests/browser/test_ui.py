@@ -10,6 +10,7 @@ import re
 import shutil
 
 import pytest
+from PIL import Image
 
 from guidance_lab.host.api_graph import API_WORKFLOWS, load
 from guidance_lab.tests.paths import REPO
@@ -93,6 +94,22 @@ def load_from_template_browser(page, name, workflow):
     wait_for_graph(page, workflow)
 
 
+DECLARED_INPUTS = """(types) => Object.fromEntries(types.map(t => {
+    const d = LiteGraph.registered_node_types[t]?.nodeData?.input ?? {};
+    return [t, [...Object.keys(d.required ?? {}), ...Object.keys(d.optional ?? {})]];
+}))"""
+
+
+def declared_only(page, graph: dict) -> dict:
+    """The graph without frontend-only widgets (PreviewAny's "preview" text box), which
+    the UI queues but which are no inputs of the node."""
+    declared = page.evaluate(DECLARED_INPUTS, sorted({str(n["class_type"]) for n in graph.values()}))
+    return {k: {"class_type": n["class_type"],
+                "inputs": {name: v for name, v in n["inputs"].items()
+                           if name in declared.get(str(n["class_type"]), n["inputs"])}}
+            for k, n in graph.items()}
+
+
 def load_problems(page, console, mark, workflow, api_graph) -> list[str]:
     """Everything that says the workflow did not load as saved: console errors since
     ``mark``, open dialogs (missing nodes, ...), unknown node types, widget values that
@@ -113,8 +130,9 @@ def load_problems(page, console, mark, workflow, api_graph) -> list[str]:
                             f"the file saved {saved.get('widgets_values')}")
     if state["promptError"]:
         problems.append(f"graphToPrompt failed: {state['promptError']}")
-    elif strip_meta(state["prompt"]) != strip_meta(api_graph):
-        diff = {k: (v, strip_meta(api_graph).get(k)) for k, v in strip_meta(state["prompt"]).items()
+    elif declared_only(page, strip_meta(state["prompt"])) != strip_meta(api_graph):
+        queued = declared_only(page, strip_meta(state["prompt"]))
+        diff = {k: (v, strip_meta(api_graph).get(k)) for k, v in queued.items()
                 if v != strip_meta(api_graph).get(k)}
         problems.append(f"the UI would queue a graph that differs from the API twin: {diff}")
     return problems
@@ -151,6 +169,11 @@ def screenshot(page, name):
     if UPDATE_DOCS:
         DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS_SCREENSHOTS / f"{name}.png")
+        # The template browser shows workflows/<name>.jpg as the card's picture.
+        with Image.open(path) as shot:
+            thumb = shot.convert("RGB")
+            thumb.thumbnail((640, 640))
+            thumb.save(REPO / "workflows" / f"{name}.jpg", quality=88)
     return path
 
 

@@ -45,3 +45,10 @@ def test_a_corrupted_ui_workflow_is_detected(server):
     guider["widgets_values"].append(3.0)
     with pytest.raises(ValueError, match="left over"):
         ui_to_api(workflow, info)
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_every_ui_workflow_has_a_template_thumbnail(path):
+    """The template browser shows workflows/<name>.jpg on the workflow's card
+    (made by the browser tests with GUIDANCE_LAB_UPDATE_SCREENSHOTS=1)."""
+    assert path.with_suffix(".jpg").is_file()
