@@ -1,0 +1,251 @@
+"""The pack's default model as ComfyUI objects: MODEL, CLIP and VAE from one safetensors file.
+
+A pixel-space text-to-image model for 32x32 RGB (see ``default_model/README.md``):
+
+- MODEL: ComfyUI's own ``UNetModel`` (openaimodel) in a ``BaseModel`` with eps prediction
+  and the standard discrete SD schedule, latent format ``ChromaRadiance`` (3 channels,
+  identity scaling: the latent is the image in [-1, 1]);
+- CLIP: ComfyUI's SD1 tokenizer and a small ``SDClipModel`` (``CLIPTextModel``);
+- VAE: ComfyUI's pixel-space VAE (``comfy.sd.VAE(sd={"pixel_space_vae": ...})``, the
+  stock ``VAELoader``'s "pixel_space"), image [0, 1] <-> latent [-1, 1].
+
+The file holds ``diffusion_model.*`` and ``text_encoder.*`` tensors and, in its metadata,
+the two configs as JSON. The text encoder's 49408-row token table is not stored whole:
+only the rows of the tokens seen in training (``text_encoder.token_ids`` /
+``text_encoder.token_rows``); every other row is drawn from a seeded normal at load,
+exactly as it was initialised (and left untouched) in training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models_base
+
+FORMAT = "guidance_lab_shapes32/1"
+TOKEN_TABLE_STD = 0.02
+
+DEFAULT_UNET_CONFIG = {
+    "image_size": 32, "in_channels": 3, "out_channels": 3, "model_channels": 32,
+    "num_res_blocks": 2, "channel_mult": [1, 2, 2],
+    # One transformer level: the 8x8 one (and the middle block).
+    "transformer_depth": [0, 0, 0, 0, 1, 1], "transformer_depth_middle": 1,
+    "transformer_depth_output": [0, 0, 0, 0, 0, 0, 1, 1, 1],
+    "num_head_channels": 32, "num_heads": -1, "context_dim": 64,
+    "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False,
+    "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+DEFAULT_TEXT_CONFIG = {
+    "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256,
+    "hidden_act": "gelu", "max_position_embeddings": 77, "vocab_size": 49408,
+    "bos_token_id": 49406, "eos_token_id": 49407, "token_table_seed": 0,
+}
+
+
+class WeightsError(ValueError):
+    """The weights file cannot be used; the message says why."""
+
+
+# ---------------------------------------------------------------- the networks
+
+def seeded_token_table(config: dict) -> torch.Tensor:
+    """The token table every row not stored in the file comes from (CPU generator: stable)."""
+    gen = torch.Generator().manual_seed(int(config["token_table_seed"]))
+    return torch.randn(config["vocab_size"], config["hidden_size"], generator=gen) * TOKEN_TABLE_STD
+
+
+def _clip_config(text_config: dict) -> dict:
+    return {k: v for k, v in text_config.items() if k != "token_table_seed"}
+
+
+def text_encoder_class(text_config: dict):
+    """An SD1ClipModel-shaped class (its ``clip_l`` is the small SDClipModel)."""
+    config = _clip_config(text_config)
+
+    class ShapesClipL(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}):
+            super().__init__(device=device, dtype=dtype, model_options=model_options,
+                             textmodel_json_config=dict(config), layer="last",
+                             return_projected_pooled=False)
+
+    class ShapesTextEncoder(comfy.sd1_clip.SD1ClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+            super().__init__(device=device, dtype=dtype, model_options=model_options,
+                             clip_name="l", clip_model=ShapesClipL, **kwargs)
+
+    return ShapesTextEncoder
+
+
+class ShapesTokenizer(comfy.sd1_clip.SD1Tokenizer):
+    """ComfyUI's SD1 (CLIP BPE) tokenizer, shipped with ComfyUI."""
+
+    def __init__(self, embedding_directory=None, tokenizer_data={}):
+        super().__init__(embedding_directory=embedding_directory, tokenizer_data=tokenizer_data)
+
+
+class Shapes32(comfy.supported_models_base.BASE):
+    unet_config = {}
+    unet_extra_config = {}
+    latent_format = comfy.latent_formats.ChromaRadiance
+    memory_usage_factor = 0.1
+    supported_inference_dtypes = [torch.float32]
+
+    def clip_target(self, state_dict={}):
+        return None
+
+
+def init_weights(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """ComfyUI's ops skip initialisation: give every parameter torch's default init."""
+    for m in module.modules():
+        params = [p for p in m.parameters(recurse=False)]
+        if not params:
+            continue
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Conv3d)):
+            fan_in = m.weight[0].numel()
+            bound = 1 / fan_in ** 0.5
+            with torch.no_grad():
+                m.weight.uniform_(-bound, bound, generator=generator)
+                if m.bias is not None:
+                    m.bias.uniform_(-bound, bound, generator=generator)
+        elif isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            with torch.no_grad():
+                if m.weight is not None:
+                    m.weight.fill_(1.0)
+                if m.bias is not None:
+                    m.bias.zero_()
+        elif isinstance(m, torch.nn.Embedding):
+            with torch.no_grad():
+                m.weight.normal_(0, TOKEN_TABLE_STD, generator=generator)
+        else:
+            with torch.no_grad():
+                for p in params:
+                    p.zero_()
+
+
+def build_unet(unet_config: dict, operations=comfy.ops.disable_weight_init):
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    return UNetModel(**unet_config, dtype=torch.float32, device="cpu", operations=operations)
+
+
+def build_text_encoder(text_config: dict, operations=None):
+    """The text encoder module (an SD1ClipModel); ``operations`` None = ComfyUI's default."""
+    options = {} if operations is None else {"custom_operations": operations}
+    return text_encoder_class(text_config)(device="cpu", dtype=torch.float32, model_options=options)
+
+
+def dataset_token_ids(tokenizer, prompts) -> list:
+    """Sorted ids of every token the prompts use (with BOS/EOS/pad)."""
+    ids = set()
+    for prompt in prompts:
+        for chunk in tokenizer.tokenize_with_weights(prompt)["l"]:
+            ids.update(int(t) for t, _w in chunk)
+    return sorted(ids)
+
+
+# ---------------------------------------------------------------- the file
+
+def export_state_dict(unet: torch.nn.Module, text_encoder, text_config: dict, token_ids) -> dict:
+    """Tensors to store: the UNet, the text encoder minus its token table, and its used rows."""
+    out = {f"diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    table_key = "transformer.text_model.embeddings.token_embedding.weight"
+    clip_sd = text_encoder.clip_l.state_dict()
+    for k, v in clip_sd.items():
+        if k == table_key:
+            continue
+        out[f"text_encoder.{k}"] = v
+    ids = torch.tensor(sorted(token_ids), dtype=torch.int64)
+    out["text_encoder.token_ids"] = ids
+    out["text_encoder.token_rows"] = clip_sd[table_key][ids]
+    return out
+
+
+def _fail(node: str, input_name: str, path, why: str) -> WeightsError:
+    prefix = f"{node}: input '{input_name}' names " if node else ""
+    return WeightsError(f"{prefix}{path}, which is not a usable Guidance Lab default-model file: {why}")
+
+
+def read_weights(path, node: str = "", input_name: str = "weights"):
+    """(tensors, metadata) of a weights file; WeightsError naming node/input when unusable."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(node, input_name, path, "no such file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as error:  # safetensors raises its own types for truncated/garbled files
+        raise _fail(node, input_name, path, f"cannot read it as safetensors ({error}); it may be "
+                    "truncated or corrupted, re-export it with default_model/train.py --export") from None
+    if metadata.get("format") != FORMAT:
+        raise _fail(node, input_name, path, f"metadata 'format' is {metadata.get('format')!r}, "
+                    f"expected {FORMAT!r}")
+    try:
+        metadata["unet_config"] = json.loads(metadata["unet_config"])
+        metadata["text_config"] = json.loads(metadata["text_config"])
+    except (KeyError, ValueError) as error:
+        raise _fail(node, input_name, path, f"metadata lacks a valid model config ({error})") from None
+    return tensors, metadata
+
+
+def _load_strict(module, sd, what, node, input_name, path):
+    result = module.load_state_dict(sd, strict=False)
+    missing = list(getattr(result, "missing_keys", []))
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if missing or unexpected:
+        raise _fail(node, input_name, path, f"{what} weights do not fit the config "
+                    f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
+    for k, v in module.state_dict().items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise _fail(node, input_name, path, f"{what} tensor {k} holds non-finite values")
+
+
+def load_default_model(path, node: str = "", input_name: str = "weights"):
+    """(MODEL, CLIP, VAE, metadata) from a weights file written by default_model/train.py."""
+    tensors, metadata = read_weights(path, node, input_name)
+    unet_config, text_config = metadata["unet_config"], metadata["text_config"]
+    try:
+        unet_sd = {k[len("diffusion_model."):]: v.float() for k, v in tensors.items()
+                   if k.startswith("diffusion_model.")}
+        text_sd = {k[len("text_encoder."):]: v for k, v in tensors.items() if k.startswith("text_encoder.")}
+        token_ids = text_sd.pop("token_ids").long()
+        token_rows = text_sd.pop("token_rows").float()
+        table = seeded_token_table(text_config)
+        table[token_ids] = token_rows
+        text_sd = {k: v.float() for k, v in text_sd.items()}
+        text_sd["transformer.text_model.embeddings.token_embedding.weight"] = table
+    except (KeyError, IndexError, RuntimeError) as error:
+        raise _fail(node, input_name, path, f"missing or malformed tensors ({error})") from None
+
+    device = comfy.model_management.get_torch_device()
+    offload = comfy.model_management.unet_offload_device()
+    model_config = Shapes32({**unet_config, "dtype": torch.float32})
+    model_config.set_inference_dtype(torch.float32, None)
+    try:
+        base = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.EPS,
+                                          device=offload)
+    except Exception as error:
+        raise _fail(node, input_name, path, f"its unet_config does not build a UNet ({error})") from None
+    _load_strict(base.diffusion_model, unet_sd, "UNet", node, input_name, path)
+    model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=offload)
+
+    target = comfy.supported_models_base.ClipTarget(ShapesTokenizer, text_encoder_class(text_config))
+    # fp32: the encoder is tiny, and fp16 on the CPU would round it away from how it was trained.
+    clip = comfy.sd.CLIP(target=target, parameters=sum(v.numel() for v in text_sd.values()),
+                         model_options={"dtype": torch.float32})
+    _load_strict(clip.cond_stage_model.clip_l, text_sd, "text encoder", node, input_name, path)
+
+    vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+    return model, clip, vae, metadata

@@ -1,0 +1,330 @@
+"""Train the pack's default model (see README.md here) on the procedural shapes dataset.
+
+    .host/venv/bin/python default_model/train.py --run-name shapes32 --steps 4000
+    .host/venv/bin/python default_model/train.py --run-name shapes32 \
+        --export default_model/weights/guidance_lab_shapes32.safetensors
+
+Reproducible from ``--seed`` / ``--data-seed``: batch ``k`` is samples ``k*B .. k*B+B-1`` of
+the dataset and its noise, timesteps and prompt dropout come from a generator seeded by
+(seed, k), so a run restarted from a checkpoint continues exactly where it was. Checkpoints
+(weights, EMA, optimizer, step) are written atomically to
+``~/.cache/guidance-lab/training/<run-name>/checkpoint.pt``; the loss log is ``loss.jsonl``
+beside it. ``--export`` writes the EMA weights of the latest checkpoint as the shipped
+safetensors file (fp16) with the training config in its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("GUIDANCE_LAB_CACHE", Path.home() / ".cache" / "guidance-lab"))
+
+
+def import_pack():
+    """The pack as the package ``guidance_lab`` (as ComfyUI and the tests import it), host on sys.path."""
+    if "guidance_lab" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "guidance_lab", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["guidance_lab"] = module
+        spec.loader.exec_module(module)
+    from guidance_lab.tests.paths import ensure_host_importable
+
+    ensure_host_importable()
+    import comfy.model_management  # noqa: F401  (after args.cpu)
+
+    return sys.modules["guidance_lab"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run-name", default="shapes32")
+    p.add_argument("--steps", type=int, default=4000, help="total optimizer steps of the run")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--ema-decay", type=float, default=0.998)
+    p.add_argument("--p-uncond", type=float, default=0.15, help="prompt dropout: share of empty prompts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=20261123)
+    p.add_argument("--model-channels", type=int, default=32)
+    p.add_argument("--res-blocks", type=int, default=1, help="UNet residual blocks per level")
+    p.add_argument("--text-width", type=int, default=64)
+    p.add_argument("--text-layers", type=int, default=2)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                   help="autocast of the forward pass (weights and optimizer stay fp32); bf16 is "
+                        "about 1.5x faster on CPUs with AVX512-BF16")
+    p.add_argument("--export", type=Path, default=None, metavar="PATH",
+                   help="write the EMA weights of the latest checkpoint to PATH and exit")
+    p.add_argument("--benchmark", type=int, default=0, metavar="N",
+                   help="time N training steps (no checkpoint) and exit")
+    return p.parse_args(argv)
+
+
+def configs(args):
+    from guidance_lab.comfy_bridge import default_model as dm
+
+    unet = dict(dm.DEFAULT_UNET_CONFIG, model_channels=args.model_channels, context_dim=args.text_width)
+    levels, n = len(unet["channel_mult"]), args.res_blocks
+    # One transformer level, the lowest resolution (plus the middle block).
+    unet.update(num_res_blocks=n, transformer_depth=[0] * (levels - 1) * n + [1] * n,
+                transformer_depth_output=[0] * (levels - 1) * (n + 1) + [1] * (n + 1))
+    text = dict(dm.DEFAULT_TEXT_CONFIG, hidden_size=args.text_width, num_hidden_layers=args.text_layers,
+                intermediate_size=4 * args.text_width, num_attention_heads=max(1, args.text_width // 16))
+    return unet, text
+
+
+def differentiable_clip_layers():
+    """ComfyUI's CLIPLayer adds its residuals in place (fine for inference, fatal for backward);
+    the training process swaps in the same sums out of place."""
+    import comfy.clip_model
+
+    def forward(self, x, mask=None, optimized_attention=None):
+        x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
+        return x + self.mlp(self.layer_norm2(x))
+
+    comfy.clip_model.CLIPLayer.forward = forward
+
+
+def alphas_cumprod():
+    """ComfyUI's default discrete schedule (ModelSamplingDiscrete: scaled-linear betas, 1000 steps)."""
+    import torch
+
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, 0).float()
+
+
+class Trainer:
+    def __init__(self, args):
+        import torch
+
+        from guidance_lab.comfy_bridge import default_model as dm
+        from guidance_lab.default_model.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
+
+        self.args, self.dm, self.torch = args, dm, torch
+        self.unet_config, self.text_config = configs(args)
+        gen = torch.Generator().manual_seed(args.seed)
+        ops = __import__("comfy.ops", fromlist=["ops"]).disable_weight_init
+        self.unet = dm.build_unet(self.unet_config, ops)
+        dm.init_weights(self.unet, gen)
+        self.text = dm.build_text_encoder(self.text_config, ops)
+        dm.init_weights(self.text, gen)
+        clip_l = self.text.clip_l
+        table = clip_l.transformer.get_input_embeddings().weight
+        with torch.no_grad():
+            table.copy_(dm.seeded_token_table(self.text_config))
+            clip_l.logit_scale.fill_(4.6055)
+        clip_l.train()
+        for p in self.text.parameters():
+            p.requires_grad_(True)
+        self.tokenizer = dm.ShapesTokenizer()
+        prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
+                   for b in BACKGROUNDS]
+        self.token_ids = dm.dataset_token_ids(self.tokenizer, prompts + [""])
+        self._tokens = {}
+        self.acp = alphas_cumprod()
+
+        no_decay = [table] + [p for n, p in self.named_params() if p.ndim < 2 and p is not table]
+        ids = {id(p) for p in no_decay}
+        decay = [p for _n, p in self.named_params() if id(p) not in ids]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=args.lr, betas=(0.9, 0.99))
+        self.ema = {n: p.detach().clone() for n, p in self.named_params()}
+        self.step = 0
+
+    def named_params(self):
+        yield from (("unet." + n, p) for n, p in self.unet.named_parameters())
+        yield from (("text." + n, p) for n, p in self.text.named_parameters())
+
+    def tokens(self, prompt):
+        if prompt not in self._tokens:
+            chunks = self.tokenizer.tokenize_with_weights(prompt)["l"]
+            self._tokens[prompt] = [int(t) for t, _w in chunks[0]]
+        return self._tokens[prompt]
+
+    def batch(self, step):
+        """Images as latents in [-1, 1], prompts (with dropout), noise and timesteps of batch ``step``."""
+        torch = self.torch
+        from guidance_lab.default_model.dataset import make_batch
+
+        b = self.args.batch_size
+        images, prompts, _ = make_batch(self.args.data_seed, step * b, b, 32)
+        x0 = torch.from_numpy(images).permute(0, 3, 1, 2) * 2.0 - 1.0
+        gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step + 1)
+        drop = torch.rand(b, generator=gen) < self.args.p_uncond
+        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+        t = torch.randint(0, 1000, (b,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        return x0, prompts, t, noise
+
+    def lr_at(self, step):
+        a = self.args
+        warm = min(1.0, (step + 1) / max(1, a.warmup))
+        progress = min(1.0, step / max(1, a.steps))
+        return a.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def train_step(self):
+        torch = self.torch
+        x0, prompts, t, noise = self.batch(self.step)
+        acp = self.acp[t].view(-1, 1, 1, 1)
+        xt = acp.sqrt() * x0 + (1 - acp).sqrt() * noise
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.precision == "bf16"):
+            context, _pooled = self.text.clip_l([self.tokens(p) for p in prompts])
+            eps = self.unet(xt, timesteps=t.float(), context=context)
+        loss = torch.nn.functional.mse_loss(eps.float(), noise)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _n, p in self.named_params()], 1.0)
+        self.opt.step()
+        decay = min(self.args.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for n, p in self.named_params():
+                self.ema[n].lerp_(p.detach(), 1 - decay)
+        self.step += 1
+        return float(loss.detach())
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state(self):
+        return {"step": self.step, "args": {k: (str(v) if isinstance(v, Path) else v)
+                                            for k, v in vars(self.args).items()},
+                "unet": self.unet.state_dict(), "text": self.text.state_dict(),
+                "ema": self.ema, "opt": self.opt.state_dict()}
+
+    def save(self, path: Path):
+        tmp = path.with_suffix(".tmp")
+        self.torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path):
+        state = self.torch.load(path, map_location="cpu", weights_only=True)
+        self.unet.load_state_dict(state["unet"])
+        self.text.load_state_dict(state["text"])
+        self.opt.load_state_dict(state["opt"])
+        for n, v in state["ema"].items():
+            self.ema[n].copy_(v)
+        self.step = int(state["step"])
+        return state
+
+    def export(self, path: Path, checkpoint_args: dict):
+        from safetensors.torch import save_file
+
+        torch = self.torch
+        with torch.no_grad():
+            live = {n: p.detach().clone() for n, p in self.named_params()}
+            for n, p in self.named_params():
+                p.copy_(self.ema[n])
+            sd = self.dm.export_state_dict(self.unet, self.text, self.text_config, self.token_ids)
+            for n, p in self.named_params():
+                p.copy_(live[n])
+        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+        metadata = {
+            "format": self.dm.FORMAT,
+            "unet_config": json.dumps(self.unet_config),
+            "text_config": json.dumps(self.text_config),
+            "training_config": json.dumps(checkpoint_args, sort_keys=True),
+            "data_seed": str(checkpoint_args["data_seed"]),
+            "seed": str(checkpoint_args["seed"]),
+            "steps": str(self.step),
+            "ema_decay": str(checkpoint_args["ema_decay"]),
+            "prediction": "eps, ComfyUI discrete schedule (scaled linear 0.00085..0.012, 1000 steps)",
+            "latent": "pixel space: image in [0, 1] -> latent 2x-1 (ComfyUI pixel-space VAE)",
+            "dataset": "guidance_lab.default_model.dataset.make_batch(data_seed, step*batch, batch, 32)",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(sd, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+        return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import_pack()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    differentiable_clip_layers()
+    run_dir = CACHE / "training" / args.run_name
+    checkpoint = run_dir / "checkpoint.pt"
+
+    if args.export is not None:
+        if not checkpoint.exists():
+            sys.exit(f"no checkpoint at {checkpoint}: train first")
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["args"]
+        for key in ("model_channels", "res_blocks", "text_width", "text_layers", "seed", "data_seed",
+                    "batch_size"):
+            setattr(args, key, saved[key])
+        trainer = Trainer(args)
+        trainer.load(checkpoint)
+        path = trainer.export(args.export, saved)
+        print(f"exported step {trainer.step} (EMA) to {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        return
+
+    trainer = Trainer(args)
+    n_unet = sum(p.numel() for p in trainer.unet.parameters())
+    n_text = sum(p.numel() for p in trainer.text.parameters())
+    print(f"UNet {n_unet / 1e6:.2f} M parameters, text encoder {n_text / 1e6:.2f} M "
+          f"({len(trainer.token_ids)} token rows stored)", flush=True)
+
+    if args.benchmark:
+        trainer.train_step()  # warm-up
+        start = time.perf_counter()
+        for _ in range(args.benchmark):
+            trainer.train_step()
+        per = (time.perf_counter() - start) / args.benchmark
+        print(f"{per:.2f} s/step, {1 / per:.3f} steps/s, ~{3600 / per:.0f} steps/hour")
+        return
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint.exists():
+        saved = trainer.load(checkpoint)["args"]
+        changed = {k: (saved.get(k), v) for k, v in vars(args).items()
+                   if k not in ("steps", "checkpoint_every", "threads", "export", "benchmark", "precision")
+                   and saved.get(k) != (str(v) if isinstance(v, Path) else v)}
+        if changed:
+            sys.exit(f"checkpoint {checkpoint} was made with other settings {changed}; "
+                     "use another --run-name")
+        print(f"resuming {checkpoint} at step {trainer.step}", flush=True)
+    (run_dir / "config.json").write_text(json.dumps(
+        {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, indent=1))
+
+    from tqdm import tqdm
+
+    log = open(run_dir / "loss.jsonl", "a")
+    bar = tqdm(total=args.steps, initial=trainer.step, desc=args.run_name, mininterval=5)
+    window, started = [], time.perf_counter()
+    while trainer.step < args.steps:
+        loss = trainer.train_step()
+        window.append(loss)
+        bar.update(1)
+        if trainer.step % 10 == 0:
+            mean = sum(window) / len(window)
+            bar.set_postfix(loss=f"{mean:.4f}")
+            log.write(json.dumps({"step": trainer.step, "loss": round(mean, 6),
+                                  "lr": trainer.lr_at(trainer.step - 1),
+                                  "time": round(time.time(), 1)}) + "\n")
+            log.flush()
+            window = []
+        if trainer.step % args.checkpoint_every == 0 or trainer.step == args.steps:
+            trainer.save(checkpoint)
+    bar.close()
+    print(f"done: {trainer.step} steps in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The pack's default model: a small pixel-space text-to-image model trained on procedural shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from comfy_api.latest import io
+
+from ..comfy_bridge.default_model import WeightsError, load_default_model
+from .validation import NodeInputError
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "default_model" / "weights"
+DEFAULT_WEIGHTS = "guidance_lab_shapes32.safetensors"
+
+
+def weight_files() -> list:
+    names = sorted(p.name for p in WEIGHTS_DIR.glob("*.safetensors"))
+    return names or [DEFAULT_WEIGHTS]
+
+
+class DefaultModelLoaderNode(io.ComfyNode):
+    DISPLAY = "Default Model Loader (Guidance Lab)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GuidanceLab_DefaultModelLoader",
+            display_name=cls.DISPLAY,
+            category="Guidance Lab/loaders",
+            description="The pack's own small text-to-image model (32x32 RGB, pixel space), trained on "
+                        "prompts like 'a red circle on a white background'. Sample 32x32 latents "
+                        "(e.g. EmptyChromaRadianceLatentImage) and decode with the VAE output.",
+            inputs=[
+                io.Combo.Input("weights", options=weight_files(), default=DEFAULT_WEIGHTS,
+                               tooltip="Weights file in the pack's default_model/weights folder "
+                                       "(written by default_model/train.py --export)."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL", tooltip="Eps-prediction UNet on the standard SD "
+                                "discrete schedule: works with every stock sampler and guider."),
+                io.Clip.Output(display_name="CLIP", tooltip="Small text encoder for CLIPTextEncode "
+                               "(ComfyUI's SD1 tokenizer)."),
+                io.Vae.Output(display_name="VAE", tooltip="ComfyUI's pixel-space VAE: latents are "
+                              "the image in [-1, 1]."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, weights) -> io.NodeOutput:
+        name = str(weights)
+        if Path(name).name != name or not name.endswith(".safetensors"):
+            raise NodeInputError(cls.DISPLAY, "weights", f"is {name!r}; give the name of a .safetensors "
+                                 f"file in {WEIGHTS_DIR}")
+        try:
+            model, clip, vae, _meta = load_default_model(WEIGHTS_DIR / name)
+        except WeightsError as error:
+            raise NodeInputError(cls.DISPLAY, "weights", f"names {error}") from None
+        return io.NodeOutput(model, clip, vae)

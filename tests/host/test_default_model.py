@@ -1,0 +1,132 @@
+"""The shipped default model in stock ComfyUI graphs: loader node, CLIP, MODEL, VAE, bad files."""
+
+import json
+
+import pytest
+import torch
+
+from guidance_lab.comfy_bridge.default_model import WeightsError, load_default_model
+from guidance_lab.nodes import NODES
+from guidance_lab.nodes import default_model as loader_module
+from guidance_lab.nodes.default_model import DEFAULT_WEIGHTS, WEIGHTS_DIR, DefaultModelLoaderNode
+from guidance_lab.nodes.validation import NodeInputError
+
+from .comfy_graph import encode, node_out
+
+pytestmark = pytest.mark.host
+
+SHIPPED = WEIGHTS_DIR / DEFAULT_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def default_model(host):
+    return node_out(DefaultModelLoaderNode.execute(DEFAULT_WEIGHTS))
+
+
+def ksample(model, positive, negative, cfg, batch=2, steps=4, seed=0):
+    import nodes
+    from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
+
+    latent = node_out(EmptyChromaRadianceLatentImage.execute(width=32, height=32, batch_size=batch))[0]
+    return nodes.KSampler().sample(model, seed, steps, cfg, "euler", "normal", positive, negative, latent)[0]
+
+
+def test_shipped_file_is_small_and_records_its_training():
+    from safetensors import safe_open
+
+    assert SHIPPED.stat().st_size <= 25 * 1024 * 1024
+    with safe_open(str(SHIPPED), framework="pt") as f:
+        meta = f.metadata()
+    config = json.loads(meta["training_config"])
+    assert int(meta["steps"]) > 0
+    assert int(meta["data_seed"]) == config["data_seed"]
+    assert 0 < config["p_uncond"] < 1  # prompt dropout: the unconditional prediction is trained
+
+
+def test_loader_node_is_registered_with_tooltips():
+    assert DefaultModelLoaderNode in NODES
+    schema = DefaultModelLoaderNode.define_schema()
+    assert schema.node_id == "GuidanceLab_DefaultModelLoader"
+    assert schema.display_name == "Default Model Loader (Guidance Lab)"
+    assert all(i.tooltip for i in schema.inputs)
+    assert DEFAULT_WEIGHTS in schema.inputs[0].options
+
+
+def test_stock_nodes_sample_a_32px_image(default_model):
+    import nodes
+
+    model, clip, vae = default_model
+    positive, negative = encode(clip, "a red circle on a white background"), encode(clip, "")
+    assert positive[0][0].shape == (1, 77, 64)
+    latent = ksample(model, positive, negative, cfg=5.0)
+    assert latent["samples"].shape == (2, 3, 32, 32)
+    image = nodes.VAEDecode().decode(vae, latent)[0]
+    assert image.shape == (2, 32, 32, 3)
+    assert torch.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
+
+
+def test_sampler_custom_advanced_and_cfg_matters(default_model):
+    from comfy_extras import nodes_custom_sampler as cs
+
+    from .comfy_graph import sample
+
+    model, clip, _vae = default_model
+    positive, negative = encode(clip, "a blue star on a black background"), encode(clip, "")
+    latent = {"samples": torch.zeros(1, 3, 32, 32)}
+    outs = {}
+    for cfg in (1.0, 5.0):
+        guider = node_out(cs.CFGGuider.execute(model, positive, negative, cfg))[0]
+        outs[cfg] = sample(guider, "euler", 4, latent, seed=3)
+        assert torch.isfinite(outs[cfg]).all()
+    assert (outs[1.0] - outs[5.0]).abs().max() > 1e-3
+
+
+def test_prompt_changes_the_image(default_model):
+    model, clip, _vae = default_model
+    negative = encode(clip, "")
+    a = ksample(model, encode(clip, "a red square on a white background"), negative, 5.0, batch=1)
+    b = ksample(model, encode(clip, "a blue ring on a black background"), negative, 5.0, batch=1)
+    assert (a["samples"] - b["samples"]).abs().mean() > 1e-2
+
+
+def test_pixel_space_vae_round_trip(default_model):
+    import nodes
+
+    from guidance_lab.default_model.dataset import make_batch
+
+    _model, _clip, vae = default_model
+    images, _prompts, _ = make_batch(1, 0, 2, 32)
+    pixels = torch.from_numpy(images)
+    latent = nodes.VAEEncode().encode(vae, pixels)[0]["samples"]
+    # The model is trained on exactly this latent: the image mapped to [-1, 1].
+    torch.testing.assert_close(latent, pixels.permute(0, 3, 1, 2) * 2 - 1)
+    decoded = nodes.VAEDecode().decode(vae, {"samples": latent})[0]
+    torch.testing.assert_close(decoded, pixels, atol=1e-6, rtol=0)
+
+
+def test_truncated_file_gives_a_clear_error(tmp_path, host):
+    broken = tmp_path / "truncated.safetensors"
+    data = SHIPPED.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="truncated or corrupted"):
+        load_default_model(broken)
+
+
+def test_loader_node_names_itself_and_its_input(tmp_path, host, monkeypatch):
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    monkeypatch.setattr(loader_module, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(NodeInputError, match=r"Default Model Loader \(Guidance Lab\): input 'weights'"):
+        DefaultModelLoaderNode.execute("garbage.safetensors")
+    with pytest.raises(NodeInputError, match="no such file"):
+        DefaultModelLoaderNode.execute("missing.safetensors")
+    with pytest.raises(NodeInputError, match="input 'weights'"):
+        DefaultModelLoaderNode.execute("../outside.safetensors")
+
+
+def test_file_of_another_model_is_refused(tmp_path, host):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(2)}, str(other), metadata={"format": "something else"})
+    with pytest.raises(WeightsError, match="metadata 'format'"):
+        load_default_model(other)
