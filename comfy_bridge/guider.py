@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
+import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
 
@@ -39,7 +40,7 @@ class PolicyGuider(comfy.samplers.CFGGuider):
                disable_pbar=False, seed=None):
         self.check_latent(latent_image)
         run = GuidedRun(self.policy, total_steps=max(int(sigmas.shape[-1]) - 1, 0),
-                        batch_size=int(latent_image.shape[0]))
+                        batch_size=int(latent_image.shape[0]), family=self.model_family())
 
         def step_callback(step, x0, x, total_steps):
             run.step_done(step)
@@ -56,6 +57,17 @@ class PolicyGuider(comfy.samplers.CFGGuider):
         self.last_record = run.finish()
         log.info("%s: %s", self.node_name, self.last_record.summary().replace("\n", "; "))
         return out
+
+    def model_family(self) -> str:
+        """The core's name for how the model mixes x0 and noise ("eps" or "flow")."""
+        sampling = self.model_patcher.get_model_object("model_sampling")
+        return "flow" if isinstance(sampling, comfy.model_sampling.CONST) else "eps"
+
+    def with_policy(self, policy: GuidancePolicy, node_name: str) -> "PolicyGuider":
+        """A guider with the same model and prompts that runs another policy."""
+        guider = PolicyGuider(self.model_patcher, policy, node_name)
+        guider.original_conds = dict(self.original_conds)
+        return guider
 
     def check_latent(self, latent_image) -> None:
         if getattr(latent_image, "is_nested", False):

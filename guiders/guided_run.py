@@ -18,8 +18,9 @@ Evaluate = Callable[[bool], "tuple[torch.Tensor, Optional[torch.Tensor]]"]
 
 
 class GuidedRun:
-    def __init__(self, policy: GuidancePolicy, total_steps: int, batch_size: int):
+    def __init__(self, policy: GuidancePolicy, total_steps: int, batch_size: int, family: str = "eps"):
         self.policy = policy
+        self.family = family
         self.total_steps = total_steps
         self.state = policy.start(total_steps)
         self.record = GuidanceRecord(policy.name, policy.settings(), batch_size, total_steps)
@@ -38,7 +39,7 @@ class GuidedRun:
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, evaluate: Evaluate,
                 uncond_requested: bool = False) -> "tuple[torch.Tensor, Guided]":
         """One guided evaluation; returns the conditional estimate and the policy's answer."""
-        step = StepContext(self.step_index, self.total_steps, x, sigma, uncond_requested)
+        step = StepContext(self.step_index, self.total_steps, x, sigma, uncond_requested, self.family)
         need_uncond = self.state.needs_uncond(step)
         cond, uncond = evaluate(need_uncond)
         guided = self.state.guide(cond, uncond if need_uncond else None, step)

@@ -37,6 +37,8 @@ class StepContext:
     # The sampler asked for the unconditional estimate (CFG++ re-noises with it); a
     # policy may still decline, e.g. after Adaptive Guidance switched to cond-only.
     uncond_requested: bool = False
+    # "eps" (x = x0 + sigma eps; eps and v-prediction models) or "flow" (CONST models).
+    family: str = "eps"
 
 
 @dataclass

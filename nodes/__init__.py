@@ -1,8 +1,10 @@
 """ComfyUI node classes of the pack: thin translations to the core's calls."""
 
+from .adaptive_guider import AdaptiveGuiderNode
+from .apg_guider import APGGuiderNode
 from .cfg_guider import CFGGuiderNode
 from .default_model import DefaultModelLoaderNode
 from .sampling import GuidedSamplerNode, SamplerSelectNode
 
-NODES = [CFGGuiderNode, SamplerSelectNode, GuidedSamplerNode]
+NODES = [CFGGuiderNode, APGGuiderNode, AdaptiveGuiderNode, SamplerSelectNode, GuidedSamplerNode]
 NODES.append(DefaultModelLoaderNode)

@@ -27,9 +27,3 @@ def require_conditioning(node: str, input_name: str, conditioning) -> list:
         if entry[0].numel() == 0:
             raise NodeInputError(node, input_name, f"holds an empty tensor of shape {tuple(entry[0].shape)}")
     return conditioning
-
-
-def require_finite(node: str, input_name: str, value: float) -> float:
-    if not torch.isfinite(torch.tensor(float(value))):
-        raise NodeInputError(node, input_name, f"must be a finite number, got {value!r}")
-    return value

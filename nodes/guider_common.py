@@ -1,0 +1,47 @@
+"""What every policy guider node shares: its model/prompt inputs and the GUIDER it builds."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..comfy_bridge.guider import PolicyGuider
+from ..guiders import GuidancePolicy
+from .validation import NodeInputError, require_conditioning
+
+
+def model_and_prompt_inputs() -> list:
+    return [
+        io.Model.Input("model", tooltip="The diffusion model to sample with."),
+        io.Conditioning.Input("positive", tooltip="What the image should show (conditional prompt)."),
+        io.Conditioning.Input("negative", tooltip="What to steer away from (unconditional / negative prompt)."),
+    ]
+
+
+def cfg_input(default: float = 7.5) -> io.Float.Input:
+    return io.Float.Input("cfg", default=default, min=0.0, max=100.0, step=0.1, round=0.01,
+                          tooltip="Guidance scale w: 1.0 means no guidance, higher follows the prompt "
+                                  "more strongly.")
+
+
+def guider_output() -> io.Guider.Output:
+    return io.Guider.Output(tooltip="Plug into a SamplerCustomAdvanced or Guided Sampler node.")
+
+
+def build_guider(node: str, model, positive, negative, make_policy) -> PolicyGuider:
+    """Check the prompts, build the policy (its ValueErrors name the node), wrap it."""
+    require_conditioning(node, "positive", positive)
+    require_conditioning(node, "negative", negative)
+    try:
+        policy: GuidancePolicy = make_policy()
+    except ValueError as err:
+        raise ValueError(f"{node}: {err}") from err
+    guider = PolicyGuider(model, policy, node_name=node)
+    guider.set_conds(positive, negative)
+    return guider
+
+
+def require_pack_guider(node: str, input_name: str, guider) -> PolicyGuider:
+    if not isinstance(guider, PolicyGuider):
+        raise NodeInputError(node, input_name, f"must come from a Guidance Lab guider node, got "
+                                               f"{type(guider).__name__}")
+    return guider

@@ -1,0 +1,28 @@
+"""Conversions between a denoised estimate and the noise it implies, per model family.
+
+ComfyUI's state convention: ``x = x0 + sigma * eps`` for eps and v-prediction models,
+``x = (1 - sigma) * x0 + sigma * eps`` for flow (CONST) models. The host side tells the
+core which family a model is; everything else is plain torch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FAMILIES = ("eps", "flow")
+
+
+def expand(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """sigma (scalar or per-sample) shaped to broadcast over ``like``."""
+    sigma = torch.as_tensor(sigma, device=like.device, dtype=like.dtype)
+    return sigma.reshape(-1, *([1] * (like.ndim - 1))) if sigma.ndim else sigma
+
+
+def noise_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma, family: str = "eps") -> torch.Tensor:
+    """eps = (x - D) / sigma (eps models) or (x - (1 - sigma) D) / sigma (flow models)."""
+    s = expand(sigma, x)
+    if family == "flow":
+        return (x - (1 - s) * denoised) / s
+    if family == "eps":
+        return (x - denoised) / s
+    raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
