@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
 
 from ..guiders import GuidancePolicy, GuidanceRecord, GuidedRun
+from .ksampler import model_family
 
 log = logging.getLogger("guidance_lab")
 
@@ -60,8 +60,7 @@ class PolicyGuider(comfy.samplers.CFGGuider):
 
     def model_family(self) -> str:
         """The core's name for how the model mixes x0 and noise ("eps" or "flow")."""
-        sampling = self.model_patcher.get_model_object("model_sampling")
-        return "flow" if isinstance(sampling, comfy.model_sampling.CONST) else "eps"
+        return model_family(self.model_patcher.get_model_object("model_sampling"))
 
     def with_policy(self, policy: GuidancePolicy, node_name: str) -> "PolicyGuider":
         """A guider with the same model and prompts that runs another policy."""

@@ -20,8 +20,11 @@ class SamplerSelectNode(io.ComfyNode):
             category="Guidance Lab/sampling",
             description="The pack's own samplers, which share one loop, progress bar and callback.",
             inputs=[
-                io.Combo.Input("sampler_name", options=sorted(SAMPLERS), default="euler",
-                               tooltip="euler: Euler in sigma space, i.e. DDIM with eta = 0."),
+                io.Combo.Input("sampler_name", options=list(SAMPLERS), default="euler",
+                               tooltip="euler: Euler in sigma space (DDIM, eta 0). *_cfg_pp: CFG++ "
+                                       "(set the guider's cfg to lambda, about 0.4-1.0): Euler/DDIM, "
+                                       "Euler ancestral, DPM++ 2M, and DDIM inversion (sigmas "
+                                       "ascending, e.g. FlipSigmas). Any guider, eps/v/flow models."),
             ],
             outputs=[io.Sampler.Output(tooltip="Plug into a SamplerCustomAdvanced or Guided Sampler node.")],
         )

@@ -3,7 +3,9 @@
 A sampler is written as a *step*: ``step(denoise, x, sigma, sigma_next, state) ->
 (x_next, denoised)``, where ``denoise(z, sigma)`` calls the model on state ``z``; a
 step may call it more than once (EDICT does). ``state`` is a dict private to one run
-(multistep history). ``sampling_loop`` turns a step into a sampler function of
+(multistep history); the loop keeps the step index in ``state["i"]`` and the schedule
+as Python floats in ``state["sigmas"]``, read from the device once before the loop so
+that steps branch on sigma values without a host sync per step. ``sampling_loop`` turns a step into a sampler function of
 k-diffusion form, which ComfyUI wraps as a ``KSAMPLER``.
 """
 
@@ -20,7 +22,8 @@ Step = Callable[[Denoise, torch.Tensor, torch.Tensor, torch.Tensor, dict], "tupl
 
 @torch.no_grad()
 def sampling_loop(step: Step, model, x: torch.Tensor, sigmas: torch.Tensor,
-                  extra_args: Optional[dict] = None, callback=None, disable=None) -> torch.Tensor:
+                  extra_args: Optional[dict] = None, callback=None, disable=None,
+                  state: Optional[dict] = None) -> torch.Tensor:
     """Run ``step`` over consecutive sigma pairs, k-diffusion style."""
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
@@ -28,8 +31,10 @@ def sampling_loop(step: Step, model, x: torch.Tensor, sigmas: torch.Tensor,
     def denoise(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return model(z, sigma * s_in, **extra_args)
 
-    state: dict = {}
+    state = {} if state is None else state
+    state["sigmas"] = sigmas.tolist()
     for i in trange(len(sigmas) - 1, disable=disable):
+        state["i"] = i
         x_next, denoised = step(denoise, x, sigmas[i], sigmas[i + 1], state)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})

@@ -18,6 +18,11 @@ def expand(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return sigma.reshape(-1, *([1] * (like.ndim - 1))) if sigma.ndim else sigma
 
 
+def alpha(sigma: float, family: str = "eps") -> float:
+    """The weight of x0 in the state: 1 for eps models, 1 - sigma for flow models."""
+    return 1.0 - sigma if family == "flow" else 1.0
+
+
 def noise_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma, family: str = "eps") -> torch.Tensor:
     """eps = (x - D) / sigma (eps models) or (x - (1 - sigma) D) / sigma (flow models)."""
     s = expand(sigma, x)

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from guidance_lab.samplers import SAMPLERS
+from guidance_lab.samplers.cfg_pp import ancestral_split, uncond_tap
+from guidance_lab.samplers.sigma_space import alpha
+
+from .toy import ToyGuider
+
+SIGMAS_EPS = torch.tensor([14.0, 6.0, 2.5, 1.0, 0.4, 0.1, 0.0])
+SIGMAS_FLOW = torch.tensor([0.99, 0.8, 0.6, 0.4, 0.2, 0.05, 0.0])
+
+
+def start(family, batch=2):
+    x = torch.randn(batch, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    return x * (SIGMAS_EPS[0] if family == "eps" else 1.0)
+
+
+def sigmas_for(family):
+    return SIGMAS_EPS if family == "eps" else SIGMAS_FLOW
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_cond_equal_uncond_makes_cfg_pp_plain_ddim(family):
+    model = ToyGuider(scale=0.7, cond_mean=0.5, uncond_mean=0.5, family=family)
+    x, s = start(family), sigmas_for(family)
+    cfgpp = SAMPLERS["euler_cfg_pp"](model, x.clone(), s, {}, disable=True, family=family)
+    ddim = SAMPLERS["euler"](model, x.clone(), s, {}, disable=True)
+    assert torch.allclose(cfgpp, ddim, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_ddim_cfg_pp_is_ddim_cfg_with_a_time_varying_scale(family):
+    """CFG++ at lambda equals DDIM-CFG at w_t = lambda alpha' sigma / (alpha' sigma - alpha sigma')."""
+    lam, s = 0.6, sigmas_for(family)
+    schedule = s.tolist()
+
+    def w(sigma):
+        i = min(range(len(schedule) - 1), key=lambda k: abs(schedule[k] - sigma))
+        a, a_next = alpha(schedule[i], family), alpha(schedule[i + 1], family)
+        return lam * a_next * schedule[i] / (a_next * schedule[i] - a * schedule[i + 1])
+
+    x = start(family)
+    cfgpp = SAMPLERS["euler_cfg_pp"](ToyGuider(lam, family=family), x.clone(), s, {}, disable=True, family=family)
+    ddim = SAMPLERS["euler"](ToyGuider(w, family=family), x.clone(), s, {}, disable=True)
+    assert torch.allclose(cfgpp, ddim, atol=1e-4, rtol=1e-4)
+
+
+def test_uncond_tap_asks_for_uncond_and_keeps_other_hooks():
+    other = lambda args: args["denoised"]  # noqa: E731
+    extra, seen = uncond_tap({"model_options": {"sampler_post_cfg_function": [other]}, "seed": 3})
+    opts = extra["model_options"]
+    assert opts["disable_cfg1_optimization"] and opts["sampler_post_cfg_function"][0] is other
+    opts["sampler_post_cfg_function"][1]({"denoised": 1, "uncond_denoised": 2})
+    assert seen["uncond"] == 2 and extra["seed"] == 3
+
+
+def test_ancestral_split_conserves_variance_and_eta_zero_is_deterministic():
+    down, up = ancestral_split(2.0, 1.0, 1.0, 1.0, eta=1.0)
+    assert abs(down**2 + up**2 - 1.0) < 1e-9
+    assert ancestral_split(2.0, 1.0, 1.0, 1.0, eta=0.0) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("name", ["euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp"])
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_other_cfg_pp_samplers_reach_the_data(name, family):
+    model = ToyGuider(0.8, cond_mean=1.0, uncond_mean=1.0, family=family)
+    out = SAMPLERS[name](model, start(family, batch=64), sigmas_for(family), {"seed": 1}, disable=True,
+                         family=family)
+    assert torch.isfinite(out).all() and abs(out.mean().item() - 1.0) < 0.5
+
+
+def test_inversion_then_sampling_round_trips_without_guidance():
+    """With lambda 0 and cond == uncond, CFG++ inversion is DDIM inversion: sampling the
+    inverted noise back lands near the start on a smooth toy model."""
+    model = ToyGuider(0.0, cond_mean=0.3, uncond_mean=0.3)
+    s = torch.tensor([14.0, 8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.05, 0.02])
+    x0 = torch.full((1, 1, 2, 2), 0.3) + 0.01 * torch.randn(1, 1, 2, 2)
+    noise = SAMPLERS["ddim_cfg_pp_inversion"](model, x0.clone(), s.flip(0), {}, disable=True)
+    back = SAMPLERS["euler_cfg_pp"](model, noise, torch.cat([s, torch.zeros(1)]), {}, disable=True)
+    assert torch.allclose(back, x0, atol=0.05)
