@@ -4,7 +4,8 @@ from .adaptive_guider import AdaptiveGuiderNode
 from .apg_guider import APGGuiderNode
 from .cfg_guider import CFGGuiderNode
 from .default_model import DefaultModelLoaderNode
+from .record_plot import RecordPlotNode
 from .sampling import GuidedSamplerNode, SamplerSelectNode
 
-NODES = [CFGGuiderNode, APGGuiderNode, AdaptiveGuiderNode, SamplerSelectNode, GuidedSamplerNode]
-NODES.append(DefaultModelLoaderNode)
+NODES = [CFGGuiderNode, APGGuiderNode, AdaptiveGuiderNode, SamplerSelectNode, GuidedSamplerNode,
+         RecordPlotNode, DefaultModelLoaderNode]

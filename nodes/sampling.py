@@ -57,6 +57,8 @@ class GuidedSamplerNode(io.ComfyNode):
                 io.Latent.Output(display_name="output", tooltip="The sampled latent."),
                 io.Latent.Output(display_name="denoised_output", tooltip="The last denoised estimate."),
                 io.String.Output(display_name="report", tooltip="NFE and policy decisions of this run, as text."),
+                io.String.Output(display_name="record", tooltip="The run's per-step record as JSON, for the "
+                                                                 "Guidance Record Plot node or scripts."),
             ],
         )
 
@@ -66,4 +68,5 @@ class GuidedSamplerNode(io.ComfyNode):
         record = run_record(guider)
         report = record.summary() if record is not None else (
             f"{type(guider).__name__} is not a Guidance Lab guider: its model evaluations are not recorded.")
-        return io.NodeOutput(out, denoised, report, ui=ui.PreviewText(report))
+        record_json = record.to_json() if record is not None else "{}"
+        return io.NodeOutput(out, denoised, report, record_json, ui=ui.PreviewText(report))

@@ -97,3 +97,21 @@ def test_bad_policy_values_name_the_node(fixture_model):
     inner = CFGGuiderNode.execute(model, pos, neg, 5.0).args[0]
     with pytest.raises(ValueError, match=r"Adaptive Guidance \(Guidance Lab\): input 'threshold'"):
         AdaptiveGuiderNode.execute(inner, -0.5)
+
+
+def test_record_plot_draws_a_real_run(fixture_model):
+    import json
+
+    from guidance_lab.nodes.record_plot import RecordPlotNode
+
+    model, pos, neg = fixture_model
+    inner = CFGGuiderNode.execute(model, pos, neg, 7.5).args[0]
+    ag = AdaptiveGuiderNode.execute(inner, 0.5).args[0]
+    sample(ag, "euler", STEPS, empty_latent(2), seed=8)
+    image = RecordPlotNode.execute(ag.last_record.to_json()).args[0]
+    assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3
+    assert image.shape[1] > 400 and float(image.std()) > 0.01
+    with pytest.raises(NodeInputError, match=r"Guidance Record Plot \(Guidance Lab\): input 'record'"):
+        RecordPlotNode.execute(json.dumps({}))
+    with pytest.raises(NodeInputError, match="not JSON"):
+        RecordPlotNode.execute("policy: cfg")

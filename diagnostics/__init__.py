@@ -1,0 +1,1 @@
+"""Pictures of a guided run's record (NFE per step, cosine similarity, guidance norm)."""
