@@ -9,6 +9,7 @@ import comfy.patcher_extension
 import comfy.samplers
 
 from ..guiders import GuidancePolicy, GuidanceRecord, GuidedRun
+from ..guiders.guided_run import NonFiniteEstimate
 from .ksampler import model_family
 
 log = logging.getLogger("guidance_lab")
@@ -54,7 +55,10 @@ class PolicyGuider(comfy.samplers.CFGGuider):
                                  disable_pbar, seed)
         finally:
             self._run = None
-        self.last_record = run.finish()
+        try:
+            self.last_record = run.finish()
+        except NonFiniteEstimate as err:
+            raise ValueError(f"{self.node_name}: {err}") from err
         log.info("%s: %s", self.node_name, self.last_record.summary().replace("\n", "; "))
         return out
 

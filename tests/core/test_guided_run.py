@@ -84,3 +84,21 @@ def test_each_run_gets_fresh_state():
     policy = Counting()
     assert drive(policy, steps=3).decisions == {"calls": 3}
     assert drive(policy, steps=3).decisions == {"calls": 3}
+
+
+def test_a_nan_estimate_stops_the_run_naming_the_first_bad_step():
+    import pytest
+
+    from guidance_lab.guiders.guided_run import NonFiniteEstimate
+
+    run = GuidedRun(CFGPolicy(5.0), 4, 1)
+    x = torch.randn(1, 4, 2, 2)
+    for i in range(4):
+        def evaluate(need_uncond, i=i):
+            cond = torch.full_like(x, float("nan")) if i >= 2 else torch.zeros_like(x)
+            return cond, torch.zeros_like(x)
+        run.denoise(x, torch.ones(1), evaluate)
+        run.step_done(i)
+    with pytest.raises(NonFiniteEstimate, match="step 2 of 4") as err:
+        run.finish()
+    assert err.value.step == 2

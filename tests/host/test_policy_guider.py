@@ -136,3 +136,19 @@ def test_empty_conditioning_names_the_node_and_input(fixture_model, bad):
     model, pos, _ = fixture_model
     with pytest.raises(NodeInputError, match=r"CFG Guider \(Guidance Lab\): input 'negative'"):
         CFGGuiderNode.execute(model, pos, bad, 7.5)
+
+
+def test_a_nan_prediction_stops_with_the_step_and_node(fixture_model):
+    model, pos, neg = fixture_model
+    m = model.clone()
+    seen = []
+
+    def nan_after_two_calls(apply_model, args):
+        seen.append(1)
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        return out * float("nan") if len(seen) > 2 else out
+
+    m.set_model_unet_function_wrapper(nan_after_two_calls)
+    guider = CFGGuiderNode.execute(m, pos, neg, 7.5).args[0]
+    with pytest.raises(ValueError, match=r"CFG Guider \(Guidance Lab\): .*NaN or inf at step 2 of 4"):
+        sample(guider, "euler", 4, empty_latent(1), seed=1)
