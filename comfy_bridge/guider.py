@@ -40,6 +40,10 @@ class PolicyGuider(comfy.samplers.CFGGuider):
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
                disable_pbar=False, seed=None):
         self.check_latent(latent_image)
+        try:
+            self.policy.check_run(sampler_name(sampler), sigmas.tolist())
+        except ValueError as err:
+            raise ValueError(f"{self.node_name}: {err}") from err
         run = GuidedRun(self.policy, total_steps=max(int(sigmas.shape[-1]) - 1, 0),
                         batch_size=int(latent_image.shape[0]), family=self.model_family())
 
@@ -133,6 +137,12 @@ class PolicyGuider(comfy.samplers.CFGGuider):
                     "sigma": timestep, "model_options": model_options, "input": x}
             result = fn(args)
         return result
+
+
+def sampler_name(sampler) -> str:
+    """A SAMPLER's identity for calibration files: its sampler function's name."""
+    fn = getattr(sampler, "sampler_function", None)
+    return getattr(fn, "__name__", type(sampler).__name__)
 
 
 def run_record(guider) -> Optional[GuidanceRecord]:

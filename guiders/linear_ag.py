@@ -152,7 +152,15 @@ class LinearAGPolicy(GuidancePolicy):
     scale: float
     coefficients: torch.Tensor = field(compare=False)  # [steps, K]
     evaluate_at: frozenset = frozenset({0})
+    # check_run(sampler, sigmas) -> reason it does not fit, or None (the calibration's own check)
+    fits: Optional[object] = field(default=None, compare=False)
     name = "linear-ag"
+
+    def check_run(self, sampler: str, sigmas: list) -> None:
+        reason = self.fits(sampler, sigmas) if self.fits is not None else None
+        if reason:
+            raise ValueError(f"the LinearAG coefficients do not fit this run: {reason}; "
+                             f"calibrate again with this sampler and schedule")
 
     def __post_init__(self):
         if not math.isfinite(self.scale):

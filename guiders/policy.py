@@ -78,3 +78,6 @@ class GuidancePolicy:
     def settings(self) -> dict:
         """The settings as a JSON-friendly dict, for reports and file metadata."""
         return {}
+
+    def check_run(self, sampler: str, sigmas: list) -> None:
+        """Raise ValueError if the policy cannot serve a run with this sampler and schedule."""

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 SIZE, STEPS = 64, 4
 PACK_NODES = {"GuidanceLab_CFGGuider", "GuidanceLab_APGGuider", "GuidanceLab_AdaptiveGuidance",
               "GuidanceLab_SamplerSelect", "GuidanceLab_GuidedSampler", "GuidanceLab_DefaultModelLoader",
-              "GuidanceLab_RecordPlot"}
+              "GuidanceLab_RecordPlot", "GuidanceLab_LinearAGCalibrate", "GuidanceLab_LinearAGGuider"}
 
 
 def small(server, graph, sd15_checkpoint):

@@ -1,0 +1,95 @@
+"""LinearAG coefficient files: safetensors with the settings they are valid for.
+
+Tensors: ``coefficients`` [steps, K] (float64), ``residuals`` [steps] (relative RMS of
+the fit). Metadata (strings): format, features, sampler, sigmas (JSON, the exact
+schedule), steps, cfg, family, model_fingerprint, ridge, calibration seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .linear_ag import FEATURES
+
+FORMAT = "guidance_lab.linear_ag.v1"
+
+
+@dataclass
+class Calibration:
+    coefficients: torch.Tensor
+    residuals: torch.Tensor
+    sampler: str
+    sigmas: list
+    cfg: float
+    family: str
+    model_fingerprint: str
+    extra: dict
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def mismatch(self, sampler: str, sigmas: list, model_fingerprint: str) -> "str | None":
+        """Why this calibration does not fit a run, or None when it does."""
+        if model_fingerprint != self.model_fingerprint:
+            return "it was calibrated on another model (fingerprints differ)"
+        if sampler != self.sampler:
+            return f"it was calibrated with sampler {self.sampler!r}, this run uses {sampler!r}"
+        if len(sigmas) != len(self.sigmas):
+            return f"it was calibrated for {self.steps} steps, this run has {len(sigmas) - 1}"
+        worst = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(sigmas, self.sigmas))
+        if worst > 1e-5:
+            return "it was calibrated on another noise schedule (scheduler, denoise or model sampling differ)"
+        return None
+
+
+def save(path: Path, cal: Calibration) -> None:
+    """Write atomically: a crash never leaves a truncated file under the final name."""
+    meta = {"format": FORMAT, "features": json.dumps(FEATURES), "sampler": cal.sampler,
+            "sigmas": json.dumps(cal.sigmas), "steps": str(cal.steps), "cfg": repr(cal.cfg),
+            "family": cal.family, "model_fingerprint": cal.model_fingerprint,
+            **{k: str(v) for k, v in cal.extra.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"coefficients": cal.coefficients.double().contiguous(),
+                   "residuals": cal.residuals.double().contiguous()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(path: Path) -> Calibration:
+    """Read and check a coefficient file; ValueError says what is wrong with it."""
+    try:
+        tensors = load_file(str(path))
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(header_len)).get("__metadata__", {})
+    except (OSError, SafetensorError, ValueError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a Guidance Lab LinearAG file (format {meta.get('format')!r})")
+    if json.loads(meta.get("features", "[]")) != list(FEATURES):
+        raise ValueError(f"{path} uses features {meta.get('features')}, this version uses {list(FEATURES)}")
+    try:
+        cal = Calibration(tensors["coefficients"], tensors["residuals"], meta["sampler"],
+                          json.loads(meta["sigmas"]), float(meta["cfg"]), meta["family"],
+                          meta["model_fingerprint"],
+                          {k: v for k, v in meta.items() if k in ("ridge", "seeds", "runs")})
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{path} lacks or garbles its metadata: {err}") from err
+    if cal.coefficients.shape != (cal.steps, len(FEATURES)) or not torch.isfinite(cal.coefficients).all():
+        raise ValueError(f"{path}: coefficients of shape {tuple(cal.coefficients.shape)} do not fit "
+                         f"{cal.steps} steps x {len(FEATURES)} features, or are not finite")
+    return cal

@@ -1,0 +1,148 @@
+"""LinearAG: a calibration node that fits per-step coefficients, and the guider that uses them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import comfy.sample
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+from ..comfy_bridge.fingerprint import model_fingerprint
+from ..comfy_bridge.guider import PolicyGuider, sampler_name
+from ..guiders import linear_ag_file
+from ..guiders.linear_ag import CalibrationPolicy, LinearAGPolicy, NormalEquations, evaluated_steps
+from .guider_common import build_guider, guider_output, model_and_prompt_inputs
+from .validation import NodeInputError, require_conditioning
+
+FILE_TOOLTIP = ("Coefficient file, relative to ComfyUI's output folder (the calibration node "
+                "saves there), e.g. linear_ag/calibration.safetensors.")
+
+
+def resolve_in_output(node: str, input_name: str, name: str, must_exist: bool) -> Path:
+    """A path inside ComfyUI's output folder; anything that escapes it is refused."""
+    root = Path(folder_paths.get_output_directory()).resolve()
+    name = name.strip()
+    if not name:
+        raise NodeInputError(node, input_name, "is empty")
+    path = (root / name).resolve()
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    if root not in path.parents:
+        raise NodeInputError(node, input_name, f"{name!r} points outside ComfyUI's output folder")
+    if must_exist and not path.is_file():
+        raise NodeInputError(node, input_name, f"{name!r}: no such file in {root}")
+    return path
+
+
+class LinearAGCalibrateNode(io.ComfyNode):
+    DISPLAY = "LinearAG Calibrate (Guidance Lab)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GuidanceLab_LinearAGCalibrate",
+            display_name=cls.DISPLAY,
+            category="Guidance Lab/guiders",
+            is_output_node=True,
+            description="Runs full CFG for a few seeds with this sampler and schedule, fits per-step "
+                        "coefficients that predict the unconditional estimate from quantities the "
+                        "run already has (ridge least squares), and saves them for the LinearAG Guider.",
+            inputs=[
+                *model_and_prompt_inputs(),
+                io.Sampler.Input("sampler", tooltip="The sampler LinearAG will be used with."),
+                io.Sigmas.Input("sigmas", tooltip="The schedule LinearAG will be used with (same steps)."),
+                io.Latent.Input("latent_image", tooltip="Gives the image size and batch of each calibration run."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Guidance scale of the calibration runs and of LinearAG later."),
+                io.Int.Input("runs", default=4, min=1, max=256,
+                             tooltip="How many calibration runs (seeds first_seed, first_seed + 1, ...)."),
+                io.Int.Input("first_seed", default=100000, min=0, max=2**63 - 1,
+                             tooltip="Seed of the first calibration run; score LinearAG on other seeds."),
+                io.Float.Input("ridge", default=1e-4, min=0.0, max=10.0, step=1e-5, round=1e-6,
+                               tooltip="Ridge regularisation, relative to the features' scale."),
+                io.String.Input("filename", default="linear_ag/calibration",
+                                tooltip="Where to save, relative to ComfyUI's output folder."),
+            ],
+            outputs=[
+                io.String.Output(display_name="coefficients_file", tooltip="The saved file, for the LinearAG Guider."),
+                io.String.Output(display_name="report", tooltip="Fit residual per step."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, sampler, sigmas, latent_image, cfg, runs, first_seed,
+                ridge, filename) -> io.NodeOutput:
+        require_conditioning(cls.DISPLAY, "positive", positive)
+        require_conditioning(cls.DISPLAY, "negative", negative)
+        if len(sigmas) < 2:
+            raise NodeInputError(cls.DISPLAY, "sigmas", "has no steps")
+        path = resolve_in_output(cls.DISPLAY, "filename", filename, must_exist=False)
+        steps = len(sigmas) - 1
+        equations = NormalEquations(steps)
+        guider = PolicyGuider(model, CalibrationPolicy(float(cfg), equations), node_name=cls.DISPLAY)
+        guider.set_conds(positive, negative)
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        bar = comfy.utils.ProgressBar(runs * steps)
+        for run in range(runs):
+            noise = Noise_RandomNoise(first_seed + run).generate_noise({"samples": latent})
+            guider.sample(noise, latent, sampler, sigmas, callback=lambda *a: bar.update(1),
+                          disable_pbar=True, seed=first_seed + run)
+        coefficients, residuals = equations.solve(float(ridge))
+        cal = linear_ag_file.Calibration(
+            coefficients, residuals, sampler_name(sampler), sigmas.tolist(), float(cfg),
+            guider.model_family(), model_fingerprint(model),
+            {"ridge": float(ridge), "seeds": json.dumps([first_seed, first_seed + runs - 1]),
+             "runs": runs})
+        linear_ag_file.save(path, cal)
+        rel = str(path.relative_to(Path(folder_paths.get_output_directory()).resolve()))
+        report = (f"saved {rel}: {steps} steps, cfg {cfg}, sampler {cal.sampler}, {runs} runs\n"
+                  "relative residual per step: " + " ".join(f"{r:.3f}" for r in residuals.tolist()))
+        return io.NodeOutput(rel, report)
+
+
+class LinearAGGuiderNode(io.ComfyNode):
+    DISPLAY = "LinearAG Guider (Guidance Lab)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GuidanceLab_LinearAGGuider",
+            display_name=cls.DISPLAY,
+            category="Guidance Lab/guiders",
+            description="CFG that evaluates the unconditional prompt only at a few steps and "
+                        "predicts it elsewhere from calibrated per-step coefficients (LinearAG, "
+                        "Castillo et al. 2025). Refuses files made for another model, sampler or schedule.",
+            inputs=[
+                *model_and_prompt_inputs(),
+                io.String.Input("coefficients_file", default="linear_ag/calibration.safetensors",
+                                tooltip=FILE_TOOLTIP),
+                io.Int.Input("warmup_steps", default=2, min=1, max=1000,
+                             tooltip="Evaluate uncond for real at the first steps (step 0 always)."),
+                io.Int.Input("evaluate_every", default=5, min=0, max=1000,
+                             tooltip="Also evaluate uncond at every n-th step (0: never after warm-up)."),
+            ],
+            outputs=[guider_output()],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, coefficients_file, warmup_steps, evaluate_every) -> io.NodeOutput:
+        path = resolve_in_output(cls.DISPLAY, "coefficients_file", coefficients_file, must_exist=True)
+        try:
+            cal = linear_ag_file.load(path)
+        except ValueError as err:
+            raise NodeInputError(cls.DISPLAY, "coefficients_file", str(err)) from err
+        if model_fingerprint(model) != cal.model_fingerprint:
+            raise NodeInputError(cls.DISPLAY, "coefficients_file", f"{coefficients_file!r} was calibrated "
+                                 "on another model (weights or prediction type differ); calibrate again "
+                                 "with this model")
+        evaluate_at = frozenset(evaluated_steps(cal.steps, int(warmup_steps), int(evaluate_every)))
+
+        def policy():
+            return LinearAGPolicy(cal.cfg, cal.coefficients, evaluate_at,
+                                  fits=lambda sampler, sigmas: cal.mismatch(sampler, sigmas, cal.model_fingerprint))
+
+        return io.NodeOutput(build_guider(cls.DISPLAY, model, positive, negative, policy))

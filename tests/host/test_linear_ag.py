@@ -1,0 +1,103 @@
+"""LinearAG calibration and guider nodes on a real ComfyUI model, and the bad files they refuse."""
+
+import pytest
+import torch
+
+from guidance_lab.nodes.linear_ag import LinearAGCalibrateNode, LinearAGGuiderNode
+from guidance_lab.nodes.validation import NodeInputError
+
+from .comfy_graph import empty_latent, encode, load_checkpoint_file, node_out, sample, with_family
+
+pytestmark = pytest.mark.host
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def fixture_model(host, sd15_checkpoint):
+    model, clip, _ = load_checkpoint_file(sd15_checkpoint)
+    return model, encode(clip, "a cyan cross on a white background"), encode(clip, "")
+
+
+@pytest.fixture
+def output_dir(host, tmp_path):
+    import folder_paths
+
+    before = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_output_directory(before)
+
+
+def schedule(model, steps, scheduler="normal"):
+    from comfy_extras import nodes_custom_sampler as cs
+
+    return node_out(cs.BasicScheduler.execute(model, scheduler, steps, 1.0))[0]
+
+
+def euler():
+    from comfy_extras import nodes_custom_sampler as cs
+
+    return node_out(cs.KSamplerSelect.execute("euler"))[0]
+
+
+def calibrate(model, pos, neg, name="linear_ag/test"):
+    out = LinearAGCalibrateNode.execute(model, pos, neg, euler(), schedule(model, STEPS), empty_latent(1),
+                                        6.0, 2, 1000, 1e-4, name).args
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_calibrate_then_sample_with_fewer_evaluations(fixture_model, output_dir, family):
+    base, pos, neg = fixture_model
+    model = with_family(base, family)
+    path, report = calibrate(model, pos, neg)
+    assert (output_dir / path).is_file() and "relative residual per step" in report
+    guider = LinearAGGuiderNode.execute(model, pos, neg, path, 1, 3).args[0]
+    got = sample(guider, "euler", STEPS, empty_latent(3), seed=7)  # seeds unlike the calibration's
+    assert torch.isfinite(got).all()
+    record = guider.last_record
+    assert record.nfe_per_step == [2.0, 1.0, 1.0, 2.0, 1.0, 1.0]  # evaluated at steps 0 and 3
+    assert record.decisions["uncond_estimated_evaluations"] == 4
+
+
+def test_refuses_another_schedule_sampler_or_model(fixture_model, output_dir):
+    model, pos, neg = fixture_model
+    path, _ = calibrate(model, pos, neg)
+    guider = LinearAGGuiderNode.execute(model, pos, neg, path, 1, 0).args[0]
+    with pytest.raises(ValueError, match=r"LinearAG Guider \(Guidance Lab\): .*calibrated for 6 steps"):
+        sample(guider, "euler", STEPS + 2, empty_latent(1), seed=1)
+    with pytest.raises(ValueError, match=r"calibrated with sampler 'sample_euler'"):
+        sample(guider, "dpmpp_2m", STEPS, empty_latent(1), seed=1)
+    with pytest.raises(ValueError, match="another noise schedule"):
+        sample(guider, "euler", STEPS, empty_latent(1), seed=1, scheduler="karras")
+    # Same weights and sigmas, other prediction type: refused as another model.
+    with pytest.raises(NodeInputError, match="prediction type"):
+        LinearAGGuiderNode.execute(with_family(model, "v"), pos, neg, path, 1, 0)
+
+
+def test_refuses_a_file_for_another_model(fixture_model, output_dir):
+    import copy
+
+    model, pos, neg = fixture_model
+    path, _ = calibrate(model, pos, neg)
+    changed = model.clone()
+    changed.model = copy.deepcopy(model.model)
+    with torch.no_grad():
+        for p in changed.model.diffusion_model.parameters():
+            p.mul_(1.01)
+    with pytest.raises(NodeInputError, match=r"input 'coefficients_file'.*another model"):
+        LinearAGGuiderNode.execute(changed, pos, neg, path, 1, 0)
+
+
+def test_refuses_truncated_foreign_missing_and_escaping_files(fixture_model, output_dir):
+    model, pos, neg = fixture_model
+    path, _ = calibrate(model, pos, neg)
+    data = (output_dir / path).read_bytes()
+    (output_dir / "linear_ag" / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (output_dir / "linear_ag" / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    for name, message in (("linear_ag/truncated.safetensors", "cannot read"),
+                          ("linear_ag/garbage.safetensors", "cannot read"),
+                          ("linear_ag/none.safetensors", "no such file"),
+                          ("../../etc/passwd", "outside ComfyUI's output folder")):
+        with pytest.raises(NodeInputError, match=rf"LinearAG Guider \(Guidance Lab\): input 'coefficients_file'.*{message}"):
+            LinearAGGuiderNode.execute(model, pos, neg, name, 1, 0)
