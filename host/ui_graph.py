@@ -60,29 +60,28 @@ def api_to_ui(graph: dict, object_info: dict) -> dict:
     order = sorted(graph, key=lambda k: (column[k], int(k)))
     rows: dict = defaultdict(int)
     nodes, links, out_links = [], [], defaultdict(list)
-    socket_slot = {}
-    for node_id in order:
-        spec = object_info[graph[node_id]["class_type"]]
-        socket_slot[node_id] = {name: i for i, (name, kind, opt) in
-                                enumerate(x for x in _inputs(spec) if not _is_widget(x[1], x[2]))}
     for position, node_id in enumerate(order):
         api = graph[node_id]
         spec = object_info[api["class_type"]]
-        inputs, widgets = [], []
+        inputs, widgets, linked_widgets = [], [], []
         for name, kind, options in _inputs(spec):
             value = api["inputs"].get(name)
             if _is_widget(kind, options):
+                if isinstance(value, list):  # a widget fed by a link (e.g. a file name from a node)
+                    linked_widgets.append({"name": name, "type": kind, "widget": {"name": name}, "link": value})
+                    value = options.get("default")
                 widgets.append(value if value is not None else options.get("default"))
                 if options.get("control_after_generate"):
                     widgets.append("fixed")
                 continue
-            link = None
-            if isinstance(value, list):
-                link = len(links) + 1
-                origin, slot = str(value[0]), value[1]
-                links.append([link, int(origin), slot, int(node_id), socket_slot[node_id][name], kind])
-                out_links[(origin, slot)].append(link)
-            inputs.append({"name": name, "type": kind, "link": link})
+            inputs.append({"name": name, "type": kind, "link": value if isinstance(value, list) else None})
+        inputs += linked_widgets  # the canvas lists converted widgets after the sockets
+        for slot, entry in enumerate(inputs):
+            if entry["link"] is not None:
+                origin, origin_slot = str(entry["link"][0]), entry["link"][1]
+                entry["link"] = len(links) + 1
+                links.append([entry["link"], int(origin), origin_slot, int(node_id), slot, entry["type"]])
+                out_links[(origin, origin_slot)].append(entry["link"])
         col = column[node_id]
         node = {"id": int(node_id), "type": api["class_type"], "pos": [40 + 360 * col, 40 + 220 * rows[col]],
                 "size": [320, 130], "flags": {}, "order": position, "mode": 0, "inputs": inputs,
