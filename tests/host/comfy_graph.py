@@ -57,3 +57,13 @@ def sample(guider, sampler_name: str, steps: int, latent: dict, seed: int, sched
 
 def empty_latent(batch: int, size: int = 64) -> dict:
     return {"samples": torch.zeros(batch, 4, size // 8, size // 8)}
+
+
+def comfy_cfg(model, positive, negative, scale):
+    """ComfyUI's own CFGGuider, the reference the pack is held to."""
+    from comfy.samplers import CFGGuider
+
+    guider = CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(scale)
+    return guider

@@ -1,5 +1,17 @@
 """In-process host tests: the real ComfyUI goes on sys.path before these modules import."""
 
+import pytest
+
 from guidance_lab.tests.paths import ensure_host_importable
 
 ensure_host_importable()
+
+
+@pytest.fixture(scope="session")
+def fixture_model(host, sd15_checkpoint):
+    """(MODEL, positive, negative) of the fixture checkpoint, loaded once by ComfyUI's loader.
+    Tests that patch the model clone it first."""
+    from .comfy_graph import encode, load_checkpoint_file
+
+    model, clip, _ = load_checkpoint_file(sd15_checkpoint)
+    return model, encode(clip, "a red circle on a white background"), encode(clip, "")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from .comfy_graph import empty_latent, encode, load_checkpoint_file, sample, with_family
+from .comfy_graph import comfy_cfg, empty_latent, sample, with_family
 
 pytestmark = pytest.mark.host
 
@@ -11,22 +11,11 @@ SAMPLERS = ["euler", "dpmpp_2m", "ddim", "euler_ancestral"]
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def fixture_model(host, sd15_checkpoint):
-    model, clip, _ = load_checkpoint_file(sd15_checkpoint)
-    return model, encode(clip, "a red circle on a white background"), encode(clip, "")
-
-
 def guiders(model, positive, negative, cfg):
-    from comfy.samplers import CFGGuider
-
     from guidance_lab.nodes.cfg_guider import CFGGuiderNode
 
-    theirs = CFGGuider(model)
-    theirs.set_conds(positive, negative)
-    theirs.set_cfg(cfg)
     ours = CFGGuiderNode.execute(model, positive, negative, cfg).args[0]
-    return ours, theirs
+    return ours, comfy_cfg(model, positive, negative, cfg)
 
 
 @pytest.mark.parametrize("family", ["eps", "v", "flow"])

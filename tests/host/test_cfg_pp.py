@@ -13,25 +13,10 @@ from guidance_lab.nodes.apg_guider import APGGuiderNode
 from guidance_lab.nodes.cfg_guider import CFGGuiderNode
 from guidance_lab.samplers.sigma_space import alpha
 
-from .comfy_graph import empty_latent, encode, load_checkpoint_file, node_out, sample, with_family
+from .comfy_graph import comfy_cfg, empty_latent, node_out, sample, with_family
 
 pytestmark = pytest.mark.host
 STEPS = 5
-
-
-@pytest.fixture(scope="module")
-def fixture_model(host, sd15_checkpoint):
-    model, clip, _ = load_checkpoint_file(sd15_checkpoint)
-    return model, encode(clip, "a purple ring on a gray background"), encode(clip, "")
-
-
-def comfy_cfg(model, pos, neg, scale):
-    from comfy.samplers import CFGGuider
-
-    guider = CFGGuider(model)
-    guider.set_conds(pos, neg)
-    guider.set_cfg(scale)
-    return guider
 
 
 def close(a, b, tol=1e-5):

@@ -8,25 +8,10 @@ from guidance_lab.nodes.apg_guider import CUSTOM, APGGuiderNode
 from guidance_lab.nodes.cfg_guider import CFGGuiderNode
 from guidance_lab.nodes.validation import NodeInputError
 
-from .comfy_graph import empty_latent, encode, load_checkpoint_file, sample, with_family
+from .comfy_graph import comfy_cfg, empty_latent, sample, with_family
 
 pytestmark = pytest.mark.host
 STEPS = 5
-
-
-@pytest.fixture(scope="module")
-def fixture_model(host, sd15_checkpoint):
-    model, clip, _ = load_checkpoint_file(sd15_checkpoint)
-    return model, encode(clip, "a green star on a black background"), encode(clip, "")
-
-
-def comfy_cfg(model, pos, neg, scale):
-    from comfy.samplers import CFGGuider
-
-    guider = CFGGuider(model)
-    guider.set_conds(pos, neg)
-    guider.set_cfg(scale)
-    return guider
 
 
 @pytest.mark.parametrize("family", ["eps", "v", "flow"])

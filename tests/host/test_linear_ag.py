@@ -6,16 +6,10 @@ import torch
 from guidance_lab.nodes.linear_ag import LinearAGCalibrateNode, LinearAGGuiderNode
 from guidance_lab.nodes.validation import NodeInputError
 
-from .comfy_graph import empty_latent, encode, load_checkpoint_file, node_out, sample, with_family
+from .comfy_graph import empty_latent, node_out, sample, with_family
 
 pytestmark = pytest.mark.host
 STEPS = 6
-
-
-@pytest.fixture(scope="module")
-def fixture_model(host, sd15_checkpoint):
-    model, clip, _ = load_checkpoint_file(sd15_checkpoint)
-    return model, encode(clip, "a cyan cross on a white background"), encode(clip, "")
 
 
 @pytest.fixture

@@ -8,15 +8,9 @@ from guidance_lab.guiders import GuidancePolicy, Guided, PolicyRun
 from guidance_lab.nodes.cfg_guider import CFGGuiderNode
 from guidance_lab.nodes.validation import NodeInputError
 
-from .comfy_graph import empty_latent, encode, load_checkpoint_file, sample
+from .comfy_graph import empty_latent, sample
 
 pytestmark = pytest.mark.host
-
-
-@pytest.fixture(scope="module")
-def fixture_model(host, sd15_checkpoint):
-    model, clip, _ = load_checkpoint_file(sd15_checkpoint)
-    return model, encode(clip, "a blue square"), encode(clip, "")
 
 
 def counted(model):
