@@ -16,7 +16,6 @@ safetensors file (fp16) with the training config in its metadata.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -30,12 +29,10 @@ CACHE = Path(os.environ.get("GUIDANCE_LAB_CACHE", Path.home() / ".cache" / "guid
 
 def import_pack():
     """The pack as the package ``guidance_lab`` (as ComfyUI and the tests import it), host on sys.path."""
-    if "guidance_lab" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "guidance_lab", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["guidance_lab"] = module
-        spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO / "host"))
+    from pack_import import import_pack as load_pack
+
+    load_pack()
     from guidance_lab.tests.paths import ensure_host_importable
 
     ensure_host_importable()

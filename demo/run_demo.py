@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import shutil
 import sys
 import time
@@ -20,11 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def import_pack():
-    spec = importlib.util.spec_from_file_location(
-        "guidance_lab", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["guidance_lab"] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO / "host"))
+    from pack_import import import_pack as load_pack
+
+    return load_pack()
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,6 @@ Run with the host's python after `make provision`:  .host/venv/bin/python script
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tempfile
@@ -16,11 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    spec = importlib.util.spec_from_file_location(
-        "guidance_lab", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["guidance_lab"] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO / "host"))
+    from pack_import import import_pack
+
+    import_pack()
     from guidance_lab.host.api_graph import api_workflows, load
     from guidance_lab.host.comfy_server import ComfyServer
     from guidance_lab.host.ui_graph import api_to_ui

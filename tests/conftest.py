@@ -7,7 +7,6 @@ real ComfyUI provisioned under ``.host/`` in-process; ``e2e/`` starts it as a se
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -16,17 +15,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _import_pack():
-    if "guidance_lab" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "guidance_lab", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["guidance_lab"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["guidance_lab"]
+sys.path.insert(0, str(REPO / "host"))
+from pack_import import import_pack  # noqa: E402
 
-
-_import_pack()
+import_pack()
 from guidance_lab.tests.paths import FIXTURE_CACHE, ensure_host_importable  # noqa: E402
 
 
