@@ -4,7 +4,7 @@ PYTHON ?= python3
 HOST_PY := .host/venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: provision test demo
+.PHONY: provision test demo benchmark
 
 provision:
 	$(PYTHON) host/provision.py
@@ -14,3 +14,6 @@ test: provision
 
 demo: provision
 	$(HOST_PY) demo/run_demo.py
+
+benchmark: provision
+	$(HOST_PY) benchmarks/guidance_benchmark.py

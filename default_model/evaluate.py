@@ -58,25 +58,12 @@ def sample_images(model, clip, vae, prompts, cfg, args):
     return nodes.VAEDecode().decode(vae, out)[0]
 
 
-def write_grid(path: Path, prompts, images_by_cfg: dict, rows: int, scale: int = 3):
-    from PIL import Image, ImageDraw
-
-    import numpy as np
+def write_grid(path: Path, prompts, images_by_cfg: dict, rows: int):
+    from guidance_lab.diagnostics.image_grid import image_grid
 
     cfgs = list(images_by_cfg)
-    cell, label_w, head_h = 32 * scale, 250, 18
-    grid = Image.new("RGB", (label_w + cell * len(cfgs), head_h + cell * rows), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for j, cfg in enumerate(cfgs):
-        draw.text((label_w + j * cell + 4, 3), f"CFG {cfg:g}", fill=(0, 0, 0))
-    for i in range(rows):
-        draw.text((4, head_h + i * cell + cell // 2 - 6), prompts[i], fill=(0, 0, 0))
-        for j, cfg in enumerate(cfgs):
-            im = (np.clip(images_by_cfg[cfg][i].cpu().numpy(), 0, 1) * 255).round().astype(np.uint8)
-            tile = Image.fromarray(im).resize((cell, cell), Image.NEAREST)
-            grid.paste(tile, (label_w + j * cell, head_h + i * cell))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    tiles = [[images_by_cfg[cfg][i].cpu().numpy() for cfg in cfgs] for i in range(rows)]
+    image_grid(path, tiles, prompts[:rows], [f"CFG {cfg:g}" for cfg in cfgs])
 
 
 def main(argv=None):

@@ -1,15 +1,16 @@
-"""The demo: start ComfyUI with the pack, run the CFG-guider workflow over the HTTP API,
-and write the image(s) and the run's NFE report to demo_output/.
+"""The demo: start ComfyUI with the pack, run the default model's workflow over the HTTP API
+for a few prompts, and write the images, a labelled grid and their measured adherence to
+demo_output/.
 
-Run with the host's python (``make demo`` provisions it first). Until the pack ships its
-own trained model, the demo runs on the tiny SD1.5-family checkpoint the tests build
-(random weights, so the image is noise: this shows the plumbing, not image quality).
+Runs ``workflows/api/default_model.json`` (the pack's Default Model Loader, stock
+CLIPTextEncode, KSampler at CFG 5 and VAEDecode) once per prompt; the prompts are
+held-out dataset prompts unless given with --prompt. Run with the host's python
+(``make demo`` provisions it first).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import shutil
 import sys
 import time
@@ -27,60 +28,71 @@ def import_pack():
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workflow", default="cfg_guider", help="a workflow in workflows/api/ (no .json)")
-    parser.add_argument("--prompt", default="a red circle on a white background")
-    parser.add_argument("--cfg", type=float, default=7.5)
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="a prompt like 'a red circle on a white background' (repeatable)")
+    parser.add_argument("--count", type=int, default=8, help="held-out prompts when no --prompt is given")
+    parser.add_argument("--seeds", type=int, default=4, help="images per prompt")
+    parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=128, help="image width and height in pixels")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "demo_output")
     args = parser.parse_args(argv)
 
     import_pack()
-    from guidance_lab.host.api_graph import API_WORKFLOWS, load, nodes_of, retarget
+    from guidance_lab.default_model.dataset import make_batch
+    from guidance_lab.diagnostics.image_grid import image_grid
+    from guidance_lab.host.api_graph import API_WORKFLOWS, load
     from guidance_lab.host.comfy_server import ComfyServer, execution_error, history_status
-    from guidance_lab.tests.paths import FIXTURE_CACHE, ensure_host_importable
 
-    ensure_host_importable()
-    builder = importlib.import_module("guidance_lab.tests.fixtures.sd15_checkpoint")
-    print("[demo] building/finding the demo checkpoint ...", flush=True)
-    checkpoint = builder.ensure_sd15_checkpoint(FIXTURE_CACHE)
+    prompts = args.prompt or make_batch(777, 0, args.count, 32)[1]
+    template = load(API_WORKFLOWS / "default_model.json")
 
-    graph = retarget(load(API_WORKFLOWS / f"{args.workflow}.json"), ckpt_name=checkpoint.name,
-                     size=args.size, steps=args.steps)
-    for node in graph.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "CLIPTextEncode" and inputs.get("text"):
-            inputs["text"] = args.prompt
-        if node["class_type"].endswith("CFGGuider"):
-            inputs["cfg"] = args.cfg
-        if node["class_type"] == "RandomNoise":
-            inputs["noise_seed"] = args.seed
+    def graph_for(index: int, prompt: str) -> dict:
+        graph = {k: {**v, "inputs": dict(v["inputs"])} for k, v in template.items()}
+        graph["2"]["inputs"]["text"] = prompt
+        graph["4"]["inputs"]["batch_size"] = args.seeds
+        graph["5"]["inputs"].update(seed=args.seed + index, cfg=args.cfg, steps=args.steps)
+        graph["7"]["inputs"]["filename_prefix"] = f"demo/{index:02d}"
+        return graph
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    server_dir = args.out / "server"
-    shutil.rmtree(server_dir, ignore_errors=True)
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
     print("[demo] starting ComfyUI with the pack ...", flush=True)
-    with ComfyServer(server_dir, extra_model_paths={"checkpoints": str(checkpoint.parent)}) as server:
-        print(f"[demo] ComfyUI ready at {server.url('/')} in {server.start_seconds:.1f} s; "
-              f"queueing workflows/api/{args.workflow}.json", flush=True)
-        t0 = time.monotonic()
-        entry = server.run_prompt(graph, timeout=1800)
-        status, _ = history_status(entry)
-        if status != "success":
-            print(f"[demo] the workflow failed: {execution_error(entry)}", file=sys.stderr)
-            return 1
-        images = server.output_images(entry)
-        saved = []
-        for image in images:
-            target = args.out / image.name
-            shutil.copyfile(image, target)
-            saved.append(target)
-        for node_id in nodes_of(graph, "GuidanceLab_GuidedSampler"):
-            report = "".join(entry["outputs"].get(node_id, {}).get("text", []))
-            (args.out / "report.txt").write_text(report + "\n")
-            print("[demo] report:\n  " + report.replace("\n", "\n  "))
-    print(f"[demo] done in {time.monotonic() - t0:.1f} s; images: " + ", ".join(str(p) for p in saved))
+    t0 = time.monotonic()
+    rows = []
+    with ComfyServer(args.out / "server") as server:
+        print(f"[demo] ComfyUI ready at {server.url('/')} in {server.start_seconds:.1f} s; queueing "
+              f"workflows/api/default_model.json for {len(prompts)} prompts x {args.seeds} seeds", flush=True)
+        for index, prompt in enumerate(prompts):
+            entry = server.run_prompt(graph_for(index, prompt), timeout=900)
+            status, _ = history_status(entry)
+            if status != "success":
+                print(f"[demo] the workflow failed: {execution_error(entry)}", file=sys.stderr)
+                return 1
+            saved = []
+            for k, image in enumerate(server.output_images(entry)):
+                target = args.out / f"{index:02d}_{k}_{prompt.replace(' ', '_')}.png"
+                shutil.copyfile(image, target)
+                saved.append(target)
+            rows.append((prompt, saved))
+            print(f"[demo] {prompt}: {len(saved)} images", flush=True)
+
+    import numpy as np
+    from PIL import Image
+
+    from guidance_lab.quality.shapes import label_accuracy
+
+    tiles = [[np.asarray(Image.open(p).convert("RGB"), np.float32) / 255 for p in saved] for _, saved in rows]
+    grid = image_grid(args.out / "grid.png", tiles, [p for p, _ in rows],
+                      [f"seed {args.seed}+{k}" for k in range(args.seeds)])
+    flat = np.concatenate([np.stack(t) for t in tiles])
+    scores = label_accuracy(flat, [p for p, saved in rows for _ in saved])
+    report = (f"{len(flat)} images, CFG {args.cfg:g}, {args.steps} steps: adherence (shape and colour "
+              f"match, quality/shapes.py) {scores['adherence']:.3f}; shape {scores['shape']:.3f}, colour "
+              f"{scores['colour']:.3f}, background {scores['background']:.3f}")
+    (args.out / "report.txt").write_text(report + "\n")
+    print(f"[demo] {report}")
+    print(f"[demo] done in {time.monotonic() - t0:.1f} s; grid: {grid}")
     return 0
 
 

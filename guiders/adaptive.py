@@ -12,6 +12,14 @@ batch has switched; until then uncond is evaluated (and counted) for all of them
 the switched samples simply ignore it. Reading the decision back costs one scalar
 device-to-host copy per evaluation until the whole batch has switched.
 
+Similarity space: ``space="eps"`` (default) is the paper's reading. Since
+eps = (x - D) / sigma, at high sigma both noise estimates are dominated by the shared
+x / sigma term and their cosine sits near 1 whatever the prompt does: on the pack's
+pixel-space default model it is above 0.9998 from the first step and then *falls*, so
+an eps-space threshold switches at step 0 or never. ``space="x0"`` compares the denoised
+estimates D_c, D_u instead (what the public ComfyUI AG node does); there the cosine
+rises from ~0.9 to 1 over the run as the paper describes, and the threshold is usable.
+
 Before the switch the result is the inner policy's, bit for bit (``torch.where`` keeps
 the unswitched samples' values exactly).
 """
@@ -27,6 +35,8 @@ import torch
 from ..samplers.sigma_space import noise_from_denoised
 from .cfg import CFGPolicy
 from .policy import GuidancePolicy, Guided, PolicyRun, StepContext
+
+SPACES = ("eps", "x0")
 
 
 def cosine_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -58,9 +68,11 @@ class AdaptiveRun(PolicyRun):
         inner = self.inner.guide(cond, uncond, step)
         keep = self.switched.reshape(-1, *([1] * (cond.ndim - 1)))
         guided = torch.where(keep, cond, inner.denoised)
-        eps_c = noise_from_denoised(step.x, cond, step.sigma, step.family)
-        eps_u = noise_from_denoised(step.x, uncond, step.sigma, step.family)
-        gamma = cosine_per_sample(eps_c, eps_u)
+        if self.policy.space == "x0":
+            gamma = cosine_per_sample(cond, uncond)
+        else:
+            gamma = cosine_per_sample(noise_from_denoised(step.x, cond, step.sigma, step.family),
+                                      noise_from_denoised(step.x, uncond, step.sigma, step.family))
         crossed = (gamma > self.policy.threshold) & ~self.switched
         self.switch_step = torch.where(crossed, torch.full_like(self.switch_step, step.index), self.switch_step)
         self.switched = self.switched | crossed
@@ -78,11 +90,14 @@ class AdaptiveRun(PolicyRun):
 class AdaptivePolicy(GuidancePolicy):
     threshold: float = 0.995
     inner: GuidancePolicy = field(default_factory=CFGPolicy)
+    space: str = "eps"  # where the cosine is taken: "eps" (noise estimates) or "x0" (denoised)
     name = "ag"
 
     def __post_init__(self):
         if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
             raise ValueError(f"Adaptive Guidance threshold must be in [0, 1], got {self.threshold!r}")
+        if self.space not in SPACES:
+            raise ValueError(f"Adaptive Guidance space must be one of {SPACES}, got {self.space!r}")
 
     @property
     def scale(self) -> float:
@@ -92,4 +107,5 @@ class AdaptivePolicy(GuidancePolicy):
         return AdaptiveRun(self, total_steps)
 
     def settings(self) -> dict:
-        return {"threshold": self.threshold, "inner": self.inner.name, **self.inner.settings()}
+        return {"threshold": self.threshold, "space": self.space, "inner": self.inner.name,
+                **self.inner.settings()}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..guiders.adaptive import AdaptivePolicy
+from ..guiders.adaptive import SPACES, AdaptivePolicy
 from .guider_common import guider_output, require_pack_guider
+from .validation import NodeInputError
 
 
 class AdaptiveGuiderNode(io.ComfyNode):
@@ -23,17 +24,24 @@ class AdaptiveGuiderNode(io.ComfyNode):
             inputs=[
                 io.Guider.Input("guider", tooltip="A Guidance Lab guider (CFG or APG) to run until the switch."),
                 io.Float.Input("threshold", default=0.995, min=0.0, max=1.0, step=0.0005, round=0.0001,
-                               tooltip="Switch to conditional-only once cos(eps_c, eps_u) exceeds this. "
+                               tooltip="Switch to conditional-only once the cosine exceeds this. "
                                        "Higher switches later (closer to the guider, fewer savings)."),
+                io.Combo.Input("space", options=list(SPACES), default="eps", optional=True,
+                               tooltip="Where the cosine is taken. eps: the noise estimates, as in the "
+                                       "paper. x0: the denoised estimates; pick it when the eps cosine is "
+                                       "~1 from the first step (pixel-space models, high sigma_max) and "
+                                       "AG would switch at once. Check the switch step in the report."),
             ],
             outputs=[guider_output()],
         )
 
     @classmethod
-    def execute(cls, guider, threshold) -> io.NodeOutput:
+    def execute(cls, guider, threshold, space="eps") -> io.NodeOutput:
         inner = require_pack_guider(cls.DISPLAY, "guider", guider)
+        if space not in SPACES:
+            raise NodeInputError(cls.DISPLAY, "space", f"is {space!r}; choose one of {list(SPACES)}")
         try:
-            policy = AdaptivePolicy(threshold=float(threshold), inner=inner.policy)
+            policy = AdaptivePolicy(threshold=float(threshold), inner=inner.policy, space=space)
         except ValueError as err:
             raise ValueError(f"{cls.DISPLAY}: input 'threshold': {err}") from err
         return io.NodeOutput(inner.with_policy(policy, cls.DISPLAY))

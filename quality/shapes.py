@@ -34,6 +34,11 @@ class Analysis:
     coverage: float = 0.0
     # The features the shape was decided on, for debugging failures.
     features: tuple = ()
+    # Measured RGB of the backdrop and of the blob's core, and the blob's centre as a
+    # fraction of the image (x, y): inputs of quality.metrics.scene_features.
+    background_rgb: tuple = (0.0, 0.0, 0.0)
+    colour_rgb: tuple = (0.0, 0.0, 0.0)
+    centroid: tuple = (0.5, 0.5)
 
     @property
     def found(self) -> bool:
@@ -168,13 +173,17 @@ def analyse(image) -> Analysis:
 
     dist = np.linalg.norm(img - bg, axis=-1)
     blob = _largest_blob(dist > FOREGROUND_DISTANCE)
+    measured = {"background_rgb": tuple(bg.tolist()), "colour_rgb": tuple(bg.tolist())}
     if blob.sum() < MIN_BLOB_FRACTION * dist.size:
-        return Analysis(background, UNKNOWN, UNKNOWN)
+        return Analysis(background, UNKNOWN, UNKNOWN, **measured)
 
     # The colour from the blob's core: anti-aliased edge pixels are mixed with the backdrop.
     core = blob & (dist >= 0.75 * np.percentile(dist[blob], 90))
     fg = np.median(img[core], 0)
     colour = _nearest(_FG_NAMES, _FG_LAB, _srgb_to_lab(fg))
+    ys, xs = np.nonzero(blob)
+    measured = {"background_rgb": tuple(bg.tolist()), "colour_rgb": tuple(fg.tolist()),
+                "centroid": (float(xs.mean() + 0.5) / img.shape[1], float(ys.mean() + 0.5) / img.shape[0])}
 
     # Coverage: each pixel's position between backdrop and foreground colour, so the mask's
     # outline is sub-pixel accurate after upsampling.
@@ -184,9 +193,9 @@ def analyse(image) -> Analysis:
     zoom = max(1, int(np.ceil(MASK_RESOLUTION / min(alpha.shape))))
     mask = _largest_blob(ndimage.zoom(alpha, zoom, order=1) > 0.5)
     if not mask.any():
-        return Analysis(background, colour, UNKNOWN, float(blob.mean()))
+        return Analysis(background, colour, UNKNOWN, float(blob.mean()), **measured)
     features = shape_features(mask)
-    return Analysis(background, colour, classify_shape(*features), float(blob.mean()), features)
+    return Analysis(background, colour, classify_shape(*features), float(blob.mean()), features, **measured)
 
 
 def _as_numpy(images) -> np.ndarray:

@@ -79,3 +79,21 @@ def test_wraps_apg():
 def test_rejects_thresholds_outside_zero_one(bad):
     with pytest.raises(ValueError, match="threshold"):
         AdaptivePolicy(threshold=bad)
+
+
+def test_x0_space_compares_the_denoised_estimates_not_the_noise():
+    # At high sigma the noise estimates share the x / sigma term: their cosine is ~1 even
+    # when the denoised estimates disagree completely. x0 space sees the disagreement.
+    x = torch.randn(1, 3, 8, 8) * 14.0
+    c = torch.ones(1, 3, 8, 8)
+    u = -torch.ones(1, 3, 8, 8)
+    sigma = 14.0
+    eps_run = AdaptivePolicy(threshold=0.99, space="eps").start(10)
+    x0_run = AdaptivePolicy(threshold=0.99, space="x0").start(10)
+    eps_cos = eps_run.guide(c, u, ctx(0, x, sigma)).metrics["cosine"]
+    x0_cos = x0_run.guide(c, u, ctx(0, x, sigma)).metrics["cosine"]
+    assert eps_cos.item() > 0.99 and x0_cos.item() == pytest.approx(-1.0)
+    assert eps_run.decisions()["switch_step"] == [0] and x0_run.decisions()["switch_step"] == [-1]
+    assert AdaptivePolicy(space="x0").settings()["space"] == "x0"
+    with pytest.raises(ValueError, match="space"):
+        AdaptivePolicy(space="v")

@@ -1,0 +1,194 @@
+"""Guidance benchmark: every method of benchmarks/methods.py on the default model, through a
+real ComfyUI server, scored by the quality harness.
+
+    make benchmark            # = .host/venv/bin/python benchmarks/guidance_benchmark.py
+    .host/venv/bin/python benchmarks/guidance_benchmark.py --prompts 4 --seeds 2 --steps 6   # quick look
+
+Starts ComfyUI with the pack, calibrates LinearAG on prompts and seeds the scoring never
+uses, then for each scoring prompt queues one graph per method (rotating their order, after
+an untimed warm-up) over the HTTP API. Wall time is the server's own execution time of each
+prompt (history timestamps); a method's time ratio is the median over prompts of its time
+divided by ComfyUI's CFGGuider time on the same prompt and seeds, measured minutes apart in
+this one run. Writes results.json, results.md and PNG grids to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "benchmark_results" / "guidance"
+WEIGHTS = "guidance_lab_shapes32.safetensors"
+CALIBRATION_FILE = "benchmark/linear_ag_calibration.safetensors"
+WARMUP_SEED = 10**6  # noise seeds of untimed runs; scoring uses 0..prompts-1, LinearAG 100000+
+NFE_LINE = re.compile(r"NFE: (\d+) total, ([0-9.]+) per image")
+DECISIONS_LINE = re.compile(r"^decisions: (.*)$", re.M)
+
+
+def import_pack():
+    sys.path.insert(0, str(REPO / "host"))
+    from pack_import import import_pack as load_pack
+
+    return load_pack()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=24, help="scoring prompts (held-out dataset prompts)")
+    p.add_argument("--seeds", type=int, default=4, help="images per prompt (one batch, one noise seed)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--eval-seed", type=int, default=777, help="dataset seed the scoring prompts come from")
+    p.add_argument("--calibration-seed", type=int, default=31337,
+                   help="dataset seed of the LinearAG calibration prompt (not a scoring prompt)")
+    p.add_argument("--real-count", type=int, default=1000, help="dataset images for the scene distance")
+    p.add_argument("--methods", nargs="+", default=None, help="only these rows (names in methods.py)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--workdir", type=Path, default=None, help="server folder (default: a temp folder)")
+    p.add_argument("--grid-prompts", type=int, default=8)
+    return p.parse_args(argv)
+
+
+def execution_seconds(entry: dict) -> float:
+    """Server-side execution time of one prompt, from its history's status messages."""
+    stamps = {name: data.get("timestamp") for name, data in entry["status"]["messages"]}
+    return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
+
+
+def load_images(paths) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0 for p in paths])
+
+
+class Runner:
+    """Queues graphs on the server and keeps, per method, images, times and NFE reports."""
+
+    def __init__(self, server, args):
+        self.server, self.args = server, args
+        self.context = {"linear_ag_file": CALIBRATION_FILE}
+
+    def graph(self, method, prompt: str, seed: int, batch: int, tag: str) -> dict:
+        from guidance_lab.benchmarks.graph import Scene, base_graph, finish_graph
+
+        scene = Scene(prompt, seed, batch, self.args.steps, WEIGHTS)
+        g, ids = base_graph(scene)
+        guider, sampler, pack = method.build(g, ids, self.context)
+        return finish_graph(g, ids, guider, sampler, pack, f"benchmark/{method.name}/{tag}")
+
+    def run(self, graph: dict) -> dict:
+        from guidance_lab.host.comfy_server import execution_error, history_status
+
+        entry = self.server.run_prompt(graph, timeout=900)
+        status, _ = history_status(entry)
+        if status != "success":
+            raise RuntimeError(f"benchmark graph failed: {json.dumps(execution_error(entry), indent=1)}")
+        return entry
+
+    def calibrate(self, prompt: str, cfg: float, calibration: dict) -> str:
+        from guidance_lab.benchmarks.graph import Scene, base_graph, out
+
+        g, ids = base_graph(Scene(prompt, 0, self.args.seeds, self.args.steps, WEIGHTS))
+        sampler = out(g.add("KSamplerSelect", "sampler", sampler_name="euler"))
+        cal = g.add("GuidanceLab_LinearAGCalibrate", "calibrate", model=ids["model"], positive=ids["positive"],
+                    negative=ids["negative"], sampler=sampler, sigmas=ids["sigmas"], latent_image=ids["latent"],
+                    cfg=cfg, ridge=1e-4, filename=CALIBRATION_FILE.removesuffix(".safetensors"), **calibration)
+        g.add("PreviewAny", "report", source=out(cal, 1))
+        entry = self.run(g.nodes)
+        return "".join(entry["outputs"].get("report", {}).get("text", []))
+
+    def sample(self, method, prompt: str, seed: int, tag: str) -> dict:
+        entry = self.run(self.graph(method, prompt, seed, self.args.seeds, tag))
+        images = load_images(self.server.output_images(entry))
+        report = "".join(entry["outputs"].get("sample", {}).get("text", []))
+        nfe = NFE_LINE.search(report)
+        decisions = DECISIONS_LINE.search(report)
+        return {"images": images, "seconds": execution_seconds(entry),
+                "nfe_per_image": float(nfe.group(2)) if nfe else None,
+                "decisions": json.loads(decisions.group(1)) if decisions else None}
+
+
+def stock_nfe(method, steps: int) -> float:
+    """ComfyUI's CFGGuider evaluates cond and uncond at every step, cond only at CFG 1."""
+    return float(steps if method.cfg == 1.0 else 2 * steps)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import_pack()
+    from guidance_lab.benchmarks.methods import BASELINE, BY_NAME, CFG, LINEAR_AG_CALIBRATION, METHODS
+    from guidance_lab.benchmarks.report import write_results
+    from guidance_lab.default_model.dataset import make_batch
+    from guidance_lab.host.comfy_server import ComfyServer
+    from guidance_lab.tests.paths import ensure_host_importable
+
+    ensure_host_importable()
+    methods = [BY_NAME[n] for n in args.methods] if args.methods else list(METHODS)
+    names = {m.name for m in methods}
+    # A row's reference and the time baseline always run: they are what the row is compared to.
+    for extra in {BASELINE} | {m.reference for m in methods if m.reference}:
+        if extra not in names:
+            methods.insert(0, BY_NAME[extra])
+            names.add(extra)
+
+    _, prompts, _ = make_batch(args.eval_seed, 0, args.prompts, 32)
+    _, calibration_prompts, _ = make_batch(args.calibration_seed, 0, 1, 32)
+    if calibration_prompts[0] in prompts:
+        raise SystemExit(f"calibration prompt {calibration_prompts[0]!r} is also a scoring prompt; "
+                         "pick another --calibration-seed")
+
+    workdir = args.workdir or Path("/tmp") / f"guidance-lab-benchmark-{int(time.time())}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    results = {name: {"images": [], "seconds": [], "nfe": [], "nfe_counted": [], "decisions": []} for name in names}
+    t_start = time.monotonic()
+    with ComfyServer(workdir) as server:
+        print(f"[benchmark] ComfyUI up in {server.start_seconds:.1f} s ({server.url('/')}); "
+              f"{len(methods)} methods x {args.prompts} prompts x {args.seeds} seeds, {args.steps} steps",
+              flush=True)
+        runner = Runner(server, args)
+        calibration_report = ""
+        if any(m.needs_calibration for m in methods):
+            # Noise seeds 100000+ and a prompt outside the scoring set: LinearAG is scored on
+            # seeds 0..prompts-1 it was never fitted on.
+            calibration_report = runner.calibrate(calibration_prompts[0], CFG, LINEAR_AG_CALIBRATION)
+            print(f"[benchmark] LinearAG calibrated on {calibration_prompts[0]!r}: "
+                  f"{calibration_report.splitlines()[0]}", flush=True)
+        for method in methods:  # warm-up: first-use costs (imports, weights) stay out of the times
+            runner.sample(method, calibration_prompts[0], WARMUP_SEED, "warmup")
+        for i, prompt in enumerate(prompts):
+            # Untimed: encodes the prompt, which ComfyUI then caches for every method. Another
+            # noise seed, or the baseline's timed run would be a cache hit.
+            runner.sample(BY_NAME[BASELINE], prompt, WARMUP_SEED + i, "warmup")
+            order = methods[i % len(methods):] + methods[:i % len(methods)]
+            for method in order:
+                r = runner.sample(method, prompt, i, f"p{i:03d}")
+                slot = results[method.name]
+                slot["images"].append(r["images"])
+                slot["seconds"].append(r["seconds"])
+                slot["nfe"].append(r["nfe_per_image"] if r["nfe_per_image"] is not None
+                                   else stock_nfe(method, args.steps))
+                slot["nfe_counted"].append(r["nfe_per_image"] is not None)
+                slot["decisions"].append(r["decisions"])
+            print(f"[benchmark] prompt {i + 1}/{len(prompts)} done ({time.monotonic() - t_start:.0f} s)",
+                  flush=True)
+
+    real_images, real_prompts, _ = make_batch(args.eval_seed + 1, 0, args.real_count, 32)
+    dataset_images, dataset_prompts, _ = make_batch(args.eval_seed + 2, 0, args.prompts * args.seeds, 32)
+    summary = write_results(
+        args.out, methods, results, prompts, args,
+        real_images=real_images, dataset=(dataset_images, dataset_prompts),
+        calibration={"prompt": calibration_prompts[0], **LINEAR_AG_CALIBRATION, "report": calibration_report},
+        wall_seconds=time.monotonic() - t_start)
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The benchmark runner and the demo, each run for real (tiny settings) through their own server."""
+
+import importlib
+import json
+
+import numpy as np
+from PIL import Image
+
+
+def test_benchmark_runs_every_method_through_the_server(tmp_path):
+    bench = importlib.import_module("guidance_lab.benchmarks.guidance_benchmark")
+    from guidance_lab.benchmarks.methods import METHODS
+
+    out = tmp_path / "results"
+    assert bench.main(["--prompts", "1", "--seeds", "2", "--steps", "3", "--real-count", "64",
+                       "--out", str(out), "--workdir", str(tmp_path / "server")]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {m.name for m in METHODS}
+    rows = results["methods"]
+    # measured, not assumed: the pack's rows report the NFE their guider counted
+    assert rows["cfg"]["nfe_per_image"] == 6 and rows["cfg"]["nfe_counted"]
+    assert rows["comfy_cfg"]["nfe_per_image"] == 6 and not rows["comfy_cfg"]["nfe_counted"]
+    assert rows["comfy_cfg_1"]["nfe_per_image"] == 3
+    # the pack's CFG policy reproduces ComfyUI's CFGGuider image for image
+    assert rows["cfg"]["rmse_to_cfg"] == 0.0 and rows["cfg_15"]["rmse_to_cfg"] == 0.0
+    assert rows["linear_ag"]["nfe_per_image"] < 6
+    for row in rows.values():
+        assert 0 <= row["adherence"] <= 1 and row["time_ratio"] > 0 and np.isfinite(row["scene_distance"])
+    assert {t["target"][:6] for t in results["targets"]} >= {"pack C", "ag: >=", "linear", "APG at"}
+    table = (out / "results.md").read_text()
+    assert all(m.label in table for m in METHODS)
+    for name in [m.name for m in METHODS]:
+        grid = Image.open(out / f"grid_{name}.png")
+        assert grid.size[0] > 2 * 96
+    assert Image.open(out / "comparison.png").size[0] > len(METHODS) * 96
+
+
+def test_demo_writes_images_a_grid_and_their_adherence(tmp_path):
+    demo = importlib.import_module("guidance_lab.demo.run_demo")
+    out = tmp_path / "demo"
+    assert demo.main(["--prompt", "a red circle on a white background", "--seeds", "2", "--steps", "4",
+                      "--out", str(out)]) == 0
+    images = sorted(out.glob("00_*.png"))
+    assert len(images) == 2 and np.asarray(Image.open(images[0])).shape == (32, 32, 3)
+    assert (out / "grid.png").is_file()
+    assert "adherence" in (out / "report.txt").read_text()
