@@ -195,6 +195,7 @@ def read_weights(path, node: str = "", input_name: str = "weights"):
     try:
         metadata["unet_config"] = json.loads(metadata["unet_config"])
         metadata["text_config"] = json.loads(metadata["text_config"])
+        metadata["sampling_settings"] = json.loads(metadata.get("sampling_settings", "{}"))
     except (KeyError, ValueError) as error:
         raise _fail(node, input_name, path, f"metadata lacks a valid model config ({error})") from None
     return tensors, metadata
@@ -233,6 +234,8 @@ def load_default_model(path, node: str = "", input_name: str = "weights"):
     offload = comfy.model_management.unet_offload_device()
     model_config = Shapes32({**unet_config, "dtype": torch.float32})
     model_config.set_inference_dtype(torch.float32, None)
+    # Files from before the schedule was recorded were trained on ComfyUI's default (SD's).
+    model_config.sampling_settings = metadata.get("sampling_settings", {})
     try:
         base = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.EPS,
                                           device=offload)

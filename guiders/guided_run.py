@@ -61,7 +61,10 @@ class GuidedRun:
         return cond, guided
 
     def _watch(self, index: int, *estimates) -> None:
-        bad = torch.stack([~torch.isfinite(e).all() for e in estimates if e is not None]).any()
+        # NaN and inf survive a sum, and a float32 sum of finite estimates stays finite:
+        # one reduction per estimate instead of a full-size isfinite mask.
+        total = sum(e.sum(dtype=torch.float32) for e in estimates if e is not None)
+        bad = ~torch.isfinite(total)
         if self.first_nonfinite is None:
             self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=bad.device)
         here = torch.full((), index, dtype=torch.long, device=bad.device)
