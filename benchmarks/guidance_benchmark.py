@@ -18,6 +18,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmark_results" / "guidance"
 WEIGHTS = "guidance_lab_shapes32.safetensors"
 CALIBRATION_FILE = "benchmark/linear_ag_calibration.safetensors"
-WARMUP_SEED = 10**6  # noise seeds of untimed runs; scoring uses 0..prompts-1, LinearAG 100000+
+README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+WARMUP_SEED = 10**6
+TIMING_SEED = 2 * 10**6  # noise seeds of untimed runs; scoring uses 0..prompts-1, LinearAG 100000+
 NFE_LINE = re.compile(r"NFE: (\d+) total, ([0-9.]+) per image")
 DECISIONS_LINE = re.compile(r"^decisions: (.*)$", re.M)
 
@@ -53,6 +56,11 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--workdir", type=Path, default=None, help="server folder (default: a temp folder)")
     p.add_argument("--grid-prompts", type=int, default=8)
+    p.add_argument("--timing-pairs", type=int, default=24,
+                   help="extra back-to-back runs of ComfyUI CFG and the pack's CFG (same prompt and seed, "
+                        "alternating which goes first) for the overhead figure")
+    p.add_argument("--readme", type=Path, default=None,
+                   help="README to copy the table into (default: the repo's, when --out is the default)")
     return p.parse_args(argv)
 
 
@@ -113,6 +121,22 @@ class Runner:
         return {"images": images, "seconds": execution_seconds(entry),
                 "nfe_per_image": float(nfe.group(2)) if nfe else None,
                 "decisions": json.loads(decisions.group(1)) if decisions else None}
+
+
+def measure_overhead(runner, baseline, method, prompt: str, pairs: int) -> dict:
+    """Seconds of ``baseline`` and ``method`` run back to back on one prompt (its encoding is
+    cached after the first run) with a fresh seed per pair, alternating which runs first."""
+    runner.sample(baseline, prompt, TIMING_SEED - 1, "timing")  # encode the prompt, untimed
+    base, ours = [], []
+    for k in range(pairs):
+        order = [(baseline, base), (method, ours)]
+        for m, times in (order if k % 2 == 0 else order[::-1]):
+            times.append(runner.sample(m, prompt, TIMING_SEED + k, "timing")["seconds"])
+    ratios = sorted(b / a for a, b in zip(base, ours))
+    return {"pairs": pairs, "baseline_seconds": base, "method_seconds": ours, "method": method.name,
+            "ratio_of_medians": statistics.median(ours) / statistics.median(base),
+            "median_pair_ratio": statistics.median(ratios),
+            "pair_ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))]}
 
 
 def stock_nfe(method, steps: int) -> float:
@@ -178,6 +202,8 @@ def main(argv=None) -> int:
                 slot["decisions"].append(r["decisions"])
             print(f"[benchmark] prompt {i + 1}/{len(prompts)} done ({time.monotonic() - t_start:.0f} s)",
                   flush=True)
+        timing = measure_overhead(runner, BY_NAME[BASELINE], BY_NAME.get("cfg"), prompts[0], args.timing_pairs) \
+            if "cfg" in names else None
 
     real_images, real_prompts, _ = make_batch(args.eval_seed + 1, 0, args.real_count, 32)
     dataset_images, dataset_prompts, _ = make_batch(args.eval_seed + 2, 0, args.prompts * args.seeds, 32)
@@ -185,9 +211,22 @@ def main(argv=None) -> int:
         args.out, methods, results, prompts, args,
         real_images=real_images, dataset=(dataset_images, dataset_prompts),
         calibration={"prompt": calibration_prompts[0], **LINEAR_AG_CALIBRATION, "report": calibration_report},
-        wall_seconds=time.monotonic() - t_start)
+        wall_seconds=time.monotonic() - t_start, timing=timing)
     print(summary)
+    readme = args.readme or (REPO / "README.md" if args.out.resolve() == DEFAULT_OUT.resolve() else None)
+    if readme is not None:
+        update_readme(readme, summary)
+        print(f"[benchmark] table copied into {readme}")
     return 0
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace the text between the README's benchmark markers with the new table."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} markers")
+    readme.write_text(text[:start + len(README_START)] + "\n" + table + text[end:])
 
 
 if __name__ == "__main__":

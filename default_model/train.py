@@ -57,16 +57,6 @@ def parse_args(argv=None):
     p.add_argument("--res-blocks", type=int, default=1, help="UNet residual blocks per level")
     p.add_argument("--text-width", type=int, default=64)
     p.add_argument("--text-layers", type=int, default=2)
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="sd",
-                   help="noise schedule. sd: Stable Diffusion's (sigma_max 14.6). ddpm: DDPM's linear "
-                        "betas 1e-4..0.02 (sigma_max 157), made for 32x32 pixels: with sd the image "
-                        "mean still shows through the noise at the last step (its SNR is ~1 at 32x32), "
-                        "so samples take their background colour from the noise, not the prompt")
-    p.add_argument("--offset-noise", type=float, default=0.0,
-                   help="std of a per-sample, per-channel constant added to the training noise. At 32x32 "
-                        "the SD schedule's last step leaves the image mean visible through the noise "
-                        "(terminal SNR > 0), so without it the model takes the background colour from "
-                        "the noise instead of the prompt")
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="start a new run from the latest checkpoint of run RUN (weights, EMA, optimizer, "
                         "step), e.g. to fine-tune with other settings")
@@ -107,20 +97,17 @@ def differentiable_clip_layers():
     comfy.clip_model.CLIPLayer.forward = forward
 
 
-# ComfyUI ModelSamplingDiscrete settings (a model config's ``sampling_settings``) per schedule.
-SCHEDULES = {
-    "sd": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012},
-    "ddpm": {"beta_schedule": "sqrt_linear", "linear_start": 0.0001, "linear_end": 0.02},
-}
+# ComfyUI ModelSamplingDiscrete settings (a model config's ``sampling_settings``): SD's schedule.
+SAMPLING_SETTINGS = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}
 
 
-def alphas_cumprod(schedule: str = "sd"):
+def alphas_cumprod():
     """alpha-bar of the discrete schedule, computed exactly as ComfyUI's ModelSamplingDiscrete does."""
     import torch
 
     from comfy.ldm.modules.diffusionmodules.util import make_beta_schedule
 
-    s = SCHEDULES[schedule]
+    s = SAMPLING_SETTINGS
     betas = torch.as_tensor(make_beta_schedule(s["beta_schedule"], 1000, linear_start=s["linear_start"],
                                                linear_end=s["linear_end"]), dtype=torch.float64)
     return torch.cumprod(1.0 - betas, 0).float()
@@ -154,7 +141,7 @@ class Trainer:
                    for b in BACKGROUNDS]
         self.token_ids = dm.dataset_token_ids(self.tokenizer, prompts + [""])
         self._tokens = {}
-        self.acp = alphas_cumprod(args.schedule)
+        self.acp = alphas_cumprod()
 
         no_decay = [table] + [p for n, p in self.named_params() if p.ndim < 2 and p is not table]
         ids = {id(p) for p in no_decay}
@@ -188,8 +175,6 @@ class Trainer:
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         t = torch.randint(0, 1000, (b,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        if self.args.offset_noise:
-            noise = noise + self.args.offset_noise * torch.randn(b, x0.shape[1], 1, 1, generator=gen)
         return x0, prompts, t, noise
 
     def lr_at(self, step):
@@ -265,7 +250,7 @@ class Trainer:
             "steps": str(self.step),
             "ema_decay": str(checkpoint_args["ema_decay"]),
             "prediction": "eps, ComfyUI discrete schedule (sampling_settings), 1000 steps",
-            "sampling_settings": json.dumps(SCHEDULES[checkpoint_args.get("schedule", "sd")]),
+            "sampling_settings": json.dumps(SAMPLING_SETTINGS),
             "latent": "pixel space: image in [0, 1] -> latent 2x-1 (ComfyUI pixel-space VAE)",
             "dataset": "guidance_lab.default_model.dataset.make_batch(data_seed, step*batch, batch, 32)",
         }
@@ -290,7 +275,6 @@ def main(argv=None):
         if not checkpoint.exists():
             sys.exit(f"no checkpoint at {checkpoint}: train first")
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["args"]
-        args.schedule = saved.get("schedule", "sd")
         for key in ("model_channels", "res_blocks", "text_width", "text_layers", "seed", "data_seed",
                     "batch_size"):
             setattr(args, key, saved[key])

@@ -54,18 +54,17 @@ def diversity(images, prompts) -> float:
 
 
 def distance_to_reference(images, reference) -> dict:
-    """Mean per-image RMSE and PSNR (dB, peak 1.0) of ``images`` against ``reference``,
-    image i against reference i (same prompt and seed). Identical images give PSNR inf."""
+    """RMSE (mean over images) and PSNR in dB (peak 1.0, kornia, of the set's mean squared
+    error, so that a few identical pairs do not make it infinite) of ``images`` against
+    ``reference``, image i against reference i (same prompt and seed). Identical sets: inf."""
     import kornia
 
     x, ref = _images(images).clamp(0, 1), _images(reference).clamp(0, 1)
     if x.shape != ref.shape:
         raise ValueError(f"images {tuple(x.shape)} and reference {tuple(ref.shape)} differ in shape")
     rmse = (x - ref).pow(2).flatten(1).mean(1).sqrt()
-    # kornia wants (N, C, H, W); per image, so one bad image does not hide in a batch mean.
-    psnr = torch.stack([kornia.metrics.psnr(a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None], 1.0)
-                        for a, b in zip(x, ref)])
-    return {"rmse": float(rmse.mean()), "psnr": float(psnr.mean())}
+    psnr = kornia.metrics.psnr(x.permute(0, 3, 1, 2), ref.permute(0, 3, 1, 2), 1.0)  # wants (N, C, H, W)
+    return {"rmse": float(rmse.mean()), "psnr": float(psnr)}
 
 
 def scene_features(images) -> np.ndarray:

@@ -56,3 +56,10 @@ def test_scene_distance_separates_real_from_degraded_images(real):
     saturated = np.clip((other - 0.5) * 2.5 + 0.5, 0, 1)
     assert same_distribution < 0.5 * scene_distance(noisy, features)
     assert same_distribution < 0.5 * scene_distance(saturated, features)
+
+
+def test_psnr_stays_finite_when_some_pairs_are_identical():
+    ref = torch.full((2, 4, 4, 3), 0.5)
+    images = ref.clone()
+    images[1] += 0.1  # set MSE = 0.005 -> PSNR 10 log10(200)
+    assert distance_to_reference(images, ref)["psnr"] == pytest.approx(10 * math.log10(200), rel=1e-4)

@@ -12,7 +12,7 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
     from guidance_lab.benchmarks.methods import METHODS
 
     out = tmp_path / "results"
-    assert bench.main(["--prompts", "1", "--seeds", "2", "--steps", "3", "--real-count", "64",
+    assert bench.main(["--prompts", "1", "--seeds", "2", "--steps", "3", "--real-count", "64", "--timing-pairs", "2",
                        "--out", str(out), "--workdir", str(tmp_path / "server")]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {m.name for m in METHODS}
@@ -26,6 +26,8 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
     assert rows["linear_ag"]["nfe_per_image"] < 6
     for row in rows.values():
         assert 0 <= row["adherence"] <= 1 and row["time_ratio"] > 0 and np.isfinite(row["scene_distance"])
+    timing = results["overhead_timing"]
+    assert len(timing["baseline_seconds"]) == len(timing["method_seconds"]) == 2
     assert {t["target"][:6] for t in results["targets"]} >= {"pack C", "ag: >=", "linear", "APG at"}
     table = (out / "results.md").read_text()
     assert all(m.label in table for m in METHODS)
