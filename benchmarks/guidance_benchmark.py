@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     methods = [BY_NAME[n] for n in args.methods] if args.methods else list(METHODS)
     names = {m.name for m in methods}
     # A row's reference and the time baseline always run: they are what the row is compared to.
-    for extra in {BASELINE} | {m.reference for m in methods if m.reference}:
+    for extra in sorted({BASELINE} | {m.reference for m in methods if m.reference}):
         if extra not in names:
             methods.insert(0, BY_NAME[extra])
             names.add(extra)

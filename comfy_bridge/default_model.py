@@ -237,8 +237,9 @@ def load_default_model(path, node: str = "", input_name: str = "weights"):
     # Files from before the schedule was recorded were trained on ComfyUI's default (SD's).
     model_config.sampling_settings = metadata.get("sampling_settings", {})
     try:
-        base = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.EPS,
-                                          device=offload)
+        model_type = comfy.model_base.ModelType.V_PREDICTION if metadata.get("prediction") == "v" \
+            else comfy.model_base.ModelType.EPS
+        base = comfy.model_base.BaseModel(model_config, model_type=model_type, device=offload)
     except Exception as error:
         raise _fail(node, input_name, path, f"its unet_config does not build a UNet ({error})") from None
     _load_strict(base.diffusion_model, unet_sd, "UNet", node, input_name, path)

@@ -57,6 +57,12 @@ def parse_args(argv=None):
     p.add_argument("--res-blocks", type=int, default=1, help="UNet residual blocks per level")
     p.add_argument("--text-width", type=int, default=64)
     p.add_argument("--text-layers", type=int, default=2)
+    p.add_argument("--prediction", choices=["eps", "v"], default="eps",
+                   help="what the UNet predicts: the noise (eps) or v = sqrt(a) eps - sqrt(1 - a) x0")
+    p.add_argument("--zsnr", action="store_true",
+                   help="rescale the schedule to zero terminal SNR (ComfyUI's zsnr; use with v): at 32x32 "
+                        "SD's last noise level still shows the image mean (SNR ~1), so an eps model takes "
+                        "the backdrop's colour from the starting noise instead of the prompt")
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="start a new run from the latest checkpoint of run RUN (weights, EMA, optimizer, "
                         "step), e.g. to fine-tune with other settings")
@@ -101,16 +107,27 @@ def differentiable_clip_layers():
 SAMPLING_SETTINGS = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}
 
 
-def alphas_cumprod():
+def sampling_settings(args) -> dict:
+    return {**SAMPLING_SETTINGS, "zsnr": True} if getattr(args, "zsnr", False) else dict(SAMPLING_SETTINGS)
+
+
+def alphas_cumprod(zsnr: bool = False):
     """alpha-bar of the discrete schedule, computed exactly as ComfyUI's ModelSamplingDiscrete does."""
     import torch
 
     from comfy.ldm.modules.diffusionmodules.util import make_beta_schedule
+    from comfy.model_sampling import rescale_zero_terminal_snr_sigmas
 
     s = SAMPLING_SETTINGS
     betas = torch.as_tensor(make_beta_schedule(s["beta_schedule"], 1000, linear_start=s["linear_start"],
                                                linear_end=s["linear_end"]), dtype=torch.float64)
-    return torch.cumprod(1.0 - betas, 0).float()
+    acp = torch.cumprod(1.0 - betas, 0)
+    sigmas = ((1 - acp) / acp) ** 0.5
+    if zsnr:
+        sigmas = rescale_zero_terminal_snr_sigmas(sigmas)
+    # float32 like ComfyUI's buffers: the model must see the sigmas it will be sampled with.
+    sigmas = sigmas.float().double()
+    return (1.0 / (1.0 + sigmas ** 2)).float()
 
 
 class Trainer:
@@ -141,7 +158,7 @@ class Trainer:
                    for b in BACKGROUNDS]
         self.token_ids = dm.dataset_token_ids(self.tokenizer, prompts + [""])
         self._tokens = {}
-        self.acp = alphas_cumprod()
+        self.acp = alphas_cumprod(getattr(args, 'zsnr', False))
 
         no_decay = [table] + [p for n, p in self.named_params() if p.ndim < 2 and p is not table]
         ids = {id(p) for p in no_decay}
@@ -190,8 +207,10 @@ class Trainer:
         xt = acp.sqrt() * x0 + (1 - acp).sqrt() * noise
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.precision == "bf16"):
             context, _pooled = self.text.clip_l([self.tokens(p) for p in prompts])
-            eps = self.unet(xt, timesteps=t.float(), context=context)
-        loss = torch.nn.functional.mse_loss(eps.float(), noise)
+            out = self.unet(xt, timesteps=t.float(), context=context)
+        # v is what ComfyUI's V_PREDICTION turns back into x0 with c_skip / c_out.
+        target = noise if self.args.prediction == "eps" else acp.sqrt() * noise - (1 - acp).sqrt() * x0
+        loss = torch.nn.functional.mse_loss(out.float(), target)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.opt.zero_grad(set_to_none=True)
@@ -249,8 +268,8 @@ class Trainer:
             "seed": str(checkpoint_args["seed"]),
             "steps": str(self.step),
             "ema_decay": str(checkpoint_args["ema_decay"]),
-            "prediction": "eps, ComfyUI discrete schedule (sampling_settings), 1000 steps",
-            "sampling_settings": json.dumps(SAMPLING_SETTINGS),
+            "prediction": checkpoint_args.get("prediction", "eps"),
+            "sampling_settings": json.dumps(sampling_settings(argparse.Namespace(**checkpoint_args))),
             "latent": "pixel space: image in [0, 1] -> latent 2x-1 (ComfyUI pixel-space VAE)",
             "dataset": "guidance_lab.default_model.dataset.make_batch(data_seed, step*batch, batch, 32)",
         }
@@ -275,6 +294,7 @@ def main(argv=None):
         if not checkpoint.exists():
             sys.exit(f"no checkpoint at {checkpoint}: train first")
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["args"]
+        args.zsnr = saved.get("zsnr", False)
         for key in ("model_channels", "res_blocks", "text_width", "text_layers", "seed", "data_seed",
                     "batch_size"):
             setattr(args, key, saved[key])
@@ -306,9 +326,11 @@ def main(argv=None):
         print(f"starting from {source} at step {trainer.step}", flush=True)
     elif checkpoint.exists():
         saved = trainer.load(checkpoint)["args"]
-        changed = {k: (saved.get(k), v) for k, v in vars(args).items()
-                   if k not in ("steps", "checkpoint_every", "threads", "export", "benchmark", "precision")
-                   and saved.get(k) != (str(v) if isinstance(v, Path) else v)}
+        defaults = vars(parse_args([]))
+        changed = {k: (saved.get(k, defaults[k]), v) for k, v in vars(args).items()
+                   if k not in ("steps", "checkpoint_every", "threads", "export", "benchmark", "precision",
+                                "init_from")
+                   and saved.get(k, defaults[k]) != (str(v) if isinstance(v, Path) else v)}
         if changed:
             sys.exit(f"checkpoint {checkpoint} was made with other settings {changed}; "
                      "use another --run-name")

@@ -130,3 +130,25 @@ def test_file_of_another_model_is_refused(tmp_path, host):
     save_file({"x": torch.zeros(2)}, str(other), metadata={"format": "something else"})
     with pytest.raises(WeightsError, match="metadata 'format'"):
         load_default_model(other)
+
+
+@pytest.mark.parametrize("prediction, zsnr", [("eps", False), ("v", True)])
+def test_the_file_says_how_the_model_predicts_and_what_schedule_it_was_trained_on(host, tmp_path,
+                                                                                  prediction, zsnr):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    import comfy.model_sampling
+
+    with safe_open(str(SHIPPED), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "zsnr": zsnr}
+    save_file(tensors, str(tmp_path / "m.safetensors"),
+              metadata={**meta, "prediction": prediction, "sampling_settings": json.dumps(settings)})
+    model = load_default_model(tmp_path / "m.safetensors")[0]
+    sampling = model.get_model_object("model_sampling")
+    expected = comfy.model_sampling.V_PREDICTION if prediction == "v" else comfy.model_sampling.EPS
+    assert isinstance(sampling, expected)
+    # zero terminal SNR: ComfyUI's rescale puts the last sigma near 4500 instead of 14.6
+    assert (float(sampling.sigma_max) > 1000) == zsnr
