@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from .graph import Graph, out
 
 # Settings of the rows, chosen once for the default model and kept here, in one place.
-CFG = 5.0  # the default model's usual scale (adherence plateaus above it)
+CFG = 5.0  # the default model's usual scale; README and demo use it too
 HIGH_CFG = 15.0  # where over-saturation shows, and what APG exists for
 AG = {"threshold": 0.995, "space": "x0"}  # see guiders/adaptive.py: eps space switches at step 0 here
 AG_EPS = {"threshold": 0.999, "space": "eps"}  # the paper's reading, kept to show why x0 is used
