@@ -70,12 +70,6 @@ def execution_seconds(entry: dict) -> float:
     return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
 
 
-def load_images(paths) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0 for p in paths])
-
-
 class Runner:
     """Queues graphs on the server and keeps, per method, images, times and NFE reports."""
 
@@ -113,6 +107,8 @@ class Runner:
         return "".join(entry["outputs"].get("report", {}).get("text", []))
 
     def sample(self, method, prompt: str, seed: int, tag: str) -> dict:
+        from guidance_lab.diagnostics.image_grid import load_images
+
         entry = self.run(self.graph(method, prompt, seed, self.args.seeds, tag))
         images = load_images(self.server.output_images(entry))
         report = "".join(entry["outputs"].get("sample", {}).get("text", []))

@@ -78,11 +78,11 @@ def main(argv=None) -> int:
             print(f"[demo] {prompt}: {len(saved)} images", flush=True)
 
     import numpy as np
-    from PIL import Image
 
+    from guidance_lab.diagnostics.image_grid import load_images
     from guidance_lab.quality.shapes import label_accuracy
 
-    tiles = [[np.asarray(Image.open(p).convert("RGB"), np.float32) / 255 for p in saved] for _, saved in rows]
+    tiles = [list(load_images(saved)) for _, saved in rows]
     grid = image_grid(args.out / "grid.png", tiles, [p for p, _ in rows],
                       [f"seed {args.seed}+{k}" for k in range(args.seeds)])
     flat = np.concatenate([np.stack(t) for t in tiles])

@@ -29,3 +29,8 @@ def image_grid(path: Path, tiles, row_labels, column_labels, scale: int = 3, lab
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
+
+
+def load_images(paths) -> np.ndarray:
+    """(N, H, W, 3) float32 array in [0, 1] from image files (e.g. a ComfyUI run's PNGs)."""
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0 for p in paths])
