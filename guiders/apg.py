@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from ..samplers.sigma_space import per_sample
 from .policy import GuidancePolicy, Guided, PolicyRun, StepContext
 
 # (eta, norm_threshold r, momentum beta) seen in practice; see algorithms.md.
@@ -20,7 +21,7 @@ PRESETS = {
 
 
 def _per_sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a * b).flatten(1).sum(dim=1).reshape(-1, *([1] * (a.ndim - 1)))
+    return per_sample((a * b).flatten(1).sum(dim=1), a)
 
 
 def project(g: torch.Tensor, onto: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
@@ -34,7 +35,7 @@ def rescale(g: torch.Tensor, norm_threshold: float) -> torch.Tensor:
     """Eq. 9: g * min(1, r / ||g||) per sample; r = 0 disables it."""
     if norm_threshold <= 0:
         return g
-    norm = g.flatten(1).norm(dim=1).reshape(-1, *([1] * (g.ndim - 1)))
+    norm = per_sample(g.flatten(1).norm(dim=1), g)
     return g * torch.clamp(norm_threshold / norm.clamp_min(1e-30), max=1.0)
 
 

@@ -37,6 +37,7 @@ class CFGRun(PolicyRun):
 class CFGPolicy(GuidancePolicy):
     scale: float = 7.5
     name = "cfg"
+    is_plain_cfg = True
 
     def __post_init__(self):
         if not math.isfinite(self.scale):

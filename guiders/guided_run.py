@@ -35,7 +35,7 @@ class GuidedRun:
         # once in finish(), so watching for NaN costs no host sync inside the step loop.
         self.first_nonfinite: Optional[torch.Tensor] = None
         self.total_steps = total_steps
-        self.state = policy.start(total_steps)
+        self.policy_run = policy.start(total_steps)
         self.record = GuidanceRecord(policy.name, policy.settings(), batch_size, total_steps)
         self.step_index = 0
 
@@ -53,10 +53,10 @@ class GuidedRun:
                 uncond_requested: bool = False) -> "tuple[torch.Tensor, Guided]":
         """One guided evaluation; returns the conditional estimate and the policy's answer."""
         step = StepContext(self.step_index, self.total_steps, x, sigma, uncond_requested, self.family)
-        need_uncond = self.state.needs_uncond(step)
+        need_uncond = self.policy_run.needs_uncond(step)
         cond, uncond = evaluate(need_uncond)
         self._watch(step.index, cond, uncond if need_uncond else None)
-        guided = self.state.guide(cond, uncond if need_uncond else None, step)
+        guided = self.policy_run.guide(cond, uncond if need_uncond else None, step)
         self.record.note_call(step.index, sigma, need_uncond, guided.metrics)
         return cond, guided
 
@@ -77,4 +77,4 @@ class GuidedRun:
 
     def finish(self) -> GuidanceRecord:
         self.check_finite()
-        return self.record.finish(self.state.decisions())
+        return self.record.finish(self.policy_run.decisions())

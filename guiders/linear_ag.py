@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from ..samplers.sigma_space import expand, noise_from_denoised
+from ..samplers.sigma_space import denoised_from_noise, expand, noise_from_denoised
 from .cfg import CFGRun, cfg
 from .policy import GuidancePolicy, Guided, PolicyRun, StepContext
 
@@ -34,14 +34,6 @@ def features(x, sigma, eps_c, eps_c_prev, eps_u_prev) -> torch.Tensor:
     prev_u = torch.zeros_like(eps_c) if eps_u_prev is None else eps_u_prev
     cols = [eps_c, x_scaled, prev_c, prev_u, torch.ones_like(eps_c)]
     return torch.stack([c.reshape(-1).double() for c in cols], dim=1)
-
-
-def denoised_from_noise(x, eps, sigma, family: str) -> torch.Tensor:
-    """The x0 estimate a noise estimate implies: (x - sigma eps) / alpha."""
-    s = expand(sigma, x)
-    if family == "flow":
-        return (x - s * eps) / (1 - s)
-    return x - s * eps
 
 
 class NormalEquations:

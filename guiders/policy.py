@@ -11,8 +11,11 @@ Per model evaluation the guider asks the run two things, in this order:
    ``False`` the guider calls the model with the conditional batch only.
 2. ``guide(cond, uncond, step)``: the guided denoised estimate, given the conditional
    estimate ``D_c`` and the unconditional ``D_u`` (``None`` when it was not evaluated).
-   It also returns the unconditional estimate it used (evaluated or predicted), which
-   CFG++-style samplers re-noise with; ``None`` when the run is conditional-only.
+   It also returns, per sample, the unconditional estimate CFG++-style samplers re-noise
+   with: the D_u that sample's guidance used (evaluated or predicted), or D_c for a sample
+   that is conditional-only (Adaptive Guidance after its switch); ``None`` when the whole
+   batch is conditional-only, where ``Guided.renoise_uncond`` hands on D_c. It must be a
+   per-sample quantity, so that a sample's result never depends on the rest of its batch.
 
 Everything is in ComfyUI's sigma-space convention: the model returns denoised (x0)
 estimates, and ``x`` / ``sigma`` are the sampler's state and noise level.
@@ -51,6 +54,12 @@ class Guided:
     # they stay on the model's device and are read once, when the run ends.
     metrics: dict = field(default_factory=dict)
 
+    def renoise_uncond(self, cond: torch.Tensor) -> torch.Tensor:
+        """The D_u a CFG++ sampler re-noises with (CFG++ Alg. 1): the policy's, or D_c where
+        the batch is conditional-only, so CFG++ then is the plain conditional sampler (never
+        a zero placeholder, which would re-noise with x / sigma)."""
+        return cond if self.uncond is None else self.uncond
+
 
 class PolicyRun:
     """Per-run state of a policy. Subclasses override ``guide`` and, to skip the
@@ -71,6 +80,10 @@ class GuidancePolicy:
     """Settings of one guidance method. ``start`` returns the per-run state object."""
 
     name = "policy"
+    # True where the guided estimate is plain CFG, D_u + w (D_c - D_u): then a host's own
+    # CFG function (a model patched with RescaleCFG and the like) may replace that formula
+    # exactly as the host would. Other policies decide the guided estimate themselves.
+    is_plain_cfg = False
 
     def start(self, total_steps: int) -> PolicyRun:
         raise NotImplementedError

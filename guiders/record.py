@@ -41,7 +41,13 @@ class GuidanceRecord:
         self.total_steps = total_steps
         self.steps: list[StepRecord] = []
         self.decisions: dict = {}
+        # Things the user should know about the run (shown in the report, not only logged).
+        self.warnings: list[str] = []
         self.finished = False
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     def step(self, index: int) -> StepRecord:
         while len(self.steps) <= index:
@@ -96,7 +102,7 @@ class GuidanceRecord:
         return {"policy": self.policy, "settings": self.settings, "batch_size": self.batch_size,
                 "total_steps": self.total_steps, "total_nfe": self.total_nfe,
                 "nfe_per_image": self.nfe_per_image, "nfe_per_step": self.nfe_per_step,
-                "uncond_steps": self.uncond_steps, "decisions": self.decisions,
+                "uncond_steps": self.uncond_steps, "decisions": self.decisions, "warnings": self.warnings,
                 "steps": [s.to_dict() for s in self.steps]}
 
     def to_json(self) -> str:
@@ -114,4 +120,5 @@ class GuidanceRecord:
         ]
         if self.decisions:
             lines.append("decisions: " + json.dumps(self.decisions))
+        lines.extend(f"WARNING: {w}" for w in self.warnings)
         return "\n".join(lines)

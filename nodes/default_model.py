@@ -6,11 +6,9 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from ..comfy_bridge.default_model import WeightsError, load_default_model
+from ..default_model import DEFAULT_WEIGHTS, WEIGHTS_DIR
+from .bridge.default_model import WeightsError, load_default_model
 from .validation import NodeInputError
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "default_model" / "weights"
-DEFAULT_WEIGHTS = "guidance_lab_shapes32.safetensors"
 
 
 def weight_files() -> list:
@@ -33,7 +31,7 @@ class DefaultModelLoaderNode(io.ComfyNode):
             inputs=[
                 io.Combo.Input("weights", options=weight_files(), default=DEFAULT_WEIGHTS,
                                tooltip="Weights file in the pack's default_model/weights folder "
-                                       "(written by default_model/train.py --export)."),
+                                       "(written by tools/training/train.py --export)."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="Eps-prediction UNet on the standard SD "

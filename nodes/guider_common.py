@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..comfy_bridge.guider import PolicyGuider
+from .bridge.policy_guider import PolicyGuider
 from ..guiders import GuidancePolicy
 from .validation import NodeInputError, require_conditioning
 

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import comfy.sample
-import comfy.utils
-import folder_paths
 from comfy_api.latest import io
-from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 
-from ..comfy_bridge.fingerprint import model_fingerprint
-from ..comfy_bridge.guider import PolicyGuider, sampler_name
 from ..guiders import linear_ag_file
-from ..guiders.linear_ag import CalibrationPolicy, LinearAGPolicy, NormalEquations, evaluated_steps
+from ..guiders.linear_ag import LinearAGPolicy, evaluated_steps
+from .bridge.calibration import calibrate_linear_ag
+from .bridge.files import relative_to_output, resolve_in_output
+from .bridge.fingerprint import model_fingerprint
 from .guider_common import build_guider, guider_output, model_and_prompt_inputs
 from .validation import NodeInputError, require_conditioning
 
 FILE_TOOLTIP = ("Coefficient file, relative to ComfyUI's output folder (the calibration node "
                 "saves there), e.g. linear_ag/calibration.safetensors.")
-
-
-def resolve_in_output(node: str, input_name: str, name: str, must_exist: bool) -> Path:
-    """A path inside ComfyUI's output folder; anything that escapes it is refused."""
-    root = Path(folder_paths.get_output_directory()).resolve()
-    name = name.strip()
-    if not name:
-        raise NodeInputError(node, input_name, "is empty")
-    path = (root / name).resolve()
-    if path.suffix != ".safetensors":
-        path = path.with_name(path.name + ".safetensors")
-    if root not in path.parents:
-        raise NodeInputError(node, input_name, f"{name!r} points outside ComfyUI's output folder")
-    if must_exist and not path.is_file():
-        raise NodeInputError(node, input_name, f"{name!r}: no such file in {root}")
-    return path
 
 
 class LinearAGCalibrateNode(io.ComfyNode):
@@ -82,25 +60,12 @@ class LinearAGCalibrateNode(io.ComfyNode):
             raise NodeInputError(cls.DISPLAY, "sigmas", "has no steps")
         path = resolve_in_output(cls.DISPLAY, "filename", filename, must_exist=False)
         steps = len(sigmas) - 1
-        equations = NormalEquations(steps)
-        guider = PolicyGuider(model, CalibrationPolicy(float(cfg), equations), node_name=cls.DISPLAY)
-        guider.set_conds(positive, negative)
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        bar = comfy.utils.ProgressBar(runs * steps)
-        for run in range(runs):
-            noise = Noise_RandomNoise(first_seed + run).generate_noise({"samples": latent})
-            guider.sample(noise, latent, sampler, sigmas, callback=lambda *a: bar.update(1),
-                          disable_pbar=True, seed=first_seed + run)
-        coefficients, residuals = equations.solve(float(ridge))
-        cal = linear_ag_file.Calibration(
-            coefficients, residuals, sampler_name(sampler), sigmas.tolist(), float(cfg),
-            guider.model_family(), model_fingerprint(model),
-            {"ridge": float(ridge), "seeds": json.dumps([first_seed, first_seed + runs - 1]),
-             "runs": runs})
+        cal = calibrate_linear_ag(model, positive, negative, sampler, sigmas, latent_image, cfg, runs,
+                                  first_seed, ridge, cls.DISPLAY)
         linear_ag_file.save(path, cal)
-        rel = str(path.relative_to(Path(folder_paths.get_output_directory()).resolve()))
+        rel = relative_to_output(path)
         report = (f"saved {rel}: {steps} steps, cfg {cfg}, sampler {cal.sampler}, {runs} runs\n"
-                  "relative residual per step: " + " ".join(f"{r:.3f}" for r in residuals.tolist()))
+                  "relative residual per step: " + " ".join(f"{r:.3f}" for r in cal.residuals.tolist()))
         return io.NodeOutput(rel, report)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..diagnostics.record_plot import plot_record
+from .bridge.record_plot import plot_record
 from .validation import NodeInputError
 
 
@@ -22,8 +22,8 @@ class RecordPlotNode(io.ComfyNode):
             display_name=cls.DISPLAY,
             category="Guidance Lab/diagnostics",
             description="Plots a run's per-step record from the Guided Sampler: model evaluations "
-                        "per step, and whatever the policy measured (cosine similarity of the "
-                        "noise estimates, guidance norm), with Adaptive Guidance's switch marked.",
+                        "per step, and whatever the policy measured (Adaptive Guidance's agreement, "
+                        "guidance norm), with Adaptive Guidance's switch marked.",
             inputs=[io.String.Input("record", force_input=True,
                                     tooltip="The Guided Sampler's 'record' output (JSON).")],
             outputs=[io.Image.Output(tooltip="The plot, to preview or save.")],

@@ -5,9 +5,9 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced
 
-from ..comfy_bridge.guider import run_record
-from ..comfy_bridge.ksampler import pack_sampler
-from ..samplers import SAMPLERS
+from .bridge.policy_guider import run_record
+from .bridge.samplers import pack_sampler
+from ..samplers import REGISTRY
 from .validation import NodeInputError
 
 
@@ -20,20 +20,19 @@ class SamplerSelectNode(io.ComfyNode):
             category="Guidance Lab/sampling",
             description="The pack's own samplers, which share one loop, progress bar and callback.",
             inputs=[
-                io.Combo.Input("sampler_name", options=list(SAMPLERS), default="euler",
-                               tooltip="euler: Euler in sigma space (DDIM, eta 0). *_cfg_pp: CFG++ "
-                                       "(set the guider's cfg to lambda, about 0.4-1.0): Euler/DDIM, "
-                                       "Euler ancestral, DPM++ 2M, and DDIM inversion (sigmas "
-                                       "ascending, e.g. FlipSigmas). Any guider, eps/v/flow models."),
+                io.Combo.Input("sampler_name", options=list(REGISTRY), default="euler",
+                               tooltip=" ".join(f"{s.name}: {s.description}" for s in REGISTRY.values())
+                               + " For *_cfg_pp set the guider's cfg to lambda (about 0.4-1.0). "
+                                 "Any guider, eps/v/flow models."),
             ],
             outputs=[io.Sampler.Output(tooltip="Plug into a SamplerCustomAdvanced or Guided Sampler node.")],
         )
 
     @classmethod
     def execute(cls, sampler_name) -> io.NodeOutput:
-        if sampler_name not in SAMPLERS:
+        if sampler_name not in REGISTRY:
             raise NodeInputError("Sampler (Guidance Lab)", "sampler_name",
-                                 f"is {sampler_name!r}; choose one of {sorted(SAMPLERS)}")
+                                 f"is {sampler_name!r}; choose one of {sorted(REGISTRY)}")
         return io.NodeOutput(pack_sampler(sampler_name))
 
 

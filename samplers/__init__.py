@@ -1,18 +1,39 @@
-"""The pack's samplers: pure torch, k-diffusion form, one shared loop (loop.py)."""
+"""The pack's samplers: pure torch, k-diffusion form, one shared loop (loop.py).
+
+``REGISTRY`` is the one list of them: the sampler node's choices, its tooltip and the
+host-side wrapping (which samplers must be told the model family) all come from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 from .cfg_pp import cfg_pp_sampler
 from .euler import euler, to_d
 from .loop import sampler_function, sampling_loop
 
-# name -> k-diffusion-form sampler function; the host side wraps each as a KSAMPLER.
-SAMPLERS = {
-    "euler": sampler_function(euler),
-    "euler_cfg_pp": cfg_pp_sampler("euler"),
-    "euler_ancestral_cfg_pp": cfg_pp_sampler("euler_ancestral"),
-    "dpmpp_2m_cfg_pp": cfg_pp_sampler("dpmpp_2m"),
-    "ddim_cfg_pp_inversion": cfg_pp_sampler("ddim_inversion"),
-}
-# Samplers that must know the model family (eps or flow); the host side passes it.
-FAMILY_AWARE = {"euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "ddim_cfg_pp_inversion"}
 
-__all__ = ["SAMPLERS", "FAMILY_AWARE", "euler", "to_d", "sampler_function", "sampling_loop"]
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str
+    function: Callable  # k-diffusion form: (model, x, sigmas, extra_args, callback, disable, **options)
+    description: str  # one line for the node's tooltip
+    family_aware: bool = False  # needs family="eps"/"flow" (how the model mixes x0 and noise)
+
+
+REGISTRY = {spec.name: spec for spec in (
+    SamplerSpec("euler", sampler_function(euler), "Euler in sigma space (DDIM, eta 0)."),
+    SamplerSpec("euler_cfg_pp", cfg_pp_sampler("euler"), "CFG++ Euler/DDIM.", family_aware=True),
+    SamplerSpec("euler_ancestral_cfg_pp", cfg_pp_sampler("euler_ancestral"), "CFG++ Euler ancestral.",
+                family_aware=True),
+    SamplerSpec("dpmpp_2m_cfg_pp", cfg_pp_sampler("dpmpp_2m"), "CFG++ DPM++ 2M.", family_aware=True),
+    SamplerSpec("ddim_cfg_pp_inversion", cfg_pp_sampler("ddim_inversion"),
+                "CFG++ DDIM inversion (sigmas ascending, e.g. FlipSigmas).", family_aware=True),
+)}
+# name -> sampler function, for callers that only run them.
+SAMPLERS = {name: spec.function for name, spec in REGISTRY.items()}
+FAMILY_AWARE = frozenset(name for name, spec in REGISTRY.items() if spec.family_aware)
+
+__all__ = ["REGISTRY", "SamplerSpec", "SAMPLERS", "FAMILY_AWARE", "euler", "to_d", "sampler_function",
+           "sampling_loop"]

@@ -4,9 +4,11 @@ unconditional noise, for any guidance policy and every model family.
 The unconditional estimate D_u comes from the guider through ComfyUI's post-CFG hook
 convention (``sampler_post_cfg_function`` receives ``uncond_denoised``), so these
 samplers run with the pack's guiders and with ComfyUI's own. The guider's scale is
-CFG++'s lambda (about 0.6 behaves like CFG 7-9 on SD1.5). A Guidance Lab guider whose
-policy skipped uncond (Adaptive Guidance after its switch) hands on D_c as "uncond", so
-CFG++ then reduces to the plain conditional sampler instead of re-noising with zeros.
+CFG++'s lambda (about 0.6 behaves like CFG 7-9 on SD1.5). A Guidance Lab guider hands on
+D_c as "uncond" for every sample that is conditional-only (Adaptive Guidance after that
+sample's switch, even while the rest of its batch still evaluates uncond), so CFG++ then
+reduces to the plain conditional sampler for that sample, as it would alone, instead of
+re-noising with zeros or with a D_u its guidance no longer uses.
 
 States are x = alpha(sigma) x0 + sigma eps with alpha = 1 (eps, v-prediction) or
 1 - sigma (flow); re-noising uses alpha, never ``D + sigma * eps`` for flow models.
@@ -43,8 +45,11 @@ def ancestral_split(sigma: float, sigma_next: float, a: float, a_next: float, et
     sigma / alpha so that flow models get the right noise levels."""
     if eta == 0 or sigma_next == 0:
         return sigma_next, 0.0
-    s, s_next = sigma / a, sigma_next / a_next
-    up = min(s_next, eta * math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
+    # A flow schedule starts at sigma = 1, where alpha = 0: the alpha-free level is
+    # infinite there (pure noise), and the step's new noise is up to all of sigma'.
+    s = sigma / a if a > 0 else math.inf
+    s_next = sigma_next / a_next
+    up = min(s_next, eta * s_next * math.sqrt(max(0.0, 1 - (s_next / s) ** 2)))
     down = math.sqrt(s_next**2 - up**2)
     return a_next * down, a_next * up
 

@@ -1,4 +1,5 @@
-"""Conversions between a denoised estimate and the noise it implies, per model family.
+"""Conversions between a denoised estimate and the noise it implies (both directions), per
+model family, and the per-sample broadcast every policy and sampler uses.
 
 ComfyUI's state convention: ``x = x0 + sigma * eps`` for eps and v-prediction models,
 ``x = (1 - sigma) * x0 + sigma * eps`` for flow (CONST) models. The host side tells the
@@ -12,10 +13,15 @@ import torch
 FAMILIES = ("eps", "flow")
 
 
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One value per sample (batch dimension first) shaped to broadcast over ``like``."""
+    return values.reshape(-1, *([1] * (like.ndim - 1)))
+
+
 def expand(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """sigma (scalar or per-sample) shaped to broadcast over ``like``."""
     sigma = torch.as_tensor(sigma, device=like.device, dtype=like.dtype)
-    return sigma.reshape(-1, *([1] * (like.ndim - 1))) if sigma.ndim else sigma
+    return per_sample(sigma, like) if sigma.ndim else sigma
 
 
 def alpha(sigma: float, family: str = "eps") -> float:
@@ -30,4 +36,14 @@ def noise_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma, family: 
         return (x - (1 - s) * denoised) / s
     if family == "eps":
         return (x - denoised) / s
+    raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+
+
+def denoised_from_noise(x: torch.Tensor, eps: torch.Tensor, sigma, family: str = "eps") -> torch.Tensor:
+    """The x0 estimate a noise estimate implies: (x - sigma eps) / alpha(sigma)."""
+    s = expand(sigma, x)
+    if family == "flow":
+        return (x - s * eps) / (1 - s)
+    if family == "eps":
+        return x - s * eps
     raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-sys.path.insert(0, str(REPO / "host"))
-from pack_import import import_pack  # noqa: E402
+# The development tools (bootstrap, host, quality harness) are the package ``tools`` at the root.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from tools.bootstrap import ensure_host_importable, import_pack  # noqa: E402
+from tools.paths import FIXTURE_CACHE, HOST_DIR  # noqa: E402
 
 import_pack()
-from guidance_lab.tests.paths import FIXTURE_CACHE, ensure_host_importable  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -42,4 +42,4 @@ def host():
     ensure_host_importable()
     import comfy.model_management  # noqa: F401  (after args.cpu is set)
 
-    return REPO / ".host" / "ComfyUI"
+    return HOST_DIR

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from guidance_lab.host.comfy_server import ComfyServer
-from guidance_lab.tests.paths import REPO
+from tools.host.comfy_server import ComfyServer
+from tools.paths import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -86,7 +86,7 @@ def server(tmp_path_factory, sd15_checkpoint):
 @pytest.fixture(scope="session")
 def browser():
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: run `python3 host/provision.py` (its 'browser' step installs it)")
+        pytest.fail(f"{CHROMIUM} missing: run `make provision` (its 'browser' step installs it)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

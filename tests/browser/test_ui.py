@@ -12,8 +12,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from guidance_lab.host.api_graph import API_WORKFLOWS, load
-from guidance_lab.tests.paths import REPO
+from tools.host.api_graph import API_WORKFLOWS, load
+from tools.paths import REPO
 
 pytestmark = pytest.mark.browser
 

@@ -79,3 +79,16 @@ def test_inversion_then_sampling_round_trips_without_guidance():
     noise = SAMPLERS["ddim_cfg_pp_inversion"](model, x0.clone(), s.flip(0), {}, disable=True)
     back = SAMPLERS["euler_cfg_pp"](model, noise, torch.cat([s, torch.zeros(1)]), {}, disable=True)
     assert torch.allclose(back, x0, atol=0.05)
+
+
+def test_ancestral_cfg_pp_starts_from_sigma_one_on_flow_models():
+    """Flow schedules start at sigma = 1, where alpha = 0: the first ancestral step's new
+    noise is all of sigma' (the limit of the alpha > 0 case), not a division by zero."""
+    assert ancestral_split(1.0, 0.8, 0.0, 0.2, eta=1.0) == (0.0, 0.8)
+    down, up = ancestral_split(1.0 - 1e-9, 0.8, 1e-9, 0.2, eta=1.0)
+    assert abs(down) < 1e-6 and abs(up - 0.8) < 1e-9
+    model = ToyGuider(0.8, cond_mean=1.0, uncond_mean=1.0, family="flow")
+    x = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.linspace(1.0, 0.0, 11)
+    out = SAMPLERS["euler_ancestral_cfg_pp"](model, x, sigmas, {"seed": 1}, disable=True, family="flow")
+    assert torch.isfinite(out).all() and abs(out.mean().item() - 1.0) < 0.5

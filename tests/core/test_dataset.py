@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from guidance_lab.default_model.dataset import (BACKGROUNDS, COLOURS, SHAPES, Scene, make_batch,
+from tools.training.dataset import (BACKGROUNDS, COLOURS, SHAPES, Scene, make_batch,
                                                 parse_prompt, prompt_for, sample_scene)
 
 

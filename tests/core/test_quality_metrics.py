@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from guidance_lab.default_model.dataset import make_batch
-from guidance_lab.quality.metrics import (SCENE_FEATURES, distance_to_reference, diversity, frechet_distance,
+from tools.training.dataset import make_batch
+from tools.quality.metrics import (SCENE_FEATURES, distance_to_reference, diversity, frechet_distance,
                                           scene_distance, scene_features)
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from guidance_lab.default_model.dataset import make_batch
-from guidance_lab.quality.shapes import adherence, analyse, analyse_batch, label_accuracy, saturation_stats
+from tools.training.dataset import make_batch
+from tools.quality.shapes import adherence, analyse, analyse_batch, label_accuracy, saturation_stats
 
 HELD_OUT_SEED = 90210  # used nowhere else: the analyser's thresholds were set on other seeds
 

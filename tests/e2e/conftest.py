@@ -2,7 +2,7 @@
 
 import pytest
 
-from guidance_lab.host.comfy_server import ComfyServer
+from tools.host.comfy_server import ComfyServer
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from PIL import Image
 
 
 def test_benchmark_runs_every_method_through_the_server(tmp_path):
-    bench = importlib.import_module("guidance_lab.benchmarks.guidance_benchmark")
-    from guidance_lab.benchmarks.methods import METHODS
+    bench = importlib.import_module("tools.benchmark.guidance_benchmark")
+    from tools.benchmark.methods import METHODS
 
     out = tmp_path / "results"
     assert bench.main(["--prompts", "1", "--seeds", "2", "--steps", "3", "--real-count", "64", "--timing-pairs", "2",
@@ -28,7 +28,9 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
         assert 0 <= row["adherence"] <= 1 and row["time_ratio"] > 0 and np.isfinite(row["scene_distance"])
     timing = results["overhead_timing"]
     assert len(timing["baseline_seconds"]) == len(timing["method_seconds"]) == 2
-    assert {t["target"][:6] for t in results["targets"]} >= {"pack C", "ag: >=", "linear", "APG at"}
+    # every row that carries a target is judged
+    judged = {t["target"].split(":")[0].split(" ")[0] for t in results["targets"]}
+    assert {"cfg", "ag", "linear_ag", "apg_15"} <= judged, judged
     table = (out / "results.md").read_text()
     assert all(m.label in table for m in METHODS)
     for name in [m.name for m in METHODS]:
@@ -38,7 +40,7 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
 
 
 def test_demo_writes_images_a_grid_and_their_adherence(tmp_path):
-    demo = importlib.import_module("guidance_lab.demo.run_demo")
+    demo = importlib.import_module("tools.demo")
     out = tmp_path / "demo"
     assert demo.main(["--prompt", "a red circle on a white background", "--seeds", "2", "--steps", "4",
                       "--out", str(out)]) == 0

@@ -4,15 +4,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guidance_lab.host.api_graph import api_workflows, load, nodes_of, retarget
-from guidance_lab.host.comfy_server import PromptRejected, execution_error, history_status
+from tools.host.api_graph import api_workflows, load, nodes_of, retarget
+from tools.host.comfy_server import PromptRejected, execution_error, history_status
 
 pytestmark = pytest.mark.e2e
 
 SIZE, STEPS = 64, 4
-PACK_NODES = {"GuidanceLab_CFGGuider", "GuidanceLab_APGGuider", "GuidanceLab_AdaptiveGuidance",
-              "GuidanceLab_SamplerSelect", "GuidanceLab_GuidedSampler", "GuidanceLab_DefaultModelLoader",
-              "GuidanceLab_RecordPlot", "GuidanceLab_LinearAGCalibrate", "GuidanceLab_LinearAGGuider"}
+
+
+def pack_node_ids() -> set:
+    """The ids of the pack's node list (nodes.NODES), the one registry of its nodes."""
+    from tools.bootstrap import ensure_host_importable
+
+    ensure_host_importable()
+    from guidance_lab.nodes import NODES
+
+    return {node.define_schema().node_id for node in NODES}
 
 
 def small(server, graph, sd15_checkpoint):
@@ -27,7 +34,7 @@ def test_pack_imports_without_failure(server):
 def test_pack_nodes_are_listed_with_tooltips(server):
     info = server.get_json("/object_info")
     ours = {k for k, v in info.items() if v["python_module"].endswith("guidance_lab")}
-    assert ours == PACK_NODES
+    assert ours == pack_node_ids()
     for node_id in ours:
         node = info[node_id]
         assert node["category"].startswith("Guidance Lab/")

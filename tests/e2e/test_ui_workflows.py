@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from guidance_lab.host.api_graph import API_WORKFLOWS, load
-from guidance_lab.host.ui_graph import ui_to_api
-from guidance_lab.tests.paths import REPO
+from tools.host.api_graph import API_WORKFLOWS, load
+from tools.host.ui_graph import ui_to_api
+from tools.paths import REPO
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from guidance_lab.tests.paths import ensure_host_importable
+from tools.bootstrap import ensure_host_importable
 
 ensure_host_importable()
 

@@ -4,13 +4,13 @@ and composition with APG and Adaptive Guidance."""
 import pytest
 import torch
 
-from guidance_lab.comfy_bridge.guider import PolicyGuider
-from guidance_lab.comfy_bridge.ksampler import pack_sampler
+from guidance_lab.nodes.bridge.policy_guider import PolicyGuider
+from guidance_lab.nodes.bridge.samplers import pack_sampler
 from guidance_lab.guiders import GuidancePolicy
 from guidance_lab.guiders.cfg import CFGRun
-from guidance_lab.nodes.adaptive_guider import AdaptiveGuiderNode
-from guidance_lab.nodes.apg_guider import APGGuiderNode
-from guidance_lab.nodes.cfg_guider import CFGGuiderNode
+from guidance_lab.nodes.adaptive import AdaptiveGuiderNode
+from guidance_lab.nodes.apg import APGGuiderNode
+from guidance_lab.nodes.cfg import CFGGuiderNode
 from guidance_lab.samplers.sigma_space import alpha
 
 from .comfy_graph import comfy_cfg, empty_latent, node_out, sample, with_family

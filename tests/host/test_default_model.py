@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from guidance_lab.comfy_bridge.default_model import WeightsError, load_default_model
+from guidance_lab.nodes.bridge.default_model import WeightsError, load_default_model
 from guidance_lab.nodes import NODES
 from guidance_lab.nodes import default_model as loader_module
 from guidance_lab.nodes.default_model import DEFAULT_WEIGHTS, WEIGHTS_DIR, DefaultModelLoaderNode
@@ -92,7 +92,7 @@ def test_prompt_changes_the_image(default_model):
 def test_pixel_space_vae_round_trip(default_model):
     import nodes
 
-    from guidance_lab.default_model.dataset import make_batch
+    from tools.training.dataset import make_batch
 
     _model, _clip, vae = default_model
     images, _prompts, _ = make_batch(1, 0, 2, 32)

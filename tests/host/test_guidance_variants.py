@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from guidance_lab.nodes.adaptive_guider import AdaptiveGuiderNode
-from guidance_lab.nodes.apg_guider import CUSTOM, APGGuiderNode
-from guidance_lab.nodes.cfg_guider import CFGGuiderNode
+from guidance_lab.nodes.adaptive import AdaptiveGuiderNode
+from guidance_lab.nodes.apg import CUSTOM, APGGuiderNode
+from guidance_lab.nodes.cfg import CFGGuiderNode
 from guidance_lab.nodes.validation import NodeInputError
 
 from .comfy_graph import comfy_cfg, empty_latent, sample, with_family

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from guidance_lab.comfy_bridge.guider import PolicyGuider, run_record
+from guidance_lab.nodes.bridge.policy_guider import PolicyGuider, run_record
 from guidance_lab.guiders import GuidancePolicy, Guided, PolicyRun
-from guidance_lab.nodes.cfg_guider import CFGGuiderNode
+from guidance_lab.nodes.cfg import CFGGuiderNode
 from guidance_lab.nodes.validation import NodeInputError
 
 from .comfy_graph import empty_latent, sample

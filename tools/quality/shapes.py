@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..default_model.dataset import BACKGROUNDS, COLOURS, parse_prompt
+from ..training.dataset import BACKGROUNDS, COLOURS, parse_prompt
 
 UNKNOWN = "unknown"
 # RGB distance (0..sqrt 3) from the backdrop above which a pixel may be foreground: well

@@ -11,7 +11,8 @@ Steps (each announced as ``[provision] <step>: ...``):
   browser  Debian's chromium at /usr/bin/chromium for the browser tests (apt-get install
            chromium when it is missing; needs root)
 
-Standard library only; runs under the machine's python3 >= 3.10.
+Standard library only; runs under the machine's python3 >= 3.10, from the repository root:
+``python3 -m tools.host.provision`` (``make provision``).
 """
 import argparse
 import fcntl
@@ -24,14 +25,11 @@ import time
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-HOST_DIR = REPO / "host"
-LOCK_FILE = HOST_DIR / "host.lock"
-REQUIREMENTS = HOST_DIR / "requirements.txt"
-DOT_HOST = REPO / ".host"
-COMFY_DIR = DOT_HOST / "ComfyUI"
-VENV_LINK = DOT_HOST / "venv"
-PACK_NAME = "guidance_lab"
+from tools.paths import CACHE, DOT_HOST, HOST_FILES, PACK_NAME, REPO, VENV_LINK
+from tools.paths import HOST_DIR as COMFY_DIR
+
+LOCK_FILE = HOST_FILES / "host.lock"
+REQUIREMENTS = HOST_FILES / "requirements.txt"
 MARKER = ".provisioned"
 COMFY_MARKER = ".guidance_lab_host"
 
@@ -109,7 +107,7 @@ def sha256_of(path):
 
 
 def step_cache():
-    cache = Path(os.environ.get("GUIDANCE_LAB_CACHE") or Path.home() / ".cache" / "guidance-lab")
+    cache = CACHE
     cache.mkdir(parents=True, exist_ok=True)
     lock = open(cache / ".lock", "w")
     try:

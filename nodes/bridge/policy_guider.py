@@ -7,10 +7,11 @@ from typing import Optional
 
 import comfy.patcher_extension
 import comfy.samplers
+import torch
 
-from ..guiders import GuidancePolicy, GuidanceRecord, GuidedRun
-from ..guiders.guided_run import NonFiniteEstimate
-from .ksampler import model_family
+from ...guiders import GuidancePolicy, GuidanceRecord, GuidedRun
+from ...guiders.guided_run import NonFiniteEstimate
+from .samplers import model_family
 
 log = logging.getLogger("guidance_lab")
 
@@ -35,10 +36,12 @@ class PolicyGuider(comfy.samplers.CFGGuider):
         self.node_name = node_name
         self.cfg = getattr(policy, "scale", 1.0)
         self.last_record: Optional[GuidanceRecord] = None
-        self._run: Optional[GuidedRun] = None
+        self._guided_run: Optional[GuidedRun] = None
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
-               disable_pbar=False, seed=None):
+               disable_pbar=False, seed=None, **host_kwargs):
+        """Delegates to ``CFGGuider.sample`` (which packs nested latents and prepares masks in
+        newer ComfyUI) with whatever extra arguments the host passes, e.g. ``latent_shapes``."""
         self.check_latent(latent_image)
         try:
             self.policy.check_run(sampler_name(sampler), sigmas.tolist())
@@ -52,13 +55,13 @@ class PolicyGuider(comfy.samplers.CFGGuider):
             if callback is not None:
                 callback(step, x0, x, total_steps)
 
-        self._run = run
+        self._guided_run = run
         self.last_record = None
         try:
             out = super().sample(noise, latent_image, sampler, sigmas, denoise_mask, step_callback,
-                                 disable_pbar, seed)
+                                 disable_pbar, seed, **host_kwargs)
         finally:
-            self._run = None
+            self._guided_run = None
         try:
             self.last_record = run.finish()
         except NonFiniteEstimate as err:
@@ -90,7 +93,7 @@ class PolicyGuider(comfy.samplers.CFGGuider):
     def outer_sample(self, *args, **kwargs):
         # self.model_options is already the per-sample clone made by CFGGuider.sample, so
         # the counter never leaks into the model patcher or into another run.
-        run = self._run
+        run = self._guided_run
 
         def count_evaluations(executor, x, *a, **kw):
             run.count_evaluations(int(x.shape[0]))
@@ -102,14 +105,15 @@ class PolicyGuider(comfy.samplers.CFGGuider):
         return super().outer_sample(*args, **kwargs)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        run = self._run
+        run = self._guided_run
         if run is None:
             raise RuntimeError(f"{self.node_name}: predict_noise was called outside of sample()")
         positive = self.conds.get("positive", None)
         negative = self.conds.get("negative", None)
-        if "sampler_cfg_function" in model_options:
-            log.warning("%s: the model's patched CFG function is ignored; the %s policy decides "
-                        "the guided estimate", self.node_name, self.policy.name)
+        cfg_patch = model_options.get("sampler_cfg_function")
+        if cfg_patch is not None and not self.policy.is_plain_cfg:
+            run.record.warn(f"the model's patched CFG function (e.g. RescaleCFG) is not applied: the "
+                            f"{self.policy.name} policy decides the guided estimate itself")
 
         def evaluate(need_uncond: bool):
             conds = [positive, negative if need_uncond else None]
@@ -128,15 +132,28 @@ class PolicyGuider(comfy.samplers.CFGGuider):
         uncond_requested = bool(model_options.get("disable_cfg1_optimization", False))
         cond, guided = run.denoise(x, timestep, evaluate, uncond_requested)
         result = guided.denoised
+        if cfg_patch is not None and self.policy.is_plain_cfg:
+            result = self._patched_cfg(cfg_patch, cond, guided.uncond, x, timestep, model_options)
         # A policy that skipped uncond hands the conditional estimate on as "uncond": a
         # CFG++ sampler then re-noises with D_c, never with ComfyUI's zero placeholder.
-        uncond_denoised = guided.uncond if guided.uncond is not None else cond
+        uncond_denoised = guided.renoise_uncond(cond)
         for fn in model_options.get("sampler_post_cfg_function", []):
             args = {"denoised": result, "cond": positive, "uncond": negative, "cond_scale": self.cfg,
                     "model": self.inner_model, "uncond_denoised": uncond_denoised, "cond_denoised": cond,
                     "sigma": timestep, "model_options": model_options, "input": x}
             result = fn(args)
         return result
+
+    def _patched_cfg(self, cfg_patch, cond, uncond, x, timestep, model_options):
+        """The model's own CFG function, called exactly as ComfyUI's ``cfg_function`` calls it
+        (noise-space args, result x - f(args)); a skipped uncond is ComfyUI's zero output."""
+        uncond_pred = uncond if uncond is not None else torch.zeros_like(cond)
+        args = {"cond": x - cond, "uncond": x - uncond_pred, "cond_scale": self.cfg, "timestep": timestep,
+                "input": x, "sigma": timestep, "cond_denoised": cond, "uncond_denoised": uncond_pred,
+                "model": self.inner_model, "model_options": model_options,
+                "input_cond": self.conds.get("positive", None),
+                "input_uncond": self.conds.get("negative", None) if uncond is not None else None}
+        return x - cfg_patch(args)
 
 
 def sampler_name(sampler) -> str:

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFont
 WIDTH, PANEL_HEIGHT, MARGIN = 760, 190, (58, 26, 16, 34)  # left, top, right, bottom
 BACKGROUND, AXIS, GRID, TEXT, SWITCH = (24, 24, 28), (150, 150, 160), (55, 55, 62), (225, 225, 230), (255, 170, 60)
 SERIES = [(90, 170, 255), (120, 220, 120), (240, 110, 110), (220, 180, 255), (255, 220, 90), (90, 220, 220)]
-TITLES = {"nfe": "NFE per image", "cosine": "AG cosine (eps or x0 space) per sample",
+TITLES = {"nfe": "NFE per image", "cosine": "AG agreement gamma_t per sample (space in the report)",
           "guidance_norm": "guidance norm per sample", "cond_only": "conditional-only per sample"}
 
 

@@ -25,9 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmark_results" / "guidance"
-WEIGHTS = "guidance_lab_shapes32.safetensors"
+from tools.bootstrap import import_pack
+from tools.paths import BENCHMARK_RESULTS, REPO
+
+DEFAULT_OUT = BENCHMARK_RESULTS / "guidance"
+import_pack()
+from guidance_lab.default_model import DEFAULT_WEIGHTS as WEIGHTS  # noqa: E402
 CALIBRATION_FILE = "benchmark/linear_ag_calibration.safetensors"
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 WARMUP_SEED = 10**6
@@ -36,18 +39,12 @@ NFE_LINE = re.compile(r"NFE: (\d+) total, ([0-9.]+) per image")
 DECISIONS_LINE = re.compile(r"^decisions: (.*)$", re.M)
 
 
-def import_pack():
-    sys.path.insert(0, str(REPO / "host"))
-    from pack_import import import_pack as load_pack
-
-    return load_pack()
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=24, help="scoring prompts (held-out dataset prompts)")
     p.add_argument("--seeds", type=int, default=4, help="images per prompt (one batch, one noise seed)")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--weights", default=WEIGHTS, help="default-model file in default_model/weights/")
     p.add_argument("--eval-seed", type=int, default=777, help="dataset seed the scoring prompts come from")
     p.add_argument("--calibration-seed", type=int, default=31337,
                    help="dataset seed of the LinearAG calibration prompt (not a scoring prompt)")
@@ -78,15 +75,15 @@ class Runner:
         self.context = {"linear_ag_file": CALIBRATION_FILE}
 
     def graph(self, method, prompt: str, seed: int, batch: int, tag: str) -> dict:
-        from guidance_lab.benchmarks.graph import Scene, base_graph, finish_graph
+        from tools.benchmark.graph import Scene, base_graph, finish_graph
 
-        scene = Scene(prompt, seed, batch, self.args.steps, WEIGHTS)
+        scene = Scene(prompt, seed, batch, self.args.steps, self.args.weights)
         g, ids = base_graph(scene)
         guider, sampler, pack = method.build(g, ids, self.context)
         return finish_graph(g, ids, guider, sampler, pack, f"benchmark/{method.name}/{tag}")
 
     def run(self, graph: dict) -> dict:
-        from guidance_lab.host.comfy_server import execution_error, history_status
+        from tools.host.comfy_server import execution_error, history_status
 
         entry = self.server.run_prompt(graph, timeout=900)
         status, _ = history_status(entry)
@@ -95,9 +92,9 @@ class Runner:
         return entry
 
     def calibrate(self, prompt: str, cfg: float, calibration: dict) -> str:
-        from guidance_lab.benchmarks.graph import Scene, base_graph, out
+        from tools.benchmark.graph import Scene, base_graph, out
 
-        g, ids = base_graph(Scene(prompt, 0, self.args.seeds, self.args.steps, WEIGHTS))
+        g, ids = base_graph(Scene(prompt, 0, self.args.seeds, self.args.steps, self.args.weights))
         sampler = out(g.add("KSamplerSelect", "sampler", sampler_name="euler"))
         cal = g.add("GuidanceLab_LinearAGCalibrate", "calibrate", model=ids["model"], positive=ids["positive"],
                     negative=ids["negative"], sampler=sampler, sigmas=ids["sigmas"], latent_image=ids["latent"],
@@ -107,7 +104,7 @@ class Runner:
         return "".join(entry["outputs"].get("report", {}).get("text", []))
 
     def sample(self, method, prompt: str, seed: int, tag: str) -> dict:
-        from guidance_lab.diagnostics.image_grid import load_images
+        from tools.image_grid import load_images
 
         entry = self.run(self.graph(method, prompt, seed, self.args.seeds, tag))
         images = load_images(self.server.output_images(entry))
@@ -143,11 +140,11 @@ def stock_nfe(method, steps: int) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import_pack()
-    from guidance_lab.benchmarks.methods import BASELINE, BY_NAME, CFG, LINEAR_AG_CALIBRATION, METHODS
-    from guidance_lab.benchmarks.report import write_results
-    from guidance_lab.default_model.dataset import make_batch
-    from guidance_lab.host.comfy_server import ComfyServer
-    from guidance_lab.tests.paths import ensure_host_importable
+    from tools.benchmark.methods import BASELINE, BY_NAME, CFG, LINEAR_AG_CALIBRATION, METHODS
+    from tools.benchmark.report import write_results
+    from tools.training.dataset import make_batch
+    from tools.host.comfy_server import ComfyServer
+    from tools.bootstrap import ensure_host_importable
 
     ensure_host_importable()
     methods = [BY_NAME[n] for n in args.methods] if args.methods else list(METHODS)

@@ -6,8 +6,7 @@ import copy
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-API_WORKFLOWS = REPO / "workflows" / "api"
+from ..paths import API_WORKFLOWS
 
 
 def api_workflows() -> list[Path]:

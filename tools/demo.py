@@ -16,14 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def import_pack():
-    sys.path.insert(0, str(REPO / "host"))
-    from pack_import import import_pack as load_pack
-
-    return load_pack()
+from tools.bootstrap import import_pack
+from tools.paths import REPO
 
 
 def main(argv=None) -> int:
@@ -39,10 +33,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import_pack()
-    from guidance_lab.default_model.dataset import make_batch
-    from guidance_lab.diagnostics.image_grid import image_grid
-    from guidance_lab.host.api_graph import API_WORKFLOWS, load
-    from guidance_lab.host.comfy_server import ComfyServer, execution_error, history_status
+    from tools.training.dataset import make_batch
+    from tools.image_grid import image_grid
+    from tools.host.api_graph import API_WORKFLOWS, load
+    from tools.host.comfy_server import ComfyServer, execution_error, history_status
 
     prompts = args.prompt or make_batch(777, 0, args.count, 32)[1]
     template = load(API_WORKFLOWS / "default_model.json")
@@ -79,8 +73,8 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from guidance_lab.diagnostics.image_grid import load_images
-    from guidance_lab.quality.shapes import label_accuracy
+    from tools.image_grid import load_images
+    from tools.quality.shapes import label_accuracy
 
     tiles = [list(load_images(saved)) for _, saved in rows]
     grid = image_grid(args.out / "grid.png", tiles, [p for p, _ in rows],

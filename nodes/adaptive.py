@@ -19,24 +19,28 @@ class AdaptiveGuiderNode(io.ComfyNode):
             display_name=cls.DISPLAY,
             category="Guidance Lab/guiders",
             description="Adaptive Guidance (Castillo et al. 2025): runs the connected guider until "
-                        "the conditional and unconditional noise estimates agree (cosine above the "
+                        "the conditional and unconditional estimates agree (agreement above the "
                         "threshold), then evaluates the conditional prompt only, saving model calls.",
             inputs=[
                 io.Guider.Input("guider", tooltip="A Guidance Lab guider (CFG or APG) to run until the switch."),
                 io.Float.Input("threshold", default=0.995, min=0.0, max=1.0, step=0.0005, round=0.0001,
                                tooltip="Switch to conditional-only once the cosine exceeds this. "
                                        "Higher switches later (closer to the guider, fewer savings)."),
-                io.Combo.Input("space", options=list(SPACES), default="eps", optional=True,
-                               tooltip="Where the cosine is taken. eps: the noise estimates, as in the "
-                                       "paper. x0: the denoised estimates; pick it when the eps cosine is "
-                                       "~1 from the first step (pixel-space models, high sigma_max) and "
-                                       "AG would switch at once. Check the switch step in the report."),
+                io.Combo.Input("space", options=list(SPACES), default="auto", optional=True,
+                               tooltip="How agreement is measured. auto: the default for the model's "
+                                       "family (guidance for eps, v-prediction and flow models). "
+                                       "guidance: 1 - |D_c - D_u|^2 / (2 |D_c|^2), the paper's cosine "
+                                       "without the noise term both estimates share. x0: cosine of the "
+                                       "denoised estimates. eps: cosine of the noise estimates, the "
+                                       "paper's reading; it is 1 at sigma = 1 on flow models (Flux, SD3) "
+                                       "and ~1 on pixel-space models, so AG would switch at once. "
+                                       "Check the switch step in the report."),
             ],
             outputs=[guider_output()],
         )
 
     @classmethod
-    def execute(cls, guider, threshold, space="eps") -> io.NodeOutput:
+    def execute(cls, guider, threshold, space="auto") -> io.NodeOutput:
         inner = require_pack_guider(cls.DISPLAY, "guider", guider)
         if space not in SPACES:
             raise NodeInputError(cls.DISPLAY, "space", f"is {space!r}; choose one of {list(SPACES)}")

@@ -1,7 +1,7 @@
 """Train the pack's default model (see README.md here) on the procedural shapes dataset.
 
-    .host/venv/bin/python default_model/train.py --run-name shapes32 --steps 4000
-    .host/venv/bin/python default_model/train.py --run-name shapes32 \
+    .host/venv/bin/python -m tools.training.train --run-name shapes32 --steps 4000
+    .host/venv/bin/python -m tools.training.train --run-name shapes32 \
         --export default_model/weights/guidance_lab_shapes32.safetensors
 
 Reproducible from ``--seed`` / ``--data-seed``: batch ``k`` is samples ``k*B .. k*B+B-1`` of
@@ -23,22 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("GUIDANCE_LAB_CACHE", Path.home() / ".cache" / "guidance-lab"))
-
-
-def import_pack():
-    """The pack as the package ``guidance_lab`` (as ComfyUI and the tests import it), host on sys.path."""
-    sys.path.insert(0, str(REPO / "host"))
-    from pack_import import import_pack as load_pack
-
-    load_pack()
-    from guidance_lab.tests.paths import ensure_host_importable
-
-    ensure_host_importable()
-    import comfy.model_management  # noqa: F401  (after args.cpu)
-
-    return sys.modules["guidance_lab"]
+from tools.bootstrap import pack_with_host as import_pack
+from tools.paths import TRAINING_CACHE
 
 
 def parse_args(argv=None):
@@ -57,12 +43,26 @@ def parse_args(argv=None):
     p.add_argument("--res-blocks", type=int, default=1, help="UNet residual blocks per level")
     p.add_argument("--text-width", type=int, default=64)
     p.add_argument("--text-layers", type=int, default=2)
-    p.add_argument("--prediction", choices=["eps", "v"], default="eps",
-                   help="what the UNet predicts: the noise (eps) or v = sqrt(a) eps - sqrt(1 - a) x0")
+    p.add_argument("--prediction", choices=["eps", "v", "flow"], default="eps",
+                   help="what the UNet predicts: the noise (eps), v = sqrt(a) eps - sqrt(1 - a) x0 (both on "
+                        "the discrete SD schedule), or the rectified-flow velocity eps - x0 (flow: ComfyUI's "
+                        "CONST model sampling, x = (1 - s) x0 + s eps)")
+    p.add_argument("--shift", type=float, default=1.0,
+                   help="flow only: ComfyUI's ModelSamplingDiscreteFlow shift recorded for sampling")
+    p.add_argument("--timesteps", choices=["uniform", "logit-normal"], default="uniform",
+                   help="training noise levels: uniform, or logit-normal (SD3's, mean 0 std 1) over the "
+                        "schedule's [0, 1] position, which spends more steps on the middle levels where "
+                        "shape and colour are decided")
+    p.add_argument("--channel-mult", default="1,2,2", help="UNet channel multipliers per level")
+    p.add_argument("--attention-levels", type=int, default=1,
+                   help="how many of the lowest-resolution levels carry a transformer (plus the middle)")
     p.add_argument("--zsnr", action="store_true",
                    help="rescale the schedule to zero terminal SNR (ComfyUI's zsnr; use with v): at 32x32 "
                         "SD's last noise level still shows the image mean (SNR ~1), so an eps model takes "
                         "the backdrop's colour from the starting noise instead of the prompt")
+    p.add_argument("--finetune-from", default=None, metavar="RUN",
+                   help="start a new run at step 0 (fresh optimizer and schedule) from the EMA weights of run "
+                        "RUN's latest checkpoint, e.g. the flow model as the start of the v-prediction one")
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="start a new run from the latest checkpoint of run RUN (weights, EMA, optimizer, "
                         "step), e.g. to fine-tune with other settings")
@@ -79,13 +79,16 @@ def parse_args(argv=None):
 
 
 def configs(args):
-    from guidance_lab.comfy_bridge import default_model as dm
+    from guidance_lab.nodes.bridge import default_model as dm
 
-    unet = dict(dm.DEFAULT_UNET_CONFIG, model_channels=args.model_channels, context_dim=args.text_width)
-    levels, n = len(unet["channel_mult"]), args.res_blocks
-    # One transformer level, the lowest resolution (plus the middle block).
-    unet.update(num_res_blocks=n, transformer_depth=[0] * (levels - 1) * n + [1] * n,
-                transformer_depth_output=[0] * (levels - 1) * (n + 1) + [1] * (n + 1))
+    mult = [int(m) for m in str(getattr(args, "channel_mult", "1,2,2")).split(",")]
+    unet = dict(dm.DEFAULT_UNET_CONFIG, model_channels=args.model_channels, context_dim=args.text_width,
+                channel_mult=mult)
+    levels, n = len(mult), args.res_blocks
+    att = min(levels, max(0, getattr(args, "attention_levels", 1)))
+    # Transformers on the `att` lowest-resolution levels (plus the middle block).
+    unet.update(num_res_blocks=n, transformer_depth=[0] * (levels - att) * n + [1] * att * n,
+                transformer_depth_output=[0] * (levels - att) * (n + 1) + [1] * att * (n + 1))
     text = dict(dm.DEFAULT_TEXT_CONFIG, hidden_size=args.text_width, num_hidden_layers=args.text_layers,
                 intermediate_size=4 * args.text_width, num_attention_heads=max(1, args.text_width // 16))
     return unet, text
@@ -108,6 +111,8 @@ SAMPLING_SETTINGS = {"beta_schedule": "linear", "linear_start": 0.00085, "linear
 
 
 def sampling_settings(args) -> dict:
+    if getattr(args, "prediction", "eps") == "flow":
+        return {"shift": float(getattr(args, "shift", 1.0)), "multiplier": 1000}
     return {**SAMPLING_SETTINGS, "zsnr": True} if getattr(args, "zsnr", False) else dict(SAMPLING_SETTINGS)
 
 
@@ -134,17 +139,18 @@ class Trainer:
     def __init__(self, args):
         import torch
 
-        from guidance_lab.comfy_bridge import default_model as dm
-        from guidance_lab.default_model.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
+        from guidance_lab.nodes.bridge import default_model as dm
+        from tools.training import networks
+        from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
 
         self.args, self.dm, self.torch = args, dm, torch
         self.unet_config, self.text_config = configs(args)
         gen = torch.Generator().manual_seed(args.seed)
         ops = __import__("comfy.ops", fromlist=["ops"]).disable_weight_init
         self.unet = dm.build_unet(self.unet_config, ops)
-        dm.init_weights(self.unet, gen)
+        networks.init_weights(self.unet, gen)
         self.text = dm.build_text_encoder(self.text_config, ops)
-        dm.init_weights(self.text, gen)
+        networks.init_weights(self.text, gen)
         clip_l = self.text.clip_l
         table = clip_l.transformer.get_input_embeddings().weight
         with torch.no_grad():
@@ -156,7 +162,7 @@ class Trainer:
         self.tokenizer = dm.ShapesTokenizer()
         prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
                    for b in BACKGROUNDS]
-        self.token_ids = dm.dataset_token_ids(self.tokenizer, prompts + [""])
+        self.token_ids = networks.dataset_token_ids(self.tokenizer, prompts + [""])
         self._tokens = {}
         self.acp = alphas_cumprod(getattr(args, 'zsnr', False))
 
@@ -168,6 +174,8 @@ class Trainer:
                                      lr=args.lr, betas=(0.9, 0.99))
         self.ema = {n: p.detach().clone() for n, p in self.named_params()}
         self.step = 0
+        # Every command that trained this run, with its step range and hardware: the file's provenance.
+        self.history = []
 
     def named_params(self):
         yield from (("unet." + n, p) for n, p in self.unet.named_parameters())
@@ -182,7 +190,7 @@ class Trainer:
     def batch(self, step):
         """Images as latents in [-1, 1], prompts (with dropout), noise and timesteps of batch ``step``."""
         torch = self.torch
-        from guidance_lab.default_model.dataset import make_batch
+        from tools.training.dataset import make_batch
 
         b = self.args.batch_size
         images, prompts, _ = make_batch(self.args.data_seed, step * b, b, 32)
@@ -190,9 +198,12 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step + 1)
         drop = torch.rand(b, generator=gen) < self.args.p_uncond
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        t = torch.randint(0, 1000, (b,), generator=gen)
+        if self.args.timesteps == "logit-normal":
+            u = torch.sigmoid(torch.randn(b, generator=gen))
+        else:
+            u = torch.rand(b, generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        return x0, prompts, t, noise
+        return x0, prompts, u, noise
 
     def lr_at(self, step):
         a = self.args
@@ -202,14 +213,22 @@ class Trainer:
 
     def train_step(self):
         torch = self.torch
-        x0, prompts, t, noise = self.batch(self.step)
-        acp = self.acp[t].view(-1, 1, 1, 1)
-        xt = acp.sqrt() * x0 + (1 - acp).sqrt() * noise
+        x0, prompts, u, noise = self.batch(self.step)
+        if self.args.prediction == "flow":
+            # ComfyUI's CONST: x = (1 - s) x0 + s eps, timestep = 1000 s, denoised = x - s * out.
+            s = u.view(-1, 1, 1, 1)
+            xt, timesteps = (1 - s) * x0 + s * noise, u * 1000.0
+            target = noise - x0
+        else:
+            t = (u * 1000).long().clamp(0, 999)
+            acp = self.acp[t].view(-1, 1, 1, 1)
+            xt, timesteps = acp.sqrt() * x0 + (1 - acp).sqrt() * noise, t.float()
+            # v is what ComfyUI's V_PREDICTION turns back into x0 with c_skip / c_out.
+            target = noise if self.args.prediction == "eps" else acp.sqrt() * noise - (1 - acp).sqrt() * x0
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.precision == "bf16"):
             context, _pooled = self.text.clip_l([self.tokens(p) for p in prompts])
-            out = self.unet(xt, timesteps=t.float(), context=context)
-        # v is what ComfyUI's V_PREDICTION turns back into x0 with c_skip / c_out.
-        target = noise if self.args.prediction == "eps" else acp.sqrt() * noise - (1 - acp).sqrt() * x0
+            out = self.unet(xt, timesteps=timesteps,
+                            context=context)
         loss = torch.nn.functional.mse_loss(out.float(), target)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
@@ -230,7 +249,7 @@ class Trainer:
         return {"step": self.step, "args": {k: (str(v) if isinstance(v, Path) else v)
                                             for k, v in vars(self.args).items()},
                 "unet": self.unet.state_dict(), "text": self.text.state_dict(),
-                "ema": self.ema, "opt": self.opt.state_dict()}
+                "ema": self.ema, "opt": self.opt.state_dict(), "history": json.dumps(self.history)}
 
     def save(self, path: Path):
         tmp = path.with_suffix(".tmp")
@@ -245,17 +264,30 @@ class Trainer:
         for n, v in state["ema"].items():
             self.ema[n].copy_(v)
         self.step = int(state["step"])
+        self.history = json.loads(state.get("history", "[]"))
         return state
 
-    def export(self, path: Path, checkpoint_args: dict):
+    def load_weights(self, path: Path):
+        """Live and EMA weights from the EMA of another run's checkpoint; optimizer and step start fresh."""
+        state = self.torch.load(path, map_location="cpu", weights_only=True)
+        with self.torch.no_grad():
+            for n, p in self.named_params():
+                p.copy_(state["ema"][n])
+                self.ema[n].copy_(state["ema"][n])
+        self.history = json.loads(state.get("history", "[]"))
+        return state
+
+    def export(self, path: Path, checkpoint_args: dict, final_loss=None):
         from safetensors.torch import save_file
+
+        from tools.training import networks
 
         torch = self.torch
         with torch.no_grad():
             live = {n: p.detach().clone() for n, p in self.named_params()}
             for n, p in self.named_params():
                 p.copy_(self.ema[n])
-            sd = self.dm.export_state_dict(self.unet, self.text, self.text_config, self.token_ids)
+            sd = networks.export_state_dict(self.unet, self.text, self.text_config, self.token_ids)
             for n, p in self.named_params():
                 p.copy_(live[n])
         sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
@@ -268,10 +300,13 @@ class Trainer:
             "seed": str(checkpoint_args["seed"]),
             "steps": str(self.step),
             "ema_decay": str(checkpoint_args["ema_decay"]),
+            "family": "flow" if checkpoint_args.get("prediction") == "flow" else "eps",
+            "history": json.dumps(self.history),
+            "final_loss": str(final_loss),
             "prediction": checkpoint_args.get("prediction", "eps"),
             "sampling_settings": json.dumps(sampling_settings(argparse.Namespace(**checkpoint_args))),
             "latent": "pixel space: image in [0, 1] -> latent 2x-1 (ComfyUI pixel-space VAE)",
-            "dataset": "guidance_lab.default_model.dataset.make_batch(data_seed, step*batch, batch, 32)",
+            "dataset": "tools.training.dataset.make_batch(data_seed, step*batch, batch, 32)",
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -287,20 +322,22 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     differentiable_clip_layers()
-    run_dir = CACHE / "training" / args.run_name
+    run_dir = TRAINING_CACHE / args.run_name
     checkpoint = run_dir / "checkpoint.pt"
 
     if args.export is not None:
         if not checkpoint.exists():
             sys.exit(f"no checkpoint at {checkpoint}: train first")
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["args"]
-        args.zsnr = saved.get("zsnr", False)
+        defaults = vars(parse_args([]))
         for key in ("model_channels", "res_blocks", "text_width", "text_layers", "seed", "data_seed",
-                    "batch_size"):
-            setattr(args, key, saved[key])
+                    "batch_size", "zsnr", "prediction", "shift", "channel_mult", "attention_levels"):
+            setattr(args, key, saved.get(key, defaults[key]))
         trainer = Trainer(args)
         trainer.load(checkpoint)
-        path = trainer.export(args.export, saved)
+        losses = (run_dir / "loss.jsonl").read_text().splitlines() if (run_dir / "loss.jsonl").exists() else []
+        final_loss = json.loads(losses[-1])["loss"] if losses else None
+        path = trainer.export(args.export, saved, final_loss)
         print(f"exported step {trainer.step} (EMA) to {path} ({path.stat().st_size / 1e6:.2f} MB)")
         return
 
@@ -320,8 +357,12 @@ def main(argv=None):
         return
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if args.init_from and not checkpoint.exists():
-        source = CACHE / "training" / args.init_from / "checkpoint.pt"
+    if args.finetune_from and not checkpoint.exists():
+        source = TRAINING_CACHE / args.finetune_from / "checkpoint.pt"
+        trainer.load_weights(source)
+        print(f"fine-tuning from the EMA weights of {source}", flush=True)
+    elif args.init_from and not checkpoint.exists():
+        source = TRAINING_CACHE / args.init_from / "checkpoint.pt"
         trainer.load(source)
         print(f"starting from {source} at step {trainer.step}", flush=True)
     elif checkpoint.exists():
@@ -329,7 +370,7 @@ def main(argv=None):
         defaults = vars(parse_args([]))
         changed = {k: (saved.get(k, defaults[k]), v) for k, v in vars(args).items()
                    if k not in ("steps", "checkpoint_every", "threads", "export", "benchmark", "precision",
-                                "init_from")
+                                "init_from", "finetune_from")
                    and saved.get(k, defaults[k]) != (str(v) if isinstance(v, Path) else v)}
         if changed:
             sys.exit(f"checkpoint {checkpoint} was made with other settings {changed}; "
@@ -338,6 +379,12 @@ def main(argv=None):
     (run_dir / "config.json").write_text(json.dumps(
         {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, indent=1))
 
+    import platform
+
+    trainer.history.append({"command": " ".join(["train.py"] + list(sys.argv[1:] if argv is None else argv)),
+                            "from_step": trainer.step, "run": args.run_name,
+                            "hardware": f"{platform.machine()} {platform.processor() or 'cpu'}, "
+                                        f"{torch.get_num_threads()} threads"})
     from tqdm import tqdm
 
     log = open(run_dir / "loss.jsonl", "a")

@@ -34,6 +34,7 @@ import comfy.supported_models_base
 
 FORMAT = "guidance_lab_shapes32/1"
 TOKEN_TABLE_STD = 0.02
+TOKEN_TABLE_KEY = "transformer.text_model.embeddings.token_embedding.weight"
 
 DEFAULT_UNET_CONFIG = {
     "image_size": 32, "in_channels": 3, "out_channels": 3, "model_channels": 32,
@@ -104,34 +105,6 @@ class Shapes32(comfy.supported_models_base.BASE):
         return None
 
 
-def init_weights(module: torch.nn.Module, generator: torch.Generator) -> None:
-    """ComfyUI's ops skip initialisation: give every parameter torch's default init."""
-    for m in module.modules():
-        params = [p for p in m.parameters(recurse=False)]
-        if not params:
-            continue
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Conv3d)):
-            fan_in = m.weight[0].numel()
-            bound = 1 / fan_in ** 0.5
-            with torch.no_grad():
-                m.weight.uniform_(-bound, bound, generator=generator)
-                if m.bias is not None:
-                    m.bias.uniform_(-bound, bound, generator=generator)
-        elif isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-            with torch.no_grad():
-                if m.weight is not None:
-                    m.weight.fill_(1.0)
-                if m.bias is not None:
-                    m.bias.zero_()
-        elif isinstance(m, torch.nn.Embedding):
-            with torch.no_grad():
-                m.weight.normal_(0, TOKEN_TABLE_STD, generator=generator)
-        else:
-            with torch.no_grad():
-                for p in params:
-                    p.zero_()
-
-
 def build_unet(unet_config: dict, operations=comfy.ops.disable_weight_init):
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -144,31 +117,7 @@ def build_text_encoder(text_config: dict, operations=None):
     return text_encoder_class(text_config)(device="cpu", dtype=torch.float32, model_options=options)
 
 
-def dataset_token_ids(tokenizer, prompts) -> list:
-    """Sorted ids of every token the prompts use (with BOS/EOS/pad)."""
-    ids = set()
-    for prompt in prompts:
-        for chunk in tokenizer.tokenize_with_weights(prompt)["l"]:
-            ids.update(int(t) for t, _w in chunk)
-    return sorted(ids)
-
-
 # ---------------------------------------------------------------- the file
-
-def export_state_dict(unet: torch.nn.Module, text_encoder, text_config: dict, token_ids) -> dict:
-    """Tensors to store: the UNet, the text encoder minus its token table, and its used rows."""
-    out = {f"diffusion_model.{k}": v for k, v in unet.state_dict().items()}
-    table_key = "transformer.text_model.embeddings.token_embedding.weight"
-    clip_sd = text_encoder.clip_l.state_dict()
-    for k, v in clip_sd.items():
-        if k == table_key:
-            continue
-        out[f"text_encoder.{k}"] = v
-    ids = torch.tensor(sorted(token_ids), dtype=torch.int64)
-    out["text_encoder.token_ids"] = ids
-    out["text_encoder.token_rows"] = clip_sd[table_key][ids]
-    return out
-
 
 def _fail(node: str, input_name: str, path, why: str) -> WeightsError:
     prefix = f"{node}: input '{input_name}' names " if node else ""
@@ -188,7 +137,7 @@ def read_weights(path, node: str = "", input_name: str = "weights"):
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as error:  # safetensors raises its own types for truncated/garbled files
         raise _fail(node, input_name, path, f"cannot read it as safetensors ({error}); it may be "
-                    "truncated or corrupted, re-export it with default_model/train.py --export") from None
+                    "truncated or corrupted, re-export it with tools/training/train.py --export") from None
     if metadata.get("format") != FORMAT:
         raise _fail(node, input_name, path, f"metadata 'format' is {metadata.get('format')!r}, "
                     f"expected {FORMAT!r}")
@@ -199,6 +148,36 @@ def read_weights(path, node: str = "", input_name: str = "weights"):
     except (KeyError, ValueError) as error:
         raise _fail(node, input_name, path, f"metadata lacks a valid model config ({error})") from None
     return tensors, metadata
+
+
+# prediction -> (family, ComfyUI model type, sampling settings the schedule needs)
+PREDICTIONS = {
+    "eps": ("eps", "EPS", ("beta_schedule",)),
+    "v": ("eps", "V_PREDICTION", ("beta_schedule",)),
+    "flow": ("flow", "FLOW", ("shift", "multiplier")),
+}
+
+
+def model_type_of(metadata: dict, node: str, input_name: str, path):
+    """The ComfyUI model type a file's metadata declares, checked against its family and schedule.
+
+    ``family`` ("eps" for eps/v-prediction on the discrete schedule, "flow" for rectified
+    flow on ComfyUI's CONST sampling) must agree with ``prediction`` and with the recorded
+    sampling settings: a file that mislabels its family would sample with the wrong
+    schedule and give noise, so it is refused instead."""
+    prediction = metadata.get("prediction", "eps")
+    if prediction not in PREDICTIONS:
+        raise _fail(node, input_name, path, f"metadata 'prediction' is {prediction!r}; expected one of "
+                    f"{sorted(PREDICTIONS)}")
+    family, type_name, needed = PREDICTIONS[prediction]
+    declared = metadata.get("family")
+    if declared != family:
+        raise _fail(node, input_name, path, f"metadata 'family' is {declared!r}, but a {prediction!r}-prediction "
+                    f"model belongs to the {family!r} family; re-export it with tools/training/train.py --export")
+    missing = [k for k in needed if k not in metadata["sampling_settings"]]
+    if missing:
+        raise _fail(node, input_name, path, f"its sampling_settings lack {missing} for the {family!r} family")
+    return getattr(comfy.model_base.ModelType, type_name)
 
 
 def _load_strict(module, sd, what, node, input_name, path):
@@ -214,7 +193,7 @@ def _load_strict(module, sd, what, node, input_name, path):
 
 
 def load_default_model(path, node: str = "", input_name: str = "weights"):
-    """(MODEL, CLIP, VAE, metadata) from a weights file written by default_model/train.py."""
+    """(MODEL, CLIP, VAE, metadata) from a weights file written by tools/training/train.py."""
     tensors, metadata = read_weights(path, node, input_name)
     unet_config, text_config = metadata["unet_config"], metadata["text_config"]
     try:
@@ -226,7 +205,7 @@ def load_default_model(path, node: str = "", input_name: str = "weights"):
         table = seeded_token_table(text_config)
         table[token_ids] = token_rows
         text_sd = {k: v.float() for k, v in text_sd.items()}
-        text_sd["transformer.text_model.embeddings.token_embedding.weight"] = table
+        text_sd[TOKEN_TABLE_KEY] = table
     except (KeyError, IndexError, RuntimeError) as error:
         raise _fail(node, input_name, path, f"missing or malformed tensors ({error})") from None
 
@@ -236,9 +215,8 @@ def load_default_model(path, node: str = "", input_name: str = "weights"):
     model_config.set_inference_dtype(torch.float32, None)
     # Files from before the schedule was recorded were trained on ComfyUI's default (SD's).
     model_config.sampling_settings = metadata.get("sampling_settings", {})
+    model_type = model_type_of(metadata, node, input_name, path)
     try:
-        model_type = comfy.model_base.ModelType.V_PREDICTION if metadata.get("prediction") == "v" \
-            else comfy.model_base.ModelType.EPS
         base = comfy.model_base.BaseModel(model_config, model_type=model_type, device=offload)
     except Exception as error:
         raise _fail(node, input_name, path, f"its unet_config does not build a UNet ({error})") from None

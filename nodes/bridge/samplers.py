@@ -5,7 +5,7 @@ from __future__ import annotations
 import comfy.model_sampling
 import comfy.samplers
 
-from ..samplers import FAMILY_AWARE, SAMPLERS
+from ...samplers import REGISTRY
 
 
 def model_family(model_sampling) -> str:
@@ -25,7 +25,8 @@ def _with_family(fn):
 
 
 def pack_sampler(name: str, **options) -> comfy.samplers.KSAMPLER:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown Guidance Lab sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    fn = _with_family(SAMPLERS[name]) if name in FAMILY_AWARE else SAMPLERS[name]
+    if name not in REGISTRY:
+        raise ValueError(f"unknown Guidance Lab sampler {name!r}; choose one of {sorted(REGISTRY)}")
+    spec = REGISTRY[name]
+    fn = _with_family(spec.function) if spec.family_aware else spec.function
     return comfy.samplers.KSAMPLER(fn, extra_options=options)

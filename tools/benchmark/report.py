@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..diagnostics.image_grid import image_grid
+from ..image_grid import image_grid
 from ..quality.metrics import SCENE_FEATURES, distance_to_reference, diversity, scene_distance, scene_features
 from ..quality.shapes import label_accuracy, saturation_stats
-from .methods import BASELINE
+from .methods import BASELINE, METHODS
 
 COLUMNS = [  # (key, heading, format)
     ("nfe_per_image", "NFE / image", "{:.1f}"),
@@ -71,50 +71,13 @@ def dataset_row(images, prompts, real_features) -> dict:
 
 
 def targets(rows: dict, dataset: dict, timing: dict | None = None) -> list:
-    """Issue 5's targets and issue 3's guidance checks, each (name, met, numbers)."""
+    """Every row's own target (``Method.target``), each (description, met, numbers)."""
     out = []
-
-    def have(*names):
-        return all(n in rows for n in names)
-
-    if have("cfg", BASELINE) and timing:
-        overhead = timing["median_pair_ratio"] - 1
-        out.append(("pack CFG vs ComfyUI CFGGuider at equal NFE: overhead < 3% wall time", overhead < 0.03,
-                    f"overhead {overhead * 100:+.1f}%: median of {timing['pairs']} back-to-back pair ratios "
-                    f"{timing['median_pair_ratio']:.3f} (IQR {timing['pair_ratio_iqr'][0]:.3f}-"
-                    f"{timing['pair_ratio_iqr'][1]:.3f}), ratio of medians {timing['ratio_of_medians']:.3f}; "
-                    f"table's per-prompt median {rows['cfg']['time_ratio']:.3f}; NFE "
-                    f"{rows['cfg']['nfe_per_image']:.0f} vs {rows[BASELINE]['nfe_per_image']:.0f}"))
-    for name, saving, slack in (("ag", 0.20, 0.02), ("linear_ag", 0.35, 0.05)):
-        if have(name, "cfg"):
-            fewer = 1 - rows[name]["nfe_per_image"] / rows["cfg"]["nfe_per_image"]
-            gap = rows["cfg"]["adherence"] - rows[name]["adherence"]
-            out.append((f"{name}: >= {saving:.0%} fewer NFE than CFG, adherence within {slack * 100:.0f} points",
-                        fewer >= saving and gap <= slack,
-                        f"{fewer:.1%} fewer NFE ({rows[name]['nfe_per_image']:.1f} vs "
-                        f"{rows['cfg']['nfe_per_image']:.1f}); adherence {rows[name]['adherence']:.3f} vs CFG "
-                        f"{rows['cfg']['adherence']:.3f} ({-gap * 100:+.1f} points)"))
-    if have("apg_15", "cfg_15"):
-        def off(name):
-            return abs(rows[name]["mean_chroma"] - dataset["mean_chroma"])
-        met = off("apg_15") < off("cfg_15") and rows["apg_15"]["adherence"] >= rows["cfg_15"]["adherence"]
-        out.append(("APG at CFG 15: saturation closer to the dataset's than CFG 15, adherence no worse", met,
-                    f"chroma APG {rows['apg_15']['mean_chroma']:.3f} / CFG "
-                    f"{rows['cfg_15']['mean_chroma']:.3f} / dataset {dataset['mean_chroma']:.3f}; "
-                    f"clipped APG {rows['apg_15']['clipped_fraction']:.4f} / CFG "
-                    f"{rows['cfg_15']['clipped_fraction']:.4f} / dataset {dataset['clipped_fraction']:.4f}; "
-                    f"adherence APG {rows['apg_15']['adherence']:.3f} vs CFG {rows['cfg_15']['adherence']:.3f}"))
-    if have("comfy_cfg_1", BASELINE):
-        gain = rows[BASELINE]["adherence"] - rows["comfy_cfg_1"]["adherence"]
-        out.append(("default model: adherence at CFG 5 well above CFG 1 (>= 20 points)", gain >= 0.20,
-                    f"CFG 5 {rows[BASELINE]['adherence']:.3f} vs CFG 1 {rows['comfy_cfg_1']['adherence']:.3f}"))
-    if have("comfy_cfg_15"):
-        r = rows["comfy_cfg_15"]
-        out.append(("default model: saturation at CFG 15 above the dataset's",
-                    r["mean_chroma"] > dataset["mean_chroma"]
-                    and r["clipped_fraction"] > dataset["clipped_fraction"],
-                    f"chroma {r['mean_chroma']:.3f} vs {dataset['mean_chroma']:.3f}, clipped "
-                    f"{r['clipped_fraction']:.4f} vs {dataset['clipped_fraction']:.4f}"))
+    for method in METHODS:
+        if method.target is not None and method.name in rows:
+            verdict = method.target(method.name, rows, dataset, timing)
+            if verdict is not None:
+                out.append(verdict)
     return out
 
 
@@ -180,13 +143,13 @@ def write_results(out: Path, methods, results: dict, prompts: list, args, real_i
     except ImportError:
         comfyui = "?"
     meta = {"prompts": len(prompts), "seeds": args.seeds, "images": len(prompts) * args.seeds,
-            "steps": args.steps, "weights": "guidance_lab_shapes32.safetensors", "comfyui": comfyui,
+            "steps": args.steps, "weights": args.weights, "comfyui": comfyui,
             "machine": f"{os.cpu_count()}-core {platform.machine()} CPU", "real_count": len(real_images),
             "wall_seconds": wall_seconds, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "eval_seed": args.eval_seed, "calibration": calibration}
     table = markdown(rows, data_row, checks, meta)
     (out / "results.md").write_text(f"# Guidance benchmark ({meta['date']})\n\n"
-                                    "`make benchmark` (benchmarks/guidance_benchmark.py)\n\n" + table)
+                                    "`make benchmark` (tools/benchmark/guidance_benchmark.py)\n\n" + table)
     (out / "results.json").write_text(json.dumps(
         {"meta": meta, "methods": rows, "dataset": data_row, "prompts": prompts, "overhead_timing": timing,
          "targets": [{"target": n, "met": m, "measured": v} for n, m, v in checks]}, indent=1, default=float))

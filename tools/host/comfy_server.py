@@ -1,4 +1,4 @@
-"""Start, drive and stop a real ComfyUI server (the host made by host/provision.py).
+"""Start, drive and stop a real ComfyUI server (the host made by tools/host/provision.py).
 
 Standard library only, so it imports under any python (the host venv's, the tests').
 
@@ -20,10 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-HOST_PYTHON = REPO / ".host" / "venv" / "bin" / "python"
-COMFYUI_DIR = REPO / ".host" / "ComfyUI"
-PACK_NAME = "guidance_lab"
+from ..paths import HOST_DIR as COMFYUI_DIR
+from ..paths import HOST_PYTHON, PACK_NAME
 YAML_SECTION = "guidance_lab_test"
 
 
@@ -118,7 +116,7 @@ class ComfyServer:
     def start(self):
         for exe, what in ((self.python, "host python"), (self.comfyui_dir / "main.py", "ComfyUI")):
             if not exe.exists():
-                raise ComfyServerError(f"{what} missing at {exe}: run `make provision` (python3 host/provision.py)")
+                raise ComfyServerError(f"{what} missing at {exe}: run `make provision` (python3 tools/host/provision.py)")
         for d in (self.output_dir, self.input_dir, self.temp_dir, self.user_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.yaml_path.write_text(extra_model_paths_yaml(self.extra_model_paths))

@@ -11,17 +11,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tools.bootstrap import import_pack
+from tools.paths import REPO
 
 
 def main() -> int:
-    sys.path.insert(0, str(REPO / "host"))
-    from pack_import import import_pack
-
     import_pack()
-    from guidance_lab.host.api_graph import api_workflows, load
-    from guidance_lab.host.comfy_server import ComfyServer
-    from guidance_lab.host.ui_graph import api_to_ui
+    from tools.host.api_graph import api_workflows, load
+    from tools.host.comfy_server import ComfyServer
+    from tools.host.ui_graph import api_to_ui
 
     with tempfile.TemporaryDirectory() as tmp, ComfyServer(Path(tmp)) as server:
         info = server.get_json("/object_info")

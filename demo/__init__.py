@@ -1,1 +1,0 @@
-"""The demo script (make demo)."""

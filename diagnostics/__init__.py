@@ -1,1 +1,0 @@
-"""Pictures of a guided run's record (NFE per step, cosine similarity, guidance norm)."""

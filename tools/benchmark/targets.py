@@ -1,0 +1,79 @@
+"""Benchmark targets, each attached to the row of the method it judges (``Method.target``).
+
+A target is a callable ``(name, rows, dataset, timing) -> (description, met, numbers)`` or
+None when the rows it needs are missing from the run.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+Target = Callable[[str, dict, dict, Optional[dict]], Optional[tuple]]
+
+
+def overhead(limit: float, baseline: str) -> Target:
+    """Wall time of the row against ``baseline`` at equal NFE, from the paired timing runs."""
+    def check(name, rows, dataset, timing):
+        if not timing or baseline not in rows:
+            return None
+        extra = timing["median_pair_ratio"] - 1
+        per_eval = timing.get("overhead_us_per_evaluation")
+        return (f"{name} vs {baseline} at equal NFE: overhead <= {limit:.0%} wall time", extra <= limit,
+                f"overhead {extra * 100:+.1f}%"
+                + (f" ({per_eval:+.0f} us per model evaluation)" if per_eval is not None else "")
+                + f": median of {timing['pairs']} back-to-back pair ratios {timing['median_pair_ratio']:.3f} "
+                  f"(IQR {timing['pair_ratio_iqr'][0]:.3f}-{timing['pair_ratio_iqr'][1]:.3f}), ratio of medians "
+                  f"{timing['ratio_of_medians']:.3f}; NFE {rows[name]['nfe_per_image']:.0f} vs "
+                  f"{rows[baseline]['nfe_per_image']:.0f}")
+    return check
+
+
+def nfe_saving(saving: float, slack: float, against: str) -> Target:
+    """At least ``saving`` fewer NFE than ``against`` with adherence within ``slack``."""
+    def check(name, rows, dataset, timing):
+        if against not in rows:
+            return None
+        row, ref = rows[name], rows[against]
+        fewer = 1 - row["nfe_per_image"] / ref["nfe_per_image"]
+        gap = ref["adherence"] - row["adherence"]
+        return (f"{name}: >= {saving:.0%} fewer NFE than {against}, adherence within {slack * 100:.0f} points",
+                fewer >= saving and gap <= slack,
+                f"{fewer:.1%} fewer NFE ({row['nfe_per_image']:.1f} vs {ref['nfe_per_image']:.1f}); adherence "
+                f"{row['adherence']:.3f} vs {ref['adherence']:.3f} ({-gap * 100:+.1f} points)")
+    return check
+
+
+def tamer_saturation(against: str) -> Target:
+    """Saturation closer to the dataset's than ``against`` (CFG at the same scale), adherence no worse."""
+    def check(name, rows, dataset, timing):
+        if against not in rows:
+            return None
+        row, ref = rows[name], rows[against]
+        off = lambda r: abs(r["mean_chroma"] - dataset["mean_chroma"])  # noqa: E731
+        met = off(row) < off(ref) and row["adherence"] >= ref["adherence"]
+        return (f"{name}: saturation closer to the dataset's than {against}, adherence no worse", met,
+                f"chroma {row['mean_chroma']:.3f} / {against} {ref['mean_chroma']:.3f} / dataset "
+                f"{dataset['mean_chroma']:.3f}; clipped {row['clipped_fraction']:.4f} / {ref['clipped_fraction']:.4f}"
+                f" / dataset {dataset['clipped_fraction']:.4f}; adherence {row['adherence']:.3f} vs "
+                f"{ref['adherence']:.3f}")
+    return check
+
+
+def guidance_matters(points: float, unguided: str) -> Target:
+    """The model's own check: guidance raises adherence by at least ``points`` over ``unguided``."""
+    def check(name, rows, dataset, timing):
+        if unguided not in rows:
+            return None
+        gain = rows[name]["adherence"] - rows[unguided]["adherence"]
+        return (f"default model: adherence of {name} at least {points * 100:.0f} points above {unguided}",
+                gain >= points, f"{rows[name]['adherence']:.3f} vs {rows[unguided]['adherence']:.3f}")
+    return check
+
+
+def oversaturates(name, rows, dataset, timing):
+    """The model's own check: high guidance shows its failure (what APG exists to fix)."""
+    r = rows[name]
+    return (f"default model: saturation of {name} above the dataset's",
+            r["mean_chroma"] > dataset["mean_chroma"] and r["clipped_fraction"] > dataset["clipped_fraction"],
+            f"chroma {r['mean_chroma']:.3f} vs {dataset['mean_chroma']:.3f}, clipped "
+            f"{r['clipped_fraction']:.4f} vs {dataset['clipped_fraction']:.4f}")

@@ -1,0 +1,46 @@
+"""One bootstrap for every development script and the tests: the checkout imported as the
+package ``guidance_lab`` (the way ComfyUI imports it from ``custom_nodes/``), and the
+provisioned ComfyUI put on ``sys.path`` in CPU mode.
+
+Scripts run from the repository root as modules (``.host/venv/bin/python -m tools.demo``),
+so ``tools`` is importable and no script edits ``sys.path`` itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from .paths import HOST_DIR, PACK_NAME, REPO
+
+
+def import_pack(name: str = PACK_NAME):
+    """The checkout as a package named ``name``; its folder name does not matter."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def ensure_host_importable():
+    """Put the provisioned ComfyUI on sys.path (CPU mode) without importing its models."""
+    if not (HOST_DIR / "main.py").exists():
+        raise RuntimeError(f"no ComfyUI host at {HOST_DIR}: run `make provision` (make test does)")
+    if str(HOST_DIR) not in sys.path:
+        sys.path.insert(0, str(HOST_DIR))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    return HOST_DIR
+
+
+def pack_with_host():
+    """The pack and the host, ready for in-process ComfyUI work (training, evaluation)."""
+    pack = import_pack()
+    ensure_host_importable()
+    import comfy.model_management  # noqa: F401  (after args.cpu)
+
+    return pack

@@ -1,0 +1,123 @@
+"""Score a default model through ComfyUI in-process: adherence, background, saturation and
+scene distance per CFG scale, on every prompt of the vocabulary.
+
+    .host/venv/bin/python -m tools.training.evaluate --weights <file>            # 144 prompts x CFG 1/3/5/7/15
+    .host/venv/bin/python -m tools.training.evaluate --weights <file> --grid docs/<name>.png --json out.json
+
+Loads the weights with the pack's Default Model Loader node, encodes each prompt with the
+stock CLIPTextEncode, samples with the stock KSampler (euler, normal schedule, 20 steps,
+one batch with one conditioning row per image) from EmptyChromaRadianceLatentImage,
+decodes with the stock VAEDecode, and scores with ``tools.quality``. The prompts are every
+shape x colour x background of the vocabulary (144), each ``--repeats`` times; the noise
+seed (``--seed``) is one the training never used (training draws its noise from its own
+generator). Real images of another dataset seed (``--eval-seed``) give the reference for
+the scene distance, the dataset's own saturation and the analyser's accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from tools.bootstrap import import_pack as import_checkout
+from tools.bootstrap import pack_with_host as import_pack
+
+import_checkout()
+from guidance_lab.default_model import DEFAULT_WEIGHTS  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS,
+                   help="file name in default_model/weights/")
+    p.add_argument("--repeats", type=int, default=1, help="images per prompt (each with its own noise)")
+    p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 5.0, 7.0, 15.0])
+    p.add_argument("--real", type=int, default=1000, help="real images for the scene-distance reference")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--sampler", default="euler")
+    p.add_argument("--scheduler", default="normal")
+    p.add_argument("--seed", type=int, default=424242, help="noise seed of the batch")
+    p.add_argument("--eval-seed", type=int, default=777, help="dataset seed the prompts come from")
+    p.add_argument("--grid", type=Path, default=None, help="also write a PNG grid (prompts x cfg)")
+    p.add_argument("--grid-rows", type=int, default=8)
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def sample_images(model, clip, vae, prompts, cfg, args):
+    """IMAGE (N, 32, 32, 3) for the prompts at one CFG scale, through stock nodes."""
+    import torch
+
+    import nodes
+    from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
+
+    encode = nodes.CLIPTextEncode().encode
+    rows = [encode(clip, p)[0][0][0] for p in prompts]
+    positive = [[torch.cat(rows), {}]]
+    negative = encode(clip, "")[0]
+    latent = EmptyChromaRadianceLatentImage.execute(width=32, height=32, batch_size=len(prompts)).args[0]
+    (out,) = nodes.KSampler().sample(model, args.seed, args.steps, cfg, args.sampler, args.scheduler,
+                                     positive, negative, latent)
+    return nodes.VAEDecode().decode(vae, out)[0]
+
+
+def write_grid(path: Path, prompts, images_by_cfg: dict, rows: int):
+    from tools.image_grid import image_grid
+
+    cfgs = list(images_by_cfg)
+    tiles = [[images_by_cfg[cfg][i].cpu().numpy() for cfg in cfgs] for i in range(rows)]
+    image_grid(path, tiles, prompts[:rows], [f"CFG {cfg:g}" for cfg in cfgs])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import_pack()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tools.training.dataset import make_batch
+    from guidance_lab.nodes.default_model import DefaultModelLoaderNode
+    from tools.quality.shapes import label_accuracy, saturation_stats
+
+    from tools.quality.metrics import scene_distance, scene_features
+    from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
+
+    model, clip, vae = DefaultModelLoaderNode.execute(args.weights).args
+    prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
+               for b in BACKGROUNDS] * args.repeats
+    real, real_prompts, _ = make_batch(args.eval_seed, 0, args.real, 32)
+    real_features = scene_features(real)
+    results = {"weights": args.weights, "prompts": len(prompts), "steps": args.steps, "sampler": args.sampler,
+               "scheduler": args.scheduler, "seed": args.seed, "eval_seed": args.eval_seed,
+               "dataset": {**saturation_stats(real), **label_accuracy(real, real_prompts),
+                           "scene_distance": scene_distance(real[: len(real) // 2], real_features[len(real) // 2:])},
+               "cfg": {}}
+    images = {}
+    for cfg in args.cfg:
+        start = time.perf_counter()
+        images[cfg] = sample_images(model, clip, vae, prompts, cfg, args)
+        results["cfg"][f"{cfg:g}"] = {**label_accuracy(images[cfg], prompts), **saturation_stats(images[cfg]),
+                                      "scene_distance": scene_distance(images[cfg].cpu().numpy(), real_features),
+                                      "seconds": round(time.perf_counter() - start, 1)}
+    print(f"{len(prompts)} prompts; dataset row = {args.real} real images (analyser accuracy on real data)")
+    print(f"{'':10} {'adherence':>9} {'shape':>6} {'colour':>6} {'backgr':>6} {'clipped':>8} "
+          f"{'sat':>6} {'chroma':>6} {'scene d':>8}")
+    for name, r in [("dataset", results["dataset"])] + [(f"CFG {k}", v) for k, v in results["cfg"].items()]:
+        print(f"{name:10} {r['adherence']:9.3f} {r['shape']:6.3f} {r['colour']:6.3f} {r['background']:6.3f} "
+              f"{r['clipped_fraction']:8.4f} {r['mean_saturation']:6.3f} {r['mean_chroma']:6.3f} "
+              f"{r['scene_distance']:8.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    if args.grid:
+        # Rows spread over the vocabulary: every 19th prompt visits each shape, colour and backdrop.
+        rows = [(i * 19) % len(prompts) for i in range(min(args.grid_rows, len(prompts)))]
+        write_grid(args.grid, [prompts[i] for i in rows], {c: images[c][rows] for c in images}, len(rows))
+        print(f"grid: {args.grid}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
