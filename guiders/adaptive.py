@@ -161,5 +161,11 @@ class AdaptivePolicy(GuidancePolicy):
         return AdaptiveRun(self, total_steps)
 
     def settings(self) -> dict:
-        return {"threshold": self.threshold, "space": self.space, "inner": self.inner.name,
-                **self.inner.settings()}
+        settings = {"threshold": self.threshold, "space": self.space, "inner": self.inner.name}
+        # The inner policy's settings follow; a name already taken (an AG wrapped in an AG)
+        # is prefixed, so a report never shows the inner threshold as this one's.
+        for key, value in self.inner.settings().items():
+            while key in settings:
+                key = f"inner_{key}"
+            settings[key] = value
+        return settings

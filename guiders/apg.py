@@ -93,3 +93,7 @@ class APGPolicy(GuidancePolicy):
     def settings(self) -> dict:
         return {"scale": self.scale, "eta": self.eta, "norm_threshold": self.norm_threshold,
                 "momentum": self.momentum}
+
+    def is_stateless(self) -> bool:
+        # Momentum carries the earlier steps' guidance into this one.
+        return self.momentum == 0

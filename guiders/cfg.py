@@ -48,3 +48,6 @@ class CFGPolicy(GuidancePolicy):
 
     def settings(self) -> dict:
         return {"scale": self.scale}
+
+    def is_stateless(self) -> bool:
+        return True

@@ -5,8 +5,9 @@ At step t the unconditional noise estimate is predicted as
     eps_u(t) ~= a_t0 eps_c(t) + a_t1 x_t / sqrt(1 + sigma_t^2) + a_t2 eps_c(t-1) + a_t3 eps_u(t-1) + a_t4,
 with one scalar coefficient per feature and step, shared by every pixel and sample. The
 coefficients are fitted per step by ridge-regularised least squares (closed form,
-(H^T H + lambda I)^-1 H^T y) on calibration runs with full CFG. Calibration only keeps
-the normal equations (K x K and K numbers per step), never the trajectories.
+(H^T H + lambda I)^-1 H^T y; at lambda = 0 the minimum-norm least-squares solution) on
+calibration runs with full CFG. Calibration only keeps the normal equations (K x K and K
+numbers per step), never the trajectories.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .cfg import CFGRun, cfg
 from .policy import GuidancePolicy, Guided, PolicyRun, StepContext
 
 FEATURES = ("eps_c", "x_scaled", "eps_c_prev", "eps_u_prev", "bias")
+RCOND = 1e-12  # relative singular-value cut-off of the fit (see NormalEquations.solve)
 
 
 def features(x, sigma, eps_c, eps_c_prev, eps_u_prev) -> torch.Tensor:
@@ -58,6 +60,8 @@ class NormalEquations:
 
     def solve(self, ridge: float) -> "tuple[torch.Tensor, torch.Tensor]":
         """Coefficients [steps, K] and the relative RMS residual per step, on the CPU."""
+        if not (math.isfinite(ridge) and ridge >= 0):
+            raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
         if self.hth is None:
             raise ValueError("no calibration data: the calibration runs recorded no step")
         if bool((self.count == 0).any()):
@@ -67,7 +71,13 @@ class NormalEquations:
         k = self.k
         scale = self.hth.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)
         eye = torch.eye(k, dtype=torch.float64)
-        coef = torch.linalg.solve(self.hth + ridge * scale[:, None, None] * eye, self.hty[..., None])[..., 0]
+        # Least squares through the pseudo-inverse (SVD), not a plain solve: at ridge = 0 the
+        # normal equations are singular wherever features are collinear (at step 0 the history
+        # columns are all zero), and there the minimum-norm solution is the meaningful one.
+        # Directions below RCOND of the largest singular value are dropped; any ridge above
+        # ~1e-11 keeps every direction, so those fits equal the closed-form ridge solution.
+        system = self.hth + ridge * scale[:, None, None] * eye
+        coef = torch.linalg.lstsq(system, self.hty[..., None], rcond=RCOND, driver="gelsd").solution[..., 0]
         # ||y - H a||^2 = y'y - 2 a'H'y + a'H'H a
         sse = self.yty - 2 * (coef * self.hty).sum(-1) + (coef[:, None, :] @ self.hth @ coef[..., None])[:, 0, 0]
         rel = torch.sqrt(sse.clamp_min(0) / self.yty.clamp_min(1e-30))
@@ -144,15 +154,15 @@ class LinearAGPolicy(GuidancePolicy):
     scale: float
     coefficients: torch.Tensor = field(compare=False)  # [steps, K]
     evaluate_at: frozenset = frozenset({0})
-    # check_run(sampler, sigmas) -> reason it does not fit, or None (the calibration's own check)
+    # fits(sampler, sigmas, sampler_options) -> reason it does not fit, or None (the calibration's own check)
     fits: Optional[object] = field(default=None, compare=False)
     name = "linear-ag"
 
-    def check_run(self, sampler: str, sigmas: list) -> None:
-        reason = self.fits(sampler, sigmas) if self.fits is not None else None
+    def check_run(self, sampler: str, sigmas: list, sampler_options: Optional[dict] = None) -> None:
+        reason = self.fits(sampler, sigmas, sampler_options or {}) if self.fits is not None else None
         if reason:
             raise ValueError(f"the LinearAG coefficients do not fit this run: {reason}; "
-                             f"calibrate again with this sampler and schedule")
+                             f"calibrate again with this sampler (and its options) and schedule")
 
     def __post_init__(self):
         if not math.isfinite(self.scale):

@@ -1,7 +1,8 @@
 """LinearAG coefficient files: safetensors with the settings they are valid for.
 
 Tensors: ``coefficients`` [steps, K] (float64), ``residuals`` [steps] (relative RMS of
-the fit). Metadata (strings): format, features, sampler, sigmas (JSON, the exact
+the fit). Metadata (strings): format, features, sampler, sampler_options (JSON: where the
+sampler function comes from and its options, e.g. eta and s_noise), sigmas (JSON, the exact
 schedule), steps, cfg, family, model_fingerprint, ridge, calibration seeds.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,17 +33,26 @@ class Calibration:
     family: str
     model_fingerprint: str
     extra: dict
+    sampler_options: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
 
-    def mismatch(self, sampler: str, sigmas: list, model_fingerprint: str) -> "str | None":
+    def mismatch(self, sampler: str, sigmas: list, model_fingerprint: str,
+                 sampler_options: "dict | None" = None) -> "str | None":
         """Why this calibration does not fit a run, or None when it does."""
         if model_fingerprint != self.model_fingerprint:
             return "it was calibrated on another model (fingerprints differ)"
         if sampler != self.sampler:
             return f"it was calibrated with sampler {self.sampler!r}, this run uses {sampler!r}"
+        if sampler_options is not None:
+            ours, theirs = _flat(self.sampler_options), _flat(json.loads(json.dumps(sampler_options)))
+            for key in sorted(set(ours) | set(theirs)):
+                if ours.get(key) != theirs.get(key):
+                    name = key.removeprefix("options.")
+                    return (f"it was calibrated with sampler option {name} = {ours.get(key, 'unset')!r}, "
+                            f"this run's sampler has {name} = {theirs.get(key, 'unset')!r}")
         if len(sigmas) != len(self.sigmas):
             return f"it was calibrated for {self.steps} steps, this run has {len(sigmas) - 1}"
         worst = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(sigmas, self.sigmas))
@@ -51,11 +61,26 @@ class Calibration:
         return None
 
 
+def _flat(options: dict, prefix: str = "") -> dict:
+    """Nested options as {"options.eta": 1.0, ...}, so that a mismatch names the one that differs."""
+    flat = {}
+    for key, value in options.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def save(path: Path, cal: Calibration) -> None:
     """Write atomically: a crash never leaves a truncated file under the final name."""
+    if not (torch.isfinite(cal.coefficients).all() and torch.isfinite(cal.residuals).all()
+            and torch.isfinite(torch.tensor(cal.cfg))):
+        raise ValueError("refusing to save a calibration with non-finite coefficients, residuals or cfg")
     meta = {"format": FORMAT, "features": json.dumps(FEATURES), "sampler": cal.sampler,
             "sigmas": json.dumps(cal.sigmas), "steps": str(cal.steps), "cfg": repr(cal.cfg),
             "family": cal.family, "model_fingerprint": cal.model_fingerprint,
+            "sampler_options": json.dumps(cal.sampler_options, sort_keys=True),
             **{k: str(v) for k, v in cal.extra.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -82,11 +107,17 @@ def load(path: Path) -> Calibration:
         raise ValueError(f"{path} is not a Guidance Lab LinearAG file (format {meta.get('format')!r})")
     if json.loads(meta.get("features", "[]")) != list(FEATURES):
         raise ValueError(f"{path} uses features {meta.get('features')}, this version uses {list(FEATURES)}")
+    if "sampler_options" not in meta:
+        raise ValueError(f"{path} was made by an earlier version that did not record the sampler's "
+                         f"options (eta, s_noise, ...); calibrate again")
     try:
         cal = Calibration(tensors["coefficients"], tensors["residuals"], meta["sampler"],
                           json.loads(meta["sigmas"]), float(meta["cfg"]), meta["family"],
                           meta["model_fingerprint"],
-                          {k: v for k, v in meta.items() if k in ("ridge", "seeds", "runs")})
+                          {k: v for k, v in meta.items() if k in ("ridge", "seeds", "runs")},
+                          json.loads(meta["sampler_options"]))
+        if not isinstance(cal.sampler_options, dict):
+            raise ValueError("sampler_options is not a JSON object")
     except (KeyError, ValueError) as err:
         raise ValueError(f"{path} lacks or garbles its metadata: {err}") from err
     if cal.coefficients.shape != (cal.steps, len(FEATURES)) or not torch.isfinite(cal.coefficients).all():

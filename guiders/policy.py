@@ -31,7 +31,8 @@ import torch
 
 @dataclass(frozen=True)
 class StepContext:
-    """Where in the run an evaluation happens; ``index`` counts sampler steps from 0."""
+    """Where in the run an evaluation happens; ``index`` is the schedule step it belongs to
+    (from 0; a multi-evaluation step's every evaluation has its index, guided_run.py)."""
 
     index: int
     total_steps: int
@@ -92,5 +93,12 @@ class GuidancePolicy:
         """The settings as a JSON-friendly dict, for reports and file metadata."""
         return {}
 
-    def check_run(self, sampler: str, sigmas: list) -> None:
-        """Raise ValueError if the policy cannot serve a run with this sampler and schedule."""
+    def check_run(self, sampler: str, sigmas: list, sampler_options: Optional[dict] = None) -> None:
+        """Raise ValueError if the policy cannot serve a run with this sampler (function name and
+        options: eta, s_noise, ...) and schedule."""
+
+    def is_stateless(self) -> bool:
+        """True where each guided estimate depends only on that evaluation's D_c, D_u, x and
+        sigma (no momentum, switch, history or step index): only then does a run retraced
+        backwards (EDICT's inversion) meet the same function as the run forwards."""
+        return False

@@ -59,12 +59,13 @@ class GuidanceRecord:
 
     def note_call(self, index: int, sigma: torch.Tensor, uncond_evaluated: bool, metrics: dict) -> None:
         rec = self.step(index)
+        # References only: reshaping and copying wait for finish(), off the step loop.
         if rec.calls == 0:
-            rec._pending.append(("sigma", sigma.detach().reshape(-1)[:1]))
+            rec._pending.append(("sigma", sigma))
         rec.calls += 1
         rec.uncond_evaluations += int(uncond_evaluated)
-        for name, value in metrics.items():
-            rec._pending.append((name, torch.as_tensor(value).detach().reshape(-1)))
+        if metrics:
+            rec._pending.extend(metrics.items())
 
     def finish(self, decisions: Optional[dict] = None) -> "GuidanceRecord":
         """Read the device-side values to the host, once, after the last step."""
@@ -72,7 +73,7 @@ class GuidanceRecord:
             self.decisions.update(decisions)
         for rec in self.steps:
             for name, value in rec._pending:
-                values = value.float().cpu().tolist()
+                values = torch.as_tensor(value).detach().reshape(-1).float().cpu().tolist()
                 if name == "sigma":
                     rec.sigma = values[0]
                 else:

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..guiders.adaptive import SPACES, AdaptivePolicy
 from .guider_common import guider_output, require_pack_guider
-from .validation import NodeInputError
+from .validation import NodeInputError, checks_inputs
 
 
 class AdaptiveGuiderNode(io.ComfyNode):
@@ -40,6 +40,7 @@ class AdaptiveGuiderNode(io.ComfyNode):
         )
 
     @classmethod
+    @checks_inputs
     def execute(cls, guider, threshold, space="auto") -> io.NodeOutput:
         inner = require_pack_guider(cls.DISPLAY, "guider", guider)
         if space not in SPACES:

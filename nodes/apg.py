@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..guiders.apg import PRESETS, APGPolicy
 from .guider_common import build_guider, cfg_input, guider_output, model_and_prompt_inputs
+from .validation import checks_inputs
 
 CUSTOM = "custom (use the values below)"
 
@@ -42,6 +43,7 @@ class APGGuiderNode(io.ComfyNode):
         )
 
     @classmethod
+    @checks_inputs
     def execute(cls, model, positive, negative, cfg, preset, eta, norm_threshold, momentum) -> io.NodeOutput:
         def policy():
             if preset == CUSTOM:

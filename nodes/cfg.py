@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..guiders import CFGPolicy
 from .guider_common import build_guider, cfg_input, guider_output, model_and_prompt_inputs
+from .validation import checks_inputs
 
 
 class CFGGuiderNode(io.ComfyNode):
@@ -25,6 +26,7 @@ class CFGGuiderNode(io.ComfyNode):
         )
 
     @classmethod
+    @checks_inputs
     def execute(cls, model, positive, negative, cfg) -> io.NodeOutput:
         return io.NodeOutput(build_guider(cls.DISPLAY, model, positive, negative,
                                           lambda: CFGPolicy(scale=float(cfg))))

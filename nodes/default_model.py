@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from comfy_api.latest import io
 
 from ..default_model import DEFAULT_WEIGHTS, WEIGHTS_DIR
 from .bridge.default_model import WeightsError, load_default_model
-from .validation import NodeInputError
+from .bridge.files import find_file
+from .validation import NodeInputError, checks_inputs
 
 
 def weight_files() -> list:
@@ -44,13 +43,11 @@ class DefaultModelLoaderNode(io.ComfyNode):
         )
 
     @classmethod
+    @checks_inputs
     def execute(cls, weights) -> io.NodeOutput:
-        name = str(weights)
-        if Path(name).name != name or not name.endswith(".safetensors"):
-            raise NodeInputError(cls.DISPLAY, "weights", f"is {name!r}; give the name of a .safetensors "
-                                 f"file in {WEIGHTS_DIR}")
+        path = find_file(cls.DISPLAY, "weights", weights, roots=[("the pack's weights folder", WEIGHTS_DIR)])
         try:
-            model, clip, vae, _meta = load_default_model(WEIGHTS_DIR / name)
+            model, clip, vae, _meta = load_default_model(path)
         except WeightsError as error:
             raise NodeInputError(cls.DISPLAY, "weights", f"names {error}") from None
         return io.NodeOutput(model, clip, vae)

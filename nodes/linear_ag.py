@@ -7,13 +7,14 @@ from comfy_api.latest import io
 from ..guiders import linear_ag_file
 from ..guiders.linear_ag import LinearAGPolicy, evaluated_steps
 from .bridge.calibration import calibrate_linear_ag
-from .bridge.files import relative_to_output, resolve_in_output
+from .bridge.files import PackFile, find_file, plan_write, relative_to_output
 from .bridge.fingerprint import model_fingerprint
 from .guider_common import build_guider, guider_output, model_and_prompt_inputs
-from .validation import NodeInputError, require_conditioning
+from .validation import NodeInputError, checks_inputs
 
 FILE_TOOLTIP = ("Coefficient file, relative to ComfyUI's output folder (the calibration node "
-                "saves there), e.g. linear_ag/calibration.safetensors.")
+                "saves there) or its input folder, e.g. linear_ag/calibration.safetensors.")
+LINEAR_AG_FILE = PackFile(linear_ag_file.FORMAT, "LinearAG calibration")
 
 
 class LinearAGCalibrateNode(io.ComfyNode):
@@ -41,9 +42,16 @@ class LinearAGCalibrateNode(io.ComfyNode):
                 io.Int.Input("first_seed", default=100000, min=0, max=2**63 - 1,
                              tooltip="Seed of the first calibration run; score LinearAG on other seeds."),
                 io.Float.Input("ridge", default=1e-4, min=0.0, max=10.0, step=1e-5, round=1e-6,
-                               tooltip="Ridge regularisation, relative to the features' scale."),
+                               tooltip="Ridge regularisation, relative to the features' scale. 0: plain "
+                                       "least squares (minimum-norm where features are collinear)."),
                 io.String.Input("filename", default="linear_ag/calibration",
-                                tooltip="Where to save, relative to ComfyUI's output folder."),
+                                tooltip="Where to save, relative to ComfyUI's output folder "
+                                        "(.safetensors is added)."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Replace an existing calibration of this name. Off: an existing "
+                                         "one is kept and the new file gets the next free numbered "
+                                         "name (calibration_00001.safetensors ...). A file that is not "
+                                         "a LinearAG calibration is never replaced."),
             ],
             outputs=[
                 io.String.Output(display_name="coefficients_file", tooltip="The saved file, for the LinearAG Guider."),
@@ -52,18 +60,17 @@ class LinearAGCalibrateNode(io.ComfyNode):
         )
 
     @classmethod
+    @checks_inputs
     def execute(cls, model, positive, negative, sampler, sigmas, latent_image, cfg, runs, first_seed,
-                ridge, filename) -> io.NodeOutput:
-        require_conditioning(cls.DISPLAY, "positive", positive)
-        require_conditioning(cls.DISPLAY, "negative", negative)
+                ridge, filename, overwrite=False) -> io.NodeOutput:
         if len(sigmas) < 2:
-            raise NodeInputError(cls.DISPLAY, "sigmas", "has no steps")
-        path = resolve_in_output(cls.DISPLAY, "filename", filename, must_exist=False)
+            raise NodeInputError(cls.DISPLAY, "sigmas", "has no steps; connect a schedule with at least one step")
+        # Name and target are settled before the calibration runs are spent.
+        target = plan_write(cls.DISPLAY, "filename", filename, LINEAR_AG_FILE, overwrite)
         steps = len(sigmas) - 1
         cal = calibrate_linear_ag(model, positive, negative, sampler, sigmas, latent_image, cfg, runs,
                                   first_seed, ridge, cls.DISPLAY)
-        linear_ag_file.save(path, cal)
-        rel = relative_to_output(path)
+        rel = relative_to_output(target.save(lambda tmp: linear_ag_file.save(tmp, cal)))
         report = (f"saved {rel}: {steps} steps, cfg {cfg}, sampler {cal.sampler}, {runs} runs\n"
                   "relative residual per step: " + " ".join(f"{r:.3f}" for r in cal.residuals.tolist()))
         return io.NodeOutput(rel, report)
@@ -94,8 +101,9 @@ class LinearAGGuiderNode(io.ComfyNode):
         )
 
     @classmethod
+    @checks_inputs
     def execute(cls, model, positive, negative, coefficients_file, warmup_steps, evaluate_every) -> io.NodeOutput:
-        path = resolve_in_output(cls.DISPLAY, "coefficients_file", coefficients_file, must_exist=True)
+        path = find_file(cls.DISPLAY, "coefficients_file", coefficients_file)
         try:
             cal = linear_ag_file.load(path)
         except ValueError as err:
@@ -106,8 +114,11 @@ class LinearAGGuiderNode(io.ComfyNode):
                                  "with this model")
         evaluate_at = frozenset(evaluated_steps(cal.steps, int(warmup_steps), int(evaluate_every)))
 
+        def fits(sampler, sigmas, options):
+            reason = cal.mismatch(sampler, sigmas, cal.model_fingerprint, options)
+            return reason and f"input 'coefficients_file' ({coefficients_file!r}): {reason}"
+
         def policy():
-            return LinearAGPolicy(cal.cfg, cal.coefficients, evaluate_at,
-                                  fits=lambda sampler, sigmas: cal.mismatch(sampler, sigmas, cal.model_fingerprint))
+            return LinearAGPolicy(cal.cfg, cal.coefficients, evaluate_at, fits=fits)
 
         return io.NodeOutput(build_guider(cls.DISPLAY, model, positive, negative, policy))

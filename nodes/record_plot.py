@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 from comfy_api.latest import io
 
-from .bridge.record_plot import plot_record
-from .validation import NodeInputError
+from .bridge.record_plot import parse_record, plot_record
+from .validation import NodeInputError, checks_inputs
 
 
 class RecordPlotNode(io.ComfyNode):
@@ -30,13 +28,12 @@ class RecordPlotNode(io.ComfyNode):
         )
 
     @classmethod
+    @checks_inputs
     def execute(cls, record) -> io.NodeOutput:
         try:
-            data = json.loads(record)
-        except (TypeError, ValueError) as err:
-            raise NodeInputError(cls.DISPLAY, "record", f"is not JSON ({err})") from err
-        if not isinstance(data, dict) or "steps" not in data:
-            raise NodeInputError(cls.DISPLAY, "record", "is not a Guidance Lab run record; connect the "
-                                 "'record' output of a Guided Sampler driven by a Guidance Lab guider")
+            data = parse_record(record)
+        except ValueError as err:
+            raise NodeInputError(cls.DISPLAY, "record", f"cannot be plotted: {err}; connect the 'record' "
+                                 "output of a Guided Sampler driven by a Guidance Lab guider") from None
         pixels = np.asarray(plot_record(data), dtype=np.float32) / 255.0
         return io.NodeOutput(torch.from_numpy(pixels)[None])

@@ -8,7 +8,7 @@ from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced
 from .bridge.policy_guider import run_record
 from .bridge.samplers import pack_sampler
 from ..samplers import REGISTRY
-from .validation import NodeInputError
+from .validation import NodeInputError, checks_inputs
 
 
 class SamplerSelectNode(io.ComfyNode):
@@ -29,6 +29,7 @@ class SamplerSelectNode(io.ComfyNode):
         )
 
     @classmethod
+    @checks_inputs
     def execute(cls, sampler_name) -> io.NodeOutput:
         if sampler_name not in REGISTRY:
             raise NodeInputError("Sampler (Guidance Lab)", "sampler_name",
@@ -62,6 +63,7 @@ class GuidedSamplerNode(io.ComfyNode):
         )
 
     @classmethod
+    @checks_inputs
     def execute(cls, noise, guider, sampler, sigmas, latent_image) -> io.NodeOutput:
         out, denoised = SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent_image).args[:2]
         record = run_record(guider)

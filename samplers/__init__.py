@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .cfg_pp import cfg_pp_sampler
+from .ddim_inversion import ddim_inversion
 from .euler import euler, to_d
 from .loop import sampler_function, sampling_loop
 
@@ -30,6 +31,8 @@ REGISTRY = {spec.name: spec for spec in (
     SamplerSpec("dpmpp_2m_cfg_pp", cfg_pp_sampler("dpmpp_2m"), "CFG++ DPM++ 2M.", family_aware=True),
     SamplerSpec("ddim_cfg_pp_inversion", cfg_pp_sampler("ddim_inversion"),
                 "CFG++ DDIM inversion (sigmas ascending, e.g. FlipSigmas).", family_aware=True),
+    SamplerSpec("ddim_inversion", sampler_function(ddim_inversion),
+                "DDIM inversion, the usual approximate one (sigmas ascending, e.g. FlipSigmas)."),
 )}
 # name -> sampler function, for callers that only run them.
 SAMPLERS = {name: spec.function for name, spec in REGISTRY.items()}

@@ -130,4 +130,5 @@ def cfg_pp_sampler(kind: str):
         return sampling_loop(step, model, x, sigmas, extra_args, callback, disable, state={"tap": tap})
 
     sample.__name__ = f"sample_{kind}_cfg_pp"
+    sample.evaluations_per_step = 1
     return sample

@@ -7,6 +7,10 @@ step may call it more than once (EDICT does). ``state`` is a dict private to one
 as Python floats in ``state["sigmas"]``, read from the device once before the loop so
 that steps branch on sigma values without a host sync per step. ``sampling_loop`` turns a step into a sampler function of
 k-diffusion form, which ComfyUI wraps as a ``KSAMPLER``.
+
+A step that calls ``denoise`` more than once says so in its ``evaluations`` attribute
+(EDICT: 2); the sampler function carries it as ``evaluations_per_step``, from which the
+guider knows which schedule step each model evaluation belongs to (guiders/guided_run.py).
 """
 
 from __future__ import annotations
@@ -50,4 +54,5 @@ def sampler_function(step: Step):
 
     sample.__name__ = f"sample_{getattr(step, '__name__', 'step')}"
     sample.__doc__ = step.__doc__
+    sample.evaluations_per_step = getattr(step, "evaluations", 1)
     return sample

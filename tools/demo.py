@@ -30,9 +30,15 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "demo_output")
+    parser.add_argument("--weights", default=None,
+                        help="default-model file in default_model/weights/ (default: DEFAULT_WEIGHTS, "
+                             "the model the pack presents first)")
     args = parser.parse_args(argv)
 
     import_pack()
+    from guidance_lab.default_model import DEFAULT_WEIGHTS
+
+    args.weights = args.weights or DEFAULT_WEIGHTS
     from tools.training.dataset import make_batch
     from tools.image_grid import image_grid
     from tools.host.api_graph import API_WORKFLOWS, load
@@ -43,6 +49,7 @@ def main(argv=None) -> int:
 
     def graph_for(index: int, prompt: str) -> dict:
         graph = {k: {**v, "inputs": dict(v["inputs"])} for k, v in template.items()}
+        graph["1"]["inputs"]["weights"] = args.weights
         graph["2"]["inputs"]["text"] = prompt
         graph["4"]["inputs"]["batch_size"] = args.seeds
         graph["5"]["inputs"].update(seed=args.seed + index, cfg=args.cfg, steps=args.steps)
@@ -56,7 +63,8 @@ def main(argv=None) -> int:
     rows = []
     with ComfyServer(args.out / "server") as server:
         print(f"[demo] ComfyUI ready at {server.url('/')} in {server.start_seconds:.1f} s; queueing "
-              f"workflows/api/default_model.json for {len(prompts)} prompts x {args.seeds} seeds", flush=True)
+              f"workflows/api/default_model.json with {args.weights} for {len(prompts)} prompts x "
+              f"{args.seeds} seeds", flush=True)
         for index, prompt in enumerate(prompts):
             entry = server.run_prompt(graph_for(index, prompt), timeout=900)
             status, _ = history_status(entry)
@@ -81,7 +89,7 @@ def main(argv=None) -> int:
                       [f"seed {args.seed}+{k}" for k in range(args.seeds)])
     flat = np.concatenate([np.stack(t) for t in tiles])
     scores = label_accuracy(flat, [p for p, saved in rows for _ in saved])
-    report = (f"{len(flat)} images, CFG {args.cfg:g}, {args.steps} steps: adherence (shape and colour "
+    report = (f"{args.weights}: {len(flat)} images, CFG {args.cfg:g}, {args.steps} steps: adherence (shape and colour "
               f"match, quality/shapes.py) {scores['adherence']:.3f}; shape {scores['shape']:.3f}, colour "
               f"{scores['colour']:.3f}, background {scores['background']:.3f}")
     (args.out / "report.txt").write_text(report + "\n")

@@ -1,23 +1,91 @@
-"""A short fingerprint of a model's weights, to tie calibration files to their model."""
+"""A fingerprint of a model's weights, to tie calibration files to their model.
+
+Scheme: blake2b over the prediction type (the model_sampling classes, so an eps model
+patched to v-prediction differs) and over every tensor of the diffusion model: its name,
+shape and values as float32 (so a lossless cast, e.g. fp16 weights loaded as fp32, keeps
+the fingerprint and any changed value changes it), plus the weight patches of the
+ModelPatcher (LoRAs and the like: their tensors, strengths and offsets).
+
+Hashing every weight reads the whole model once (about a second per GB), so the result
+is cached: the base weights per model object (ComfyUI changes a loaded model's weights
+only through patches, and ``get_key_patches`` hands back the unpatched originals even
+while patches are applied), the patches per ``patches_uuid`` (ComfyUI draws a new one
+whenever they change). Later runs of the same model cost a dictionary look-up.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import threading
+import weakref
 
 import torch
 
+PREFIX = "diffusion_model."
+_base_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> hex digest
+_patch_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {uuid: digest}
+_lock = threading.Lock()
 
-def model_fingerprint(model_patcher, samples: int = 64, per_tensor: int = 4096) -> str:
-    """sha256 over the model's prediction type (its model_sampling classes, so an eps model
-    patched to v-prediction differs) and an evenly spread sample of its tensors (their first
-    ``per_tensor`` values rounded to bfloat16, so fp32/fp16 copies of one model agree)."""
-    state = model_patcher.model.diffusion_model.state_dict()
-    names = sorted(state)
-    digest = hashlib.sha256()
-    sampling = model_patcher.get_model_object("model_sampling")
-    digest.update(" ".join(c.__name__ for c in type(sampling).__mro__).encode())
-    for name in names[:: max(1, len(names) // samples)]:
-        values = state[name].detach().reshape(-1)[:per_tensor].to(torch.bfloat16).float().cpu()
+
+def _hash_tensor(digest, tensor: torch.Tensor) -> None:
+    values = tensor.detach()
+    if values.is_floating_point() and values.element_size() <= 4:
+        values = values.to(torch.float32)
+    values = values.to("cpu").contiguous()
+    digest.update(f"{values.dtype}{tuple(values.shape)}".encode())
+    digest.update(values.reshape(-1).view(torch.uint8).numpy().data if values.numel() else b"")
+
+
+def _hash_value(digest, value, depth: int = 0) -> None:
+    """Patch data: tensors by value, plain data by repr, adapters through their weights."""
+    if isinstance(value, torch.Tensor):
+        _hash_tensor(digest, value)
+    elif isinstance(value, (str, int, float, bool, type(None))):
+        digest.update(repr(value).encode())
+    elif isinstance(value, (list, tuple)) and depth < 8:
+        digest.update(b"[")
+        for item in value:
+            _hash_value(digest, item, depth + 1)
+        digest.update(b"]")
+    elif isinstance(value, dict) and depth < 8:
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _hash_value(digest, value[key], depth + 1)
+    else:  # a weight adapter (LoRAAdapter ...), a function: its kind and its tensors
+        digest.update(type(value).__qualname__.encode())
+        weights = getattr(value, "weights", None)
+        if weights is not None and depth < 8:
+            _hash_value(digest, weights, depth + 1)
+
+
+def _base_digest(model_patcher) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name, entries in sorted(model_patcher.get_key_patches(PREFIX).items()):
         digest.update(name.encode())
-        digest.update(values.numpy().tobytes())
-    return digest.hexdigest()[:16]
+        _hash_tensor(digest, entries[0][0])  # the original weight, unpatched
+    return digest.hexdigest()
+
+
+def _patch_digest(model_patcher) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(k for k in model_patcher.patches if k.startswith(PREFIX)):
+        digest.update(name.encode())
+        _hash_value(digest, model_patcher.patches[name])
+    return digest.hexdigest()
+
+
+def model_fingerprint(model_patcher) -> str:
+    model = model_patcher.model
+    with _lock:  # two prompts never hash the same model twice
+        if model not in _base_cache:
+            _base_cache[model] = _base_digest(model_patcher)
+        patches = _patch_cache.setdefault(model, {})
+        key = model_patcher.patches_uuid
+        if key not in patches:
+            patches[key] = _patch_digest(model_patcher) if model_patcher.patches else ""
+        digest = hashlib.blake2b(digest_size=8)
+        sampling = model_patcher.get_model_object("model_sampling")
+        digest.update(" ".join(c.__name__ for c in type(sampling).__mro__).encode())
+        digest.update(_base_cache[model].encode())
+        digest.update(patches[key].encode())
+    return digest.hexdigest()

@@ -11,7 +11,7 @@ import torch
 
 from ...guiders import GuidancePolicy, GuidanceRecord, GuidedRun
 from ...guiders.guided_run import NonFiniteEstimate
-from .samplers import model_family
+from .samplers import evaluation_plan, model_family, sampler_options
 
 log = logging.getLogger("guidance_lab")
 
@@ -43,12 +43,16 @@ class PolicyGuider(comfy.samplers.CFGGuider):
         """Delegates to ``CFGGuider.sample`` (which packs nested latents and prepares masks in
         newer ComfyUI) with whatever extra arguments the host passes, e.g. ``latent_shapes``."""
         self.check_latent(latent_image)
+        schedule = sigmas.tolist()  # read once, before the loop: the plan and the checks use it
         try:
-            self.policy.check_run(sampler_name(sampler), sigmas.tolist())
+            self.policy.check_run(sampler_name(sampler), schedule, sampler_options(sampler))
         except ValueError as err:
             raise ValueError(f"{self.node_name}: {err}") from err
+        family = self.model_family()
+        # Which schedule step each model evaluation belongs to (guiders/guided_run.py).
         run = GuidedRun(self.policy, total_steps=max(int(sigmas.shape[-1]) - 1, 0),
-                        batch_size=int(latent_image.shape[0]), family=self.model_family())
+                        batch_size=int(latent_image.shape[0]), family=family,
+                        plan=evaluation_plan(sampler, schedule, family))
 
         def step_callback(step, x0, x, total_steps):
             run.step_done(step)
@@ -82,9 +86,20 @@ class PolicyGuider(comfy.samplers.CFGGuider):
     def check_latent(self, latent_image) -> None:
         if getattr(latent_image, "is_nested", False):
             return
-        expected = self.model_patcher.get_model_object("latent_format").latent_channels
-        if latent_image.ndim < 4 or latent_image.shape[1] != expected:
-            got = latent_image.shape[1] if latent_image.ndim > 1 else "no"
+        latent_format = self.model_patcher.get_model_object("latent_format")
+        # Image models take [batch, channels, height, width], video models add frames: a
+        # latent of another rank would fail deep inside the model with a raw shape error.
+        dims = getattr(latent_format, "latent_dimensions", 2)
+        if latent_image.ndim != dims + 2:
+            layout = "batch, channels, " + ("frames, " if dims == 3 else "") + "height, width"
+            video = " (a video latent?)" if latent_image.ndim == 5 else ""
+            raise ValueError(
+                f"{self.node_name}: input 'latent_image' of the sampler is {latent_image.ndim}-D "
+                f"(shape {tuple(latent_image.shape)}){video}, but this model takes {dims + 2}-D latents "
+                f"[{layout}]. Use a latent made for this model (e.g. EmptyLatentImage or VAEEncode with its VAE).")
+        expected = latent_format.latent_channels
+        if latent_image.shape[1] != expected:
+            got = latent_image.shape[1]
             raise ValueError(
                 f"{self.node_name}: input 'latent_image' of the sampler has {got} channels "
                 f"(shape {tuple(latent_image.shape)}), but this model expects {expected}. "

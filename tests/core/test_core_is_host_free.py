@@ -73,7 +73,12 @@ def test_nothing_outside_tests_imports_from_tests():
         rel = path.relative_to(REPO)
         if rel.parts[0] in {"tests", ".host", ".git"}:
             continue
-        source = path.read_text()
-        if "guidance_lab.tests" in source or "from tests" in source or "import tests" in source:
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+        if any(m == "tests" or m.startswith(("tests.", "guidance_lab.tests")) for m in imported):
             offenders.append(str(rel))
     assert not offenders, offenders

@@ -70,9 +70,9 @@ class PolicyModel:
     skipped uncond to nobody, and gives CFG++ samplers ``Guided.renoise_uncond`` through
     the post-CFG hook."""
 
-    def __init__(self, policy: GuidancePolicy, pair: ToyPair, total_steps: int):
+    def __init__(self, policy: GuidancePolicy, pair: ToyPair, total_steps: int, plan=None):
         self.pair = pair
-        self.run = GuidedRun(policy, total_steps, len(pair), pair.family)
+        self.run = GuidedRun(policy, total_steps, len(pair), pair.family, plan)
 
     def __call__(self, x, sigma, model_options=None, **extra):
         model_options = model_options or {}

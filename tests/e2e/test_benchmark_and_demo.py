@@ -28,6 +28,8 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
         assert 0 <= row["adherence"] <= 1 and row["time_ratio"] > 0 and np.isfinite(row["scene_distance"])
     timing = results["overhead_timing"]
     assert len(timing["baseline_seconds"]) == len(timing["method_seconds"]) == 2
+    # the guider's own cost, per guided evaluation (3 steps of euler: 3 evaluations)
+    assert timing["evaluations_per_run"] == 3 and np.isfinite(timing["overhead_us_per_evaluation"])
     # every row that carries a target is judged
     judged = {t["target"].split(":")[0].split(" ")[0] for t in results["targets"]}
     assert {"cfg", "ag", "linear_ag", "apg_15"} <= judged, judged

@@ -67,3 +67,55 @@ def comfy_cfg(model, positive, negative, scale):
     guider.set_conds(positive, negative)
     guider.set_cfg(scale)
     return guider
+
+
+def count_model_calls(model):
+    """The model with a forward wrapper that logs (sigma, batch) of every UNet call: an
+    evaluation counter that knows nothing of the guider."""
+    calls = []
+    m = model.clone()
+
+    def wrapper(apply_model, args):
+        calls.append((float(args["timestep"].reshape(-1)[0]), int(args["input"].shape[0])))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    m.set_model_unet_function_wrapper(wrapper)
+    return m, calls
+
+
+def schedule(model, steps: int, scheduler="normal") -> list:
+    from comfy_extras import nodes_custom_sampler as cs
+
+    return node_out(cs.BasicScheduler.execute(model, scheduler, steps, 1.0))[0].tolist()
+
+
+def book_by_sigma(sigmas: list, called: list) -> list:
+    """The schedule step of each model call from its sigma and the order of the calls alone.
+
+    A sigma strictly inside (s_{i+1}, s_i) is step i. Calls at a schedule sigma s_j (1e-4
+    relative) come in runs: the last call of a run starts step j, the earlier ones end step
+    j - 1 (Heun's corrector at s_{i+1}; the eta = 1 midpoint of the ancestral DPM samplers,
+    s_{i+1} up to rounding). Holds for samplers that evaluate each step at its own sigma
+    first and never look beyond s_{i+1} (not heunpp2, not SA-Solver's PECE)."""
+    n = len(sigmas) - 1
+
+    def at(sigma):
+        return next((j for j, s in enumerate(sigmas) if abs(sigma - s) <= 1e-4 * max(s, 1e-8)), None)
+
+    steps = []
+    for k, sigma in enumerate(called):
+        j = at(sigma)
+        if j is None:
+            steps.append(max(i for i in range(n) if sigmas[i] > sigma))
+        else:
+            starts = k + 1 == len(called) or at(called[k + 1]) != j
+            steps.append(min(j if starts else j - 1, n - 1))
+    return steps
+
+
+def nfe_by_step(steps: list, calls: list, total_steps: int, batch: int) -> list:
+    """NFE per image of each schedule step, from booked calls [(sigma, model batch)]."""
+    nfe = [0.0] * total_steps
+    for step, (_, size) in zip(steps, calls):
+        nfe[step] += size / batch
+    return nfe

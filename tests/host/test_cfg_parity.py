@@ -95,7 +95,6 @@ def test_other_policies_warn_in_the_report_when_the_cfg_function_is_patched(fixt
     from comfy_extras.nodes_model_advanced import RescaleCFG
 
     from guidance_lab.nodes.apg import CUSTOM, APGGuiderNode
-    from guidance_lab.nodes.sampling import GuidedSamplerNode
 
     base, positive, negative = fixture_model
     model = node_out(RescaleCFG().patch(base, 0.7))[0]

@@ -117,7 +117,7 @@ def test_loader_node_names_itself_and_its_input(tmp_path, host, monkeypatch):
     monkeypatch.setattr(loader_module, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(NodeInputError, match=r"Default Model Loader \(Guidance Lab\): input 'weights'"):
         DefaultModelLoaderNode.execute("garbage.safetensors")
-    with pytest.raises(NodeInputError, match="no such file"):
+    with pytest.raises(NodeInputError, match="input 'weights' is 'missing.safetensors'; choose one of"):
         DefaultModelLoaderNode.execute("missing.safetensors")
     with pytest.raises(NodeInputError, match="input 'weights'"):
         DefaultModelLoaderNode.execute("../outside.safetensors")
@@ -152,3 +152,36 @@ def test_the_file_says_how_the_model_predicts_and_what_schedule_it_was_trained_o
     assert isinstance(sampling, expected)
     # zero terminal SNR: ComfyUI's rescale puts the last sigma near 4500 instead of 14.6
     assert (float(sampling.sigma_max) > 1000) == zsnr
+
+
+def _with_metadata(source, target, **changes):
+    """A copy of a weights file with some metadata fields changed (None removes a field)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for key, value in changes.items():
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
+    save_file(tensors, str(target), metadata=metadata)
+    return target
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"family": None}, "metadata 'family' is None"),
+    ({"family": "flow"}, "belongs to the 'eps' family"),
+    ({"prediction": "flow"}, "metadata 'family' is 'eps'"),
+    ({"prediction": "x0"}, "metadata 'prediction' is 'x0'"),
+    ({"prediction": "flow", "family": "flow"}, "sampling_settings lack"),
+], ids=["missing-family", "wrong-family", "flow-prediction-eps-family", "unknown-prediction", "flow-without-shift"])
+def test_mislabelled_family_is_refused_naming_node_and_input(tmp_path, host, monkeypatch, changes, message):
+    """A file whose family, prediction type and schedule disagree would sample noise: refused."""
+    _with_metadata(SHIPPED, tmp_path / "mislabelled.safetensors", **changes)
+    monkeypatch.setattr(loader_module, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(NodeInputError, match=r"Default Model Loader \(Guidance Lab\): input 'weights'") as err:
+        DefaultModelLoaderNode.execute("mislabelled.safetensors")
+    assert message in str(err.value)

@@ -95,3 +95,57 @@ def test_refuses_truncated_foreign_missing_and_escaping_files(fixture_model, out
                           ("../../etc/passwd", "outside ComfyUI's output folder")):
         with pytest.raises(NodeInputError, match=rf"LinearAG Guider \(Guidance Lab\): input 'coefficients_file'.*{message}"):
             LinearAGGuiderNode.execute(model, pos, neg, name, 1, 0)
+
+
+def test_a_two_evaluation_sampler_evaluates_uncond_on_the_schedule_steps(fixture_model, output_dir):
+    """Heun evaluates twice per step: LinearAG's coefficient index (and its evaluated steps) is
+    the schedule step of each evaluation, the same in calibration and in use."""
+    from comfy_extras import nodes_custom_sampler as cs
+
+    from .comfy_graph import book_by_sigma, count_model_calls, nfe_by_step
+
+    base, pos, neg = fixture_model
+    model, calls = count_model_calls(base)
+    heun = node_out(cs.KSamplerSelect.execute("heun"))[0]
+    path = LinearAGCalibrateNode.execute(model, pos, neg, heun, schedule(model, STEPS), empty_latent(1), 6.0,
+                                         2, 1000, 1e-4, "linear_ag/heun").args[0]
+    calls.clear()
+    guider = LinearAGGuiderNode.execute(model, pos, neg, path, 1, 3).args[0]  # uncond at steps 0 and 3
+    got = sample(guider, "heun", STEPS, empty_latent(1), seed=7)
+    assert torch.isfinite(got).all()
+    steps = book_by_sigma(schedule(model, STEPS), [s for s, _ in calls])
+    assert sorted({step for step, (_, size) in zip(steps, calls) if size == 2}) == [0, 3]
+    assert guider.last_record.nfe_per_step == nfe_by_step(steps, calls, STEPS, 1) == [4, 2, 2, 4, 2, 1]
+
+
+def test_refuses_a_file_calibrated_with_other_sampler_options(fixture_model, output_dir):
+    """Issue 16, item 3: eta 1.0 and eta 0.0 are different samplers."""
+    from comfy_extras import nodes_custom_sampler as cs
+
+    model, pos, neg = fixture_model
+    ancestral = node_out(cs.KSamplerSelect.execute("euler_ancestral"))[0]  # eta 1.0, the function's default
+    path = LinearAGCalibrateNode.execute(model, pos, neg, ancestral, schedule(model, STEPS), empty_latent(1),
+                                         6.0, 1, 1000, 1e-4, "linear_ag/ancestral").args[0]
+    guider = LinearAGGuiderNode.execute(model, pos, neg, path, 1, 0).args[0]
+    same = node_out(cs.SamplerEulerAncestral.execute(1.0, 1.0))[0]
+    assert torch.isfinite(sample(guider, None, STEPS, empty_latent(1), seed=1, sampler=same)).all()
+    for eta, s_noise, option in ((0.0, 1.0, "eta = 1.0, this run's sampler has eta = 0.0"),
+                                 (1.0, 0.5, "s_noise = 1.0, this run's sampler has s_noise = 0.5")):
+        other = node_out(cs.SamplerEulerAncestral.execute(eta, s_noise))[0]
+        with pytest.raises(ValueError, match=r"LinearAG Guider \(Guidance Lab\): .*input 'coefficients_file' "
+                                             rf"\('{path}'\): .*sampler option {option}"):
+            sample(guider, None, STEPS, empty_latent(1), seed=1, sampler=other)
+
+
+def test_refuses_a_file_that_does_not_record_the_sampler_options(fixture_model, output_dir):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model, pos, neg = fixture_model
+    path, _ = calibrate(model, pos, neg)
+    with safe_open(str(output_dir / path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    del meta["sampler_options"]
+    save_file(tensors, str(output_dir / "linear_ag" / "old.safetensors"), metadata=meta)
+    with pytest.raises(NodeInputError, match=r"'coefficients_file'.*did not record the sampler's options"):
+        LinearAGGuiderNode.execute(model, pos, neg, "linear_ag/old.safetensors", 1, 0)

@@ -28,11 +28,9 @@ import numpy as np
 from tools.bootstrap import import_pack
 from tools.paths import BENCHMARK_RESULTS, REPO
 
-DEFAULT_OUT = BENCHMARK_RESULTS / "guidance"
 import_pack()
 from guidance_lab.default_model import DEFAULT_WEIGHTS as WEIGHTS  # noqa: E402
 CALIBRATION_FILE = "benchmark/linear_ag_calibration.safetensors"
-README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 WARMUP_SEED = 10**6
 TIMING_SEED = 2 * 10**6  # noise seeds of untimed runs; scoring uses 0..prompts-1, LinearAG 100000+
 NFE_LINE = re.compile(r"NFE: (\d+) total, ([0-9.]+) per image")
@@ -50,7 +48,8 @@ def parse_args(argv=None):
                    help="dataset seed of the LinearAG calibration prompt (not a scoring prompt)")
     p.add_argument("--real-count", type=int, default=1000, help="dataset images for the scene distance")
     p.add_argument("--methods", nargs="+", default=None, help="only these rows (names in methods.py)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default: docs/benchmark/<weights file stem>/)")
     p.add_argument("--workdir", type=Path, default=None, help="server folder (default: a temp folder)")
     p.add_argument("--grid-prompts", type=int, default=8)
     p.add_argument("--timing-pairs", type=int, default=24,
@@ -58,7 +57,10 @@ def parse_args(argv=None):
                         "alternating which goes first) for the overhead figure")
     p.add_argument("--readme", type=Path, default=None,
                    help="README to copy the table into (default: the repo's, when --out is the default)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.default_out = BENCHMARK_RESULTS / Path(args.weights).stem
+    args.out = args.out or args.default_out
+    return args
 
 
 def execution_seconds(entry: dict) -> float:
@@ -98,7 +100,8 @@ class Runner:
         sampler = out(g.add("KSamplerSelect", "sampler", sampler_name="euler"))
         cal = g.add("GuidanceLab_LinearAGCalibrate", "calibrate", model=ids["model"], positive=ids["positive"],
                     negative=ids["negative"], sampler=sampler, sigmas=ids["sigmas"], latent_image=ids["latent"],
-                    cfg=cfg, ridge=1e-4, filename=CALIBRATION_FILE.removesuffix(".safetensors"), **calibration)
+                    cfg=cfg, ridge=1e-4, filename=CALIBRATION_FILE.removesuffix(".safetensors"), overwrite=True,
+                    **calibration)
         g.add("PreviewAny", "report", source=out(cal, 1))
         entry = self.run(g.nodes)
         return "".join(entry["outputs"].get("report", {}).get("text", []))
@@ -120,16 +123,25 @@ def measure_overhead(runner, baseline, method, prompt: str, pairs: int) -> dict:
     """Seconds of ``baseline`` and ``method`` run back to back on one prompt (its encoding is
     cached after the first run) with a fresh seed per pair, alternating which runs first."""
     runner.sample(baseline, prompt, TIMING_SEED - 1, "timing")  # encode the prompt, untimed
-    base, ours = [], []
+    base, ours, nfe = [], [], []
     for k in range(pairs):
         order = [(baseline, base), (method, ours)]
         for m, times in (order if k % 2 == 0 else order[::-1]):
-            times.append(runner.sample(m, prompt, TIMING_SEED + k, "timing")["seconds"])
+            r = runner.sample(m, prompt, TIMING_SEED + k, "timing")
+            times.append(r["seconds"])
+            if m is method:
+                nfe.append(r["nfe_per_image"])
     ratios = sorted(b / a for a, b in zip(base, ours))
+    # Guided evaluations (model calls of the whole batch, cond and uncond together) per run:
+    # the pack's CFG spends 2 NFE on each, 1 at scale 1.
+    evaluations = statistics.median(nfe) / (1 if method.cfg == 1.0 else 2) if all(nfe) else None
+    extra = statistics.median(ours) - statistics.median(base)
     return {"pairs": pairs, "baseline_seconds": base, "method_seconds": ours, "method": method.name,
             "ratio_of_medians": statistics.median(ours) / statistics.median(base),
             "median_pair_ratio": statistics.median(ratios),
-            "pair_ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))]}
+            "pair_ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
+            "evaluations_per_run": evaluations,
+            "overhead_us_per_evaluation": extra / evaluations * 1e6 if evaluations else None}
 
 
 def stock_nfe(method, steps: int) -> float:
@@ -206,20 +218,27 @@ def main(argv=None) -> int:
         calibration={"prompt": calibration_prompts[0], **LINEAR_AG_CALIBRATION, "report": calibration_report},
         wall_seconds=time.monotonic() - t_start, timing=timing)
     print(summary)
-    readme = args.readme or (REPO / "README.md" if args.out.resolve() == DEFAULT_OUT.resolve() else None)
+    readme = args.readme or (REPO / "README.md" if args.out.resolve() == args.default_out.resolve() else None)
     if readme is not None:
-        update_readme(readme, summary)
+        update_readme(readme, summary, Path(args.weights).stem)
         print(f"[benchmark] table copied into {readme}")
     return 0
 
 
-def update_readme(readme: Path, table: str) -> None:
-    """Replace the text between the README's benchmark markers with the new table."""
+def readme_markers(model: str) -> tuple:
+    """The README markers around one model's benchmark section."""
+    return f"<!-- benchmark:{model}:start -->", f"<!-- benchmark:{model}:end -->"
+
+
+def update_readme(readme: Path, table: str, model: str) -> None:
+    """Replace the text between the README's benchmark markers of ``model`` with the new table."""
+    start_marker, end_marker = readme_markers(model)
     text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        raise SystemExit(f"{readme} has no {README_START} ... {README_END} markers")
-    readme.write_text(text[:start + len(README_START)] + "\n" + table + text[end:])
+        raise SystemExit(f"{readme} has no {start_marker} ... {end_marker} markers: add them where the "
+                         f"section of model {model!r} belongs")
+    readme.write_text(text[:start + len(start_marker)] + "\n" + table + text[end:])
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ class ComfyServer:
             raise
         return answer["prompt_id"]
 
-    def wait_for(self, prompt_id: str, timeout: float = 300.0) -> dict:
+    def wait_for(self, prompt_id: str, timeout: float = 300.0, poll: float = 0.25) -> dict:
         t0 = time.monotonic()
         while True:
             entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
@@ -208,14 +208,15 @@ class ComfyServer:
             if time.monotonic() - t0 > timeout:
                 raise ComfyServerError(f"prompt {prompt_id} not finished after {timeout:.0f} s\n"
                                        f"{self.log_tail()}")
-            time.sleep(0.25)
+            time.sleep(poll)
 
-    def run_prompt(self, graph: dict, timeout: float = 300.0) -> dict:
-        return self.wait_for(self.post_prompt(graph), timeout=timeout)
+    def run_prompt(self, graph: dict, timeout: float = 300.0, poll: float = 0.25) -> dict:
+        return self.wait_for(self.post_prompt(graph), timeout=timeout, poll=poll)
 
     # -- results and log ---------------------------------------------------------
     def output_images(self, history_entry: dict, types=("output",)) -> list[Path]:
-        roots = {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}
+        # ComfyUI keeps temporary files in a "temp" folder inside --temp-directory.
+        roots = {"output": self.output_dir, "temp": self.temp_dir / "temp", "input": self.input_dir}
         files = []
         for node_output in (history_entry.get("outputs") or {}).values():
             for img in node_output.get("images") or []:

@@ -83,11 +83,13 @@ def api_to_ui(graph: dict, object_info: dict) -> dict:
                 links.append([entry["link"], int(origin), origin_slot, int(node_id), slot, entry["type"]])
                 out_links[(origin, origin_slot)].append(entry["link"])
         col = column[node_id]
-        node = {"id": int(node_id), "type": api["class_type"], "pos": [40 + 360 * col, 40 + 220 * rows[col]],
+        node = {"id": int(node_id), "type": api["class_type"], "pos": [40 + 360 * col, 40 + rows[col]],
                 "size": [320, 130], "flags": {}, "order": position, "mode": 0, "inputs": inputs,
                 "outputs": [], "properties": {"Node name for S&R": api["class_type"]},
                 "widgets_values": widgets}
-        rows[col] += 1
+        # The next node of the column goes below this one: 220 px, or more for a tall node
+        # (title, one row per socket or output, one per widget), so none hides another's widgets.
+        rows[col] += max(220, 60 + 22 * max(len(inputs), len(spec["output"])) + 26 * len(widgets))
         title = api.get("_meta", {}).get("title")
         if title and title != spec.get("display_name"):
             node["title"] = title

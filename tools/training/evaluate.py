@@ -31,7 +31,7 @@ from guidance_lab.default_model import DEFAULT_WEIGHTS  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
-                   help="file name in default_model/weights/")
+                   help="file name in default_model/weights/, or a path to any weights file")
     p.add_argument("--repeats", type=int, default=1, help="images per prompt (each with its own noise)")
     p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 5.0, 7.0, 15.0])
     p.add_argument("--real", type=int, default=1000, help="real images for the scene-distance reference")
@@ -85,7 +85,12 @@ def main(argv=None):
     from tools.quality.metrics import scene_distance, scene_features
     from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
 
-    model, clip, vae = DefaultModelLoaderNode.execute(args.weights).args
+    if "/" in args.weights:  # a file elsewhere (a checkpoint export under evaluation), not a shipped one
+        from guidance_lab.nodes.bridge.default_model import load_default_model
+
+        model, clip, vae, _meta = load_default_model(Path(args.weights))
+    else:
+        model, clip, vae = DefaultModelLoaderNode.execute(args.weights).args
     prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
                for b in BACKGROUNDS] * args.repeats
     real, real_prompts, _ = make_batch(args.eval_seed, 0, args.real, 32)

@@ -1,0 +1,118 @@
+"""Smooth Diffusion: latent interpolation between two noises and prompts, and the ISTD metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from comfy_api.latest import io, ui
+
+from ..samplers.interpolation import interpolate_embeddings, interpolate_noises, istd
+from .bridge.record_plot import series_plot
+from .validation import NodeInputError, checks_inputs, require_conditioning
+
+MAX_FRAMES = 256  # a client cannot ask for an arbitrarily large batch
+
+
+class GivenNoise:
+    """A NOISE whose samples are fixed tensors (the interpolated frames), for SamplerCustomAdvanced."""
+
+    def __init__(self, noise: torch.Tensor, seed: int = 0):
+        self.noise = noise
+        self.seed = seed
+
+    def generate_noise(self, input_latent):
+        return self.noise.to(input_latent["samples"].device, input_latent["samples"].dtype)
+
+
+def _embedding_pair(node: str, a, b):
+    """The first [tensor, options] entry of each conditioning, checked to interpolate."""
+    require_conditioning(node, "positive_a", a)
+    require_conditioning(node, "positive_b", b)
+    (ta, oa), (tb, ob) = a[0], b[0]
+    if ta.shape != tb.shape:
+        raise NodeInputError(node, "positive_b", f"has shape {tuple(tb.shape)}, positive_a {tuple(ta.shape)}: "
+                             "encode both prompts with the same text encoder")
+    return (ta, oa), (tb, ob)
+
+
+class SmoothInterpolateNode(io.ComfyNode):
+    DISPLAY = "Smooth Interpolate (Guidance Lab)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GuidanceLab_SmoothInterpolate",
+            display_name=cls.DISPLAY,
+            category="Guidance Lab/smooth diffusion",
+            description="Frames between two images' starting noises and prompts (Smooth Diffusion, Guo et "
+                        "al. 2024): slerp on the noise, lerp on the text embedding. Sample the frames with "
+                        "SamplerCustomAdvanced (noise -> noise, latent -> latent_image, conditioning -> "
+                        "the guider's positive); measure them with the ISTD node.",
+            inputs=[
+                io.Noise.Input("noise_a", tooltip="Starting noise of the first image (e.g. RandomNoise)."),
+                io.Noise.Input("noise_b", tooltip="Starting noise of the last image."),
+                io.Latent.Input("latent_image", tooltip="Gives the size of one frame (e.g. an empty latent, "
+                                                        "batch 1)."),
+                io.Conditioning.Input("positive_a", tooltip="Prompt of the first image."),
+                io.Conditioning.Input("positive_b", tooltip="Prompt of the last image (may equal positive_a)."),
+                io.Int.Input("frames", default=16, min=2, max=MAX_FRAMES,
+                             tooltip="Number of frames, both ends included."),
+            ],
+            outputs=[
+                io.Noise.Output(display_name="noise", tooltip="The interpolated noises, one per frame."),
+                io.Latent.Output(display_name="latent", tooltip="An empty latent batch of the frames."),
+                io.Conditioning.Output(display_name="conditioning",
+                                       tooltip="The interpolated prompt, one row per frame."),
+            ],
+        )
+
+    @classmethod
+    @checks_inputs
+    def execute(cls, noise_a, noise_b, latent_image, positive_a, positive_b, frames) -> io.NodeOutput:
+        samples = latent_image["samples"][:1]
+        a = noise_a.generate_noise({"samples": samples})
+        b = noise_b.generate_noise({"samples": samples})
+        noises = interpolate_noises(a, b, frames)
+        (ta, oa), (tb, ob) = _embedding_pair(cls.DISPLAY, positive_a, positive_b)
+        options = dict(oa)
+        if isinstance(oa.get("pooled_output"), torch.Tensor) and isinstance(ob.get("pooled_output"), torch.Tensor):
+            options["pooled_output"] = interpolate_embeddings(oa["pooled_output"], ob["pooled_output"], frames)
+        conditioning = [[interpolate_embeddings(ta, tb, frames), options]]
+        latent = {"samples": torch.zeros((frames,) + tuple(samples.shape[1:]), dtype=samples.dtype)}
+        return io.NodeOutput(GivenNoise(noises), latent, conditioning)
+
+
+class SmoothnessNode(io.ComfyNode):
+    DISPLAY = "Interpolation Smoothness ISTD (Guidance Lab)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GuidanceLab_InterpolationSmoothness",
+            display_name=cls.DISPLAY,
+            category="Guidance Lab/smooth diffusion",
+            description="ISTD (Smooth Diffusion): the standard deviation of the perceptual distances "
+                        "between adjacent frames (lower = smoother), their mean, and a plot of them. The "
+                        "distance is multi-scale 1 - SSIM, a stand-in for LPIPS (no network weights offline).",
+            inputs=[io.Image.Input("frames", tooltip="The frames of one interpolation, in order (an IMAGE "
+                                                     "batch, e.g. VAEDecode of the sampled frames).")],
+            outputs=[
+                io.Float.Output(display_name="istd", tooltip="Std of the adjacent-frame distances."),
+                io.Float.Output(display_name="mean_distance", tooltip="Mean adjacent-frame distance."),
+                io.Image.Output(display_name="plot", tooltip="The distance of every adjacent pair."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, frames) -> io.NodeOutput:
+        if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+            raise NodeInputError(cls.DISPLAY, "frames", "is not an IMAGE batch; connect a VAEDecode output")
+        if frames.shape[0] < 2:
+            raise NodeInputError(cls.DISPLAY, "frames", f"holds {frames.shape[0]} frame; ISTD needs at least 2")
+        if frames.shape[0] > MAX_FRAMES:
+            raise NodeInputError(cls.DISPLAY, "frames", f"holds {frames.shape[0]} frames; at most {MAX_FRAMES}")
+        std, mean, distances = istd(frames[..., :3].movedim(-1, 1).float().clamp(0, 1))
+        report = f"ISTD {std:.4f}, mean adjacent distance {mean:.4f} over {frames.shape[0]} frames"
+        plot = series_plot(report, "1 - SSIM (multi-scale) between frame k and k+1", distances.tolist())
+        image = torch.from_numpy(np.asarray(plot, dtype=np.float32) / 255.0)[None]
+        return io.NodeOutput(std, mean, image, ui=ui.PreviewText(report))

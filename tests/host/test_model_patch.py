@@ -1,0 +1,197 @@
+"""Issue 15: the pack's policies as a MODEL patch for the stock KSampler, held to the GUIDER path."""
+
+import pytest
+import torch
+
+from guidance_lab.guiders import CFGPolicy
+from guidance_lab.guiders.adaptive import AdaptivePolicy
+from guidance_lab.guiders.apg import APGPolicy
+from guidance_lab.guiders.linear_ag import LinearAGPolicy
+from guidance_lab.nodes.bridge.policy_guider import PolicyGuider
+from guidance_lab.nodes.model_patch import GuidanceModelPatchNode, GuidanceReportNode
+from guidance_lab.nodes.validation import NodeInputError
+
+from .comfy_graph import (book_by_sigma, count_model_calls, empty_latent, node_out, nfe_by_step, sample,
+                          schedule, with_family)
+
+pytestmark = pytest.mark.host
+
+STEPS = 4
+
+
+def policy(method: str, cfg: float):
+    if method == "cfg":
+        return CFGPolicy(cfg)
+    if method == "apg":
+        return APGPolicy.from_preset("SD1.5", cfg)
+    if method == "ag":  # AG around APG: the switch and the momentum both carry state
+        return AdaptivePolicy(threshold=0.9, inner=APGPolicy.from_preset("SD1.5", cfg))
+    if method == "linear_ag":  # predicts D_u at steps 1 and 3 (eps_u = eps_c + 0.1 x)
+        coefficients = torch.tensor([[1.0, 0.1, 0.0, 0.0, 0.0]] * STEPS, dtype=torch.float64)
+        return LinearAGPolicy(cfg, coefficients, frozenset({0, 2}))
+    raise ValueError(method)
+
+
+def guider(model, pos, neg, pol):
+    g = PolicyGuider(model, pol)
+    g.set_conds(pos, neg)
+    return g
+
+
+def patched(model, pos, neg, pol):
+    return node_out(GuidanceModelPatchNode.execute(model, guider(model, pos, neg, pol)))[0]
+
+
+def ksampler(model, pos, neg, cfg, latent, seed, sampler="euler", steps=STEPS):
+    import nodes
+
+    return nodes.KSampler().sample(model, seed, steps, cfg, sampler, "normal", pos, neg, latent)[0]
+
+
+def report(latent):
+    return GuidanceReportNode.execute(latent).args
+
+
+@pytest.mark.parametrize("method", ["cfg", "apg", "ag", "linear_ag"])
+@pytest.mark.parametrize("family", ["eps", "v", "flow"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_ksampler_with_patch_equals_the_guider_path(fixture_model, method, family, batch):
+    base, pos, neg = fixture_model
+    model = with_family(base, family)
+    reference = guider(model, pos, neg, policy(method, 6.0))
+    expected = sample(reference, "euler", STEPS, empty_latent(batch), seed=21)
+    # The patch takes its scale from the KSampler's cfg (LinearAG's must be the calibration's).
+    patch_scale = 6.0 if method == "linear_ag" else 2.0
+    counted, calls = count_model_calls(patched(model, pos, neg, policy(method, patch_scale)))
+    out = ksampler(counted, pos, neg, 6.0, empty_latent(batch), seed=21)
+    assert (out["samples"] - expected).abs().max().item() == 0.0
+    record = report(out)
+    got = out["samples"].guidance_lab_record
+    assert got.nfe_per_step == reference.last_record.nfe_per_step
+    assert got.settings == reference.last_record.settings
+    # NFE honesty: the independent counter around the UNet books the same NFE per step.
+    sigmas = schedule(model, STEPS)
+    assert nfe_by_step(book_by_sigma(sigmas, [s for s, _ in calls]), calls, STEPS, batch) == got.nfe_per_step
+    assert record[0] == got.summary() and "NFE" in record[0]
+    if method in ("ag", "linear_ag"):
+        assert got.total_nfe < 2 * STEPS * batch  # uncond really skipped somewhere
+
+
+@pytest.mark.parametrize("method", ["apg", "ag"])
+def test_ksampler_advanced_start_and_end_steps(fixture_model, method):
+    import nodes
+    from comfy_extras import nodes_custom_sampler as cs
+
+    model, pos, neg = fixture_model
+    steps, start, end = 6, 1, 4
+    patched_model = patched(model, pos, neg, policy(method, 1.0))
+    out = nodes.KSamplerAdvanced().sample(patched_model, "enable", 5, steps, 5.0, "euler", "normal", pos, neg,
+                                          empty_latent(2), start, end, "enable")[0]
+    reference = guider(model, pos, neg, policy(method, 5.0))
+    sigmas = node_out(cs.BasicScheduler.execute(model, "normal", steps, 1.0))[0][start:end + 1]
+    noise = node_out(cs.RandomNoise.execute(5))[0]
+    euler = node_out(cs.KSamplerSelect.execute("euler"))[0]
+    expected = node_out(cs.SamplerCustomAdvanced.execute(noise, reference, euler, sigmas, empty_latent(2)))[0]
+    assert (out["samples"] - expected["samples"]).abs().max().item() == 0.0
+    assert out["samples"].guidance_lab_record.total_steps == end - start
+
+
+def test_sampler_custom_with_patch_equals_the_guider_path(fixture_model):
+    from comfy_extras import nodes_custom_sampler as cs
+
+    model, pos, neg = fixture_model
+    sampler = node_out(cs.KSamplerSelect.execute("dpmpp_2m"))[0]
+    sigmas = node_out(cs.BasicScheduler.execute(model, "karras", STEPS, 1.0))[0]
+    out = node_out(cs.SamplerCustom.execute(patched(model, pos, neg, policy("apg", 1.0)), True, 9, 8.0, pos, neg,
+                                            sampler, sigmas, empty_latent(2)))[0]
+    expected = sample(guider(model, pos, neg, policy("apg", 8.0)), None, STEPS, empty_latent(2), seed=9,
+                      scheduler="karras", sampler=sampler)
+    assert (out["samples"] - expected).abs().max().item() == 0.0
+
+
+def stacked(model):
+    """A LoRA-like weight patch and a post-CFG patch (CFGNorm) under the pack's patch."""
+    from comfy_extras.nodes_cfg import CFGNorm
+
+    m = model.clone()
+    key = next(k for k in m.model_state_dict() if k.endswith("input_blocks.1.0.in_layers.2.weight"))
+    weight = m.model_state_dict()[key]
+    m.add_patches({key: (torch.full_like(weight, 0.01),)}, 1.0)
+    return node_out(CFGNorm.execute(m, 0.9))[0]
+
+
+@pytest.mark.parametrize("method", ["cfg", "ag"])
+def test_another_model_patch_stacked(fixture_model, method):
+    base, pos, neg = fixture_model
+    model = stacked(base)
+    expected = sample(guider(model, pos, neg, policy(method, 6.0)), "euler", STEPS, empty_latent(1), seed=4)
+    out = ksampler(patched(model, pos, neg, policy(method, 6.0)), pos, neg, 6.0, empty_latent(1), seed=4)
+    assert (out["samples"] - expected).abs().max().item() == 0.0
+    plain = sample(guider(base, pos, neg, policy(method, 6.0)), "euler", STEPS, empty_latent(1), seed=4)
+    assert (plain - expected).abs().max().item() > 0  # the stacked patches did act
+    # A patch stacked after the pack's (RescaleCFG's CFG function) acts as with the GUIDER.
+    from comfy_extras.nodes_model_advanced import RescaleCFG
+
+    rescaled = RescaleCFG().patch(patched(model, pos, neg, CFGPolicy(6.0)), 0.7)[0]
+    expected = sample(guider(RescaleCFG().patch(model, 0.7)[0], pos, neg, CFGPolicy(6.0)), "euler", STEPS,
+                      empty_latent(1), seed=4)
+    got = ksampler(rescaled, pos, neg, 6.0, empty_latent(1), seed=4)["samples"]
+    assert (got - expected).abs().max().item() == 0.0
+
+
+def test_one_patched_model_two_settings_alternately(fixture_model):
+    """State isolation: each run makes its own GuidedRun (APG momentum, AG's switch), so
+    alternating settings on the same patched MODEL repeat exactly and match the GUIDER."""
+    model, pos, neg = fixture_model
+    shared = patched(model, pos, neg, policy("ag", 1.0))
+    settings = [(4.0, 1), (9.0, 2)]
+    runs = [ksampler(shared, pos, neg, cfg, empty_latent(2), seed)["samples"] for cfg, seed in settings * 2]
+    for i, (cfg, seed) in enumerate(settings):
+        expected = sample(guider(model, pos, neg, policy("ag", cfg)), "euler", STEPS, empty_latent(2), seed)
+        assert (runs[i] - expected).abs().max().item() == 0.0
+        assert (runs[i + 2] - expected).abs().max().item() == 0.0
+        assert runs[i].guidance_lab_record is not runs[i + 2].guidance_lab_record
+    assert (runs[0] - runs[1]).abs().max().item() > 0
+
+
+def test_ag_at_cfg_1_is_the_stock_conditional_sampler(fixture_model):
+    """cfg 1 with AG: the inner CFG/APG needs no uncond at w = 1, so AG has nothing to skip
+    and the run is ComfyUI's own cfg-1 sampling (one NFE per step, no switch)."""
+    import nodes
+
+    model, pos, neg = fixture_model
+    stock = nodes.KSampler().sample(model, 3, STEPS, 1.0, "euler", "normal", pos, neg, empty_latent(1))[0]
+    out = ksampler(patched(model, pos, neg, policy("ag", 7.0)), pos, neg, 1.0, empty_latent(1), seed=3)
+    assert (out["samples"] - stock["samples"]).abs().max().item() == 0.0
+    record = out["samples"].guidance_lab_record
+    assert record.nfe_per_step == [1.0] * STEPS
+    assert record.decisions["switch_step"] == []
+
+
+def test_patching_twice_is_refused(fixture_model):
+    model, pos, neg = fixture_model
+    once = patched(model, pos, neg, CFGPolicy(5.0))
+    message = r"Guidance Model Patch \(Guidance Lab\): input 'model' is already patched with the cfg policy"
+    with pytest.raises(NodeInputError, match=message):
+        GuidanceModelPatchNode.execute(once, guider(model, pos, neg, APGPolicy()))
+
+
+def test_linear_ag_refuses_a_cfg_other_than_the_calibration(fixture_model):
+    model, pos, neg = fixture_model
+    with pytest.raises(ValueError, match="calibrated at cfg 6"):
+        ksampler(patched(model, pos, neg, policy("linear_ag", 6.0)), pos, neg, 7.0, empty_latent(1), seed=1)
+
+
+def test_a_pack_guider_on_a_patched_model_runs_its_own_policy(fixture_model):
+    model, pos, neg = fixture_model
+    patched_model = patched(model, pos, neg, APGPolicy.from_preset("SD1.5", 5.0))
+    ours = guider(patched_model, pos, neg, CFGPolicy(5.0))
+    got = sample(ours, "euler", STEPS, empty_latent(1), seed=2)
+    expected = sample(guider(model, pos, neg, CFGPolicy(5.0)), "euler", STEPS, empty_latent(1), seed=2)
+    assert (got - expected).abs().max().item() == 0.0
+    assert any("patch is not used" in w for w in ours.last_record.warnings)
+
+
+def test_report_without_a_record_says_what_to_connect():
+    text, record = report(empty_latent(1))[:2]
+    assert "no Guidance Lab record" in text and record == "{}"

@@ -1,0 +1,64 @@
+"""Smooth Diffusion's interpolation and ISTD nodes with ComfyUI's own sampler nodes."""
+
+import pytest
+import torch
+
+from .comfy_graph import comfy_cfg, empty_latent, node_out
+
+pytestmark = pytest.mark.host
+
+
+def sample_frames(guider, noise, latent, steps=3):
+    from comfy_extras import nodes_custom_sampler as cs
+
+    sampler = node_out(cs.KSamplerSelect.execute("euler"))[0]
+    sigmas = node_out(cs.BasicScheduler.execute(guider.model_patcher, "normal", steps, 1.0))[0]
+    return node_out(cs.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent))[0]["samples"]
+
+
+def test_interpolated_frames_sample_and_their_ends_are_the_two_sources(fixture_model, sd15_checkpoint):
+    from comfy_extras import nodes_custom_sampler as cs
+
+    from guidance_lab.nodes.smooth_interpolation import SmoothInterpolateNode
+
+    from .comfy_graph import encode, load_checkpoint_file
+
+    model, _clip_pos, negative = fixture_model
+    clip = load_checkpoint_file(sd15_checkpoint)[1]
+    pos_a, pos_b = encode(clip, "a red circle"), encode(clip, "a blue square")
+    noise_a, noise_b = node_out(cs.RandomNoise.execute(1))[0], node_out(cs.RandomNoise.execute(2))[0]
+    noise, latent, conditioning = node_out(SmoothInterpolateNode.execute(
+        noise_a, noise_b, empty_latent(1), pos_a, pos_b, 4))
+    assert latent["samples"].shape[0] == 4 and conditioning[0][0].shape[0] == 4
+    frames = sample_frames(comfy_cfg(model, conditioning, negative, 5.0), noise, latent)
+    first = sample_frames(comfy_cfg(model, pos_a, negative, 5.0), noise_a, empty_latent(1))
+    last = sample_frames(comfy_cfg(model, pos_b, negative, 5.0), noise_b, empty_latent(1))
+    torch.testing.assert_close(frames[:1], first, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(frames[3:], last, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(frames[1], frames[2])
+
+
+def test_istd_node_reports_plots_and_refuses_single_frames():
+    from guidance_lab.nodes.smooth_interpolation import SmoothnessNode
+    from guidance_lab.nodes.validation import NodeInputError
+
+    frames = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    std, mean, plot = node_out(SmoothnessNode.execute(frames))
+    assert std >= 0 and mean > 0 and plot.ndim == 4 and plot.shape[-1] == 3
+    with pytest.raises(NodeInputError, match=r"ISTD \(Guidance Lab\): input 'frames'"):
+        SmoothnessNode.execute(frames[:1])
+
+
+def test_interpolation_refuses_prompts_of_different_encoders(fixture_model):
+    from comfy_extras import nodes_custom_sampler as cs
+
+    from guidance_lab.nodes.smooth_interpolation import SmoothInterpolateNode
+    from guidance_lab.nodes.validation import NodeInputError
+
+    _model, positive, _negative = fixture_model
+    other = [[torch.zeros(1, 77, 1024), {}]]
+    noise = node_out(cs.RandomNoise.execute(1))[0]
+    with pytest.raises(NodeInputError, match="input 'positive_b'"):
+        SmoothInterpolateNode.execute(noise, noise, empty_latent(1), positive, other, 4)
+    with pytest.raises(NodeInputError, match="input 'frames'"):
+        SmoothInterpolateNode.execute(noise, noise, empty_latent(1), positive, positive, 1)
