@@ -30,11 +30,18 @@ def test_interpolated_frames_sample_and_their_ends_are_the_two_sources(fixture_m
     noise, latent, conditioning = node_out(SmoothInterpolateNode.execute(
         noise_a, noise_b, empty_latent(1), pos_a, pos_b, 4))
     assert latent["samples"].shape[0] == 4 and conditioning[0][0].shape[0] == 4
+    # The ends are exactly the two sources' noise and prompt ...
+    one = {"samples": empty_latent(1)["samples"]}
+    frames_noise = noise.generate_noise(latent)
+    assert torch.equal(frames_noise[:1], noise_a.generate_noise(one))
+    assert torch.equal(frames_noise[3:], noise_b.generate_noise(one))
+    assert torch.equal(conditioning[0][0][:1], pos_a[0][0]) and torch.equal(conditioning[0][0][3:], pos_b[0][0])
+    # ... so they sample to the two sources (up to the model's batch-size-dependent rounding).
     frames = sample_frames(comfy_cfg(model, conditioning, negative, 5.0), noise, latent)
     first = sample_frames(comfy_cfg(model, pos_a, negative, 5.0), noise_a, empty_latent(1))
     last = sample_frames(comfy_cfg(model, pos_b, negative, 5.0), noise_b, empty_latent(1))
-    torch.testing.assert_close(frames[:1], first, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(frames[3:], last, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(frames[:1], first, rtol=0, atol=5e-3)
+    torch.testing.assert_close(frames[3:], last, rtol=0, atol=5e-3)
     assert not torch.allclose(frames[1], frames[2])
 
 
