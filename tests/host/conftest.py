@@ -15,3 +15,14 @@ def fixture_model(host, sd15_checkpoint):
 
     model, clip, _ = load_checkpoint_file(sd15_checkpoint)
     return model, encode(clip, "a red circle on a white background"), encode(clip, "")
+
+
+@pytest.fixture
+def output_dir(host, tmp_path):
+    """ComfyUI's output folder pointed at a temporary folder for one test."""
+    import folder_paths
+
+    before = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_output_directory(before)

@@ -21,16 +21,6 @@ pytestmark = pytest.mark.host
 CALIBRATE = r"LinearAG Calibrate \(Guidance Lab\): input 'filename'"
 
 
-@pytest.fixture
-def output_dir(host, tmp_path):
-    import folder_paths
-
-    before = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(tmp_path))
-    yield tmp_path
-    folder_paths.set_output_directory(before)
-
-
 def calibrate(model, pos, neg, name, overwrite=False, runs=1, ridge=1e-4):
     from comfy_extras import nodes_custom_sampler as cs
 

@@ -12,16 +12,6 @@ pytestmark = pytest.mark.host
 STEPS = 6
 
 
-@pytest.fixture
-def output_dir(host, tmp_path):
-    import folder_paths
-
-    before = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(tmp_path))
-    yield tmp_path
-    folder_paths.set_output_directory(before)
-
-
 def schedule(model, steps, scheduler="normal"):
     from comfy_extras import nodes_custom_sampler as cs
 
