@@ -7,8 +7,14 @@ these names from here. The networks are built by ``nodes/bridge/default_model.py
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# v1, eps prediction on SD's schedule (kept for comparison; superseded by the v2 pair).
-SHAPES32_V1 = "guidance_lab_shapes32.safetensors"
-DEFAULT_WEIGHTS = SHAPES32_V1
+# Companion files trained on the default models: Smooth-LoRAs (listed with ComfyUI's loras).
+LORAS_DIR = WEIGHTS_DIR / "loras"
+# Rectified flow on ComfyUI's CONST sampling (shift 1): the family of SD3, Flux and most video models.
+FLOW32 = "guidance_lab_flow32.safetensors"
+# v-prediction on SD's schedule rescaled to zero terminal SNR: the eps family (SD1.x, SD2.x, SDXL).
+VPRED32 = "guidance_lab_vpred32.safetensors"
+SHIPPED = (FLOW32, VPRED32)
+# The one the pack presents first (demo, loader default, benchmark default).
+DEFAULT_WEIGHTS = FLOW32
 
-__all__ = ["WEIGHTS_DIR", "SHAPES32_V1", "DEFAULT_WEIGHTS"]
+__all__ = ["WEIGHTS_DIR", "LORAS_DIR", "FLOW32", "VPRED32", "SHIPPED", "DEFAULT_WEIGHTS"]

@@ -93,6 +93,11 @@ class GuidancePolicy:
         """The settings as a JSON-friendly dict, for reports and file metadata."""
         return {}
 
+    def transformer_options(self) -> dict:
+        """Per-run values the policy's model patches read from the run's transformer_options
+        (AGD's scale); the guider puts them in its per-run options clone. Most policies: none."""
+        return {}
+
     def check_run(self, sampler: str, sigmas: list, sampler_options: Optional[dict] = None) -> None:
         """Raise ValueError if the policy cannot serve a run with this sampler (function name and
         options: eta, s_noise, ...) and schedule."""

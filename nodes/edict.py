@@ -67,6 +67,17 @@ def edict_policy(node: str, cfg: float, guidance) -> GuidancePolicy:
     return guidance.policy
 
 
+def conditioning_rows(conditioning) -> int:
+    return max(int(t.shape[0]) for t, _options in conditioning)
+
+
+def conditioning_part(conditioning, start: int, stop: int) -> list:
+    """Rows start..stop-1 of a per-frame CONDITIONING (single-row entries are kept whole)."""
+    def rows(t):
+        return t[start:stop] if isinstance(t, torch.Tensor) and t.shape[0] > 1 else t
+    return [[rows(t), {k: rows(v) for k, v in options.items()}] for t, options in conditioning]
+
+
 class EdictInvertNode(io.ComfyNode):
     DISPLAY = "EDICT Invert (Guidance Lab)"
 
@@ -119,8 +130,8 @@ class EdictInvertNode(io.ComfyNode):
                                                        "image or video latent")
         fingerprint = model_fingerprint(model)
         x, y = edict_invert(guider, latent, sigmas, p, state_dtype)
-        edict = EdictLatent(x, y, tuple(schedule), sigmas.detach().cpu().clone(), p, fingerprint, tuple(latent.shape), guider.model_family(),
-                            f"{policy.name} {policy.settings()}")
+        edict = EdictLatent(x, y, tuple(schedule), sigmas.detach().cpu().clone(), p, fingerprint,
+                            tuple(latent.shape), guider.model_family(), f"{policy.name} {policy.settings()}")
         return io.NodeOutput(edict, {"samples": to_latent_space(model, x)})
 
 
@@ -162,5 +173,15 @@ class EdictSampleNode(io.ComfyNode):
             raise NodeInputError(node, "edict_latent", problem)
         policy = edict_policy(node, cfg, guidance)
         guider = build_guider(node, model, positive, negative, lambda: policy)
+        chunks = edict_latent.chunks()
+        if len(chunks) > 1 and conditioning_rows(positive) not in (1, edict_latent.shape[0]):
+            raise NodeInputError(node, "positive", f"holds {conditioning_rows(positive)} prompt rows for "
+                                 f"{edict_latent.shape[0]} frames; connect EDICT Interpolate's conditioning")
         # The schedule it was inverted along, bit for bit (the input matched it to 1e-6).
-        return io.NodeOutput({"samples": edict_sample(guider, edict_latent, edict_latent.schedule)[0]})
+        parts = []
+        for start, stop in chunks:
+            if len(chunks) > 1:
+                guider = build_guider(node, model, conditioning_part(positive, start, stop), negative,
+                                      lambda: policy)
+            parts.append(edict_sample(guider, edict_latent.part(start, stop), edict_latent.schedule)[0])
+        return io.NodeOutput({"samples": torch.cat(parts)})

@@ -7,7 +7,9 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..samplers.interpolation import interpolate_embeddings, interpolate_noises, istd
+from .bridge.inversion import EdictLatent
 from .bridge.record_plot import series_plot
+from .edict import EDICT_LATENT
 from .validation import NodeInputError, checks_inputs, require_conditioning
 
 MAX_FRAMES = 256  # a client cannot ask for an arbitrarily large batch
@@ -22,6 +24,15 @@ class GivenNoise:
 
     def generate_noise(self, input_latent):
         return self.noise.to(input_latent["samples"].device, input_latent["samples"].dtype)
+
+
+def _interpolated_conditioning(node: str, positive_a, positive_b, frames: int) -> list:
+    """lerp of the two prompts' embeddings (and pooled outputs), one row per frame."""
+    (ta, oa), (tb, ob) = _embedding_pair(node, positive_a, positive_b)
+    options = dict(oa)
+    if isinstance(oa.get("pooled_output"), torch.Tensor) and isinstance(ob.get("pooled_output"), torch.Tensor):
+        options["pooled_output"] = interpolate_embeddings(oa["pooled_output"], ob["pooled_output"], frames)
+    return [[interpolate_embeddings(ta, tb, frames), options]]
 
 
 def _embedding_pair(node: str, a, b):
@@ -73,13 +84,68 @@ class SmoothInterpolateNode(io.ComfyNode):
         a = noise_a.generate_noise({"samples": samples})
         b = noise_b.generate_noise({"samples": samples})
         noises = interpolate_noises(a, b, frames)
-        (ta, oa), (tb, ob) = _embedding_pair(cls.DISPLAY, positive_a, positive_b)
-        options = dict(oa)
-        if isinstance(oa.get("pooled_output"), torch.Tensor) and isinstance(ob.get("pooled_output"), torch.Tensor):
-            options["pooled_output"] = interpolate_embeddings(oa["pooled_output"], ob["pooled_output"], frames)
-        conditioning = [[interpolate_embeddings(ta, tb, frames), options]]
+        conditioning = _interpolated_conditioning(cls.DISPLAY, positive_a, positive_b, frames)
         latent = {"samples": torch.zeros((frames,) + tuple(samples.shape[1:]), dtype=samples.dtype)}
         return io.NodeOutput(GivenNoise(noises), latent, conditioning)
+
+
+class EdictInterpolateNode(io.ComfyNode):
+    DISPLAY = "EDICT Interpolate (Guidance Lab)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GuidanceLab_EDICTInterpolate",
+            display_name=cls.DISPLAY,
+            category="Guidance Lab/smooth diffusion",
+            description="Frames between two inverted images (Smooth Diffusion's image interpolation): slerp "
+                        "on both EDICT sequences, lerp on the prompts. Sample the result with EDICT Sample "
+                        "(its positive = this node's conditioning); the first and last frames are then the "
+                        "two source images, exactly.",
+            inputs=[
+                EDICT_LATENT.Input("edict_latent_a", tooltip="EDICT Invert of the first image."),
+                EDICT_LATENT.Input("edict_latent_b", tooltip="EDICT Invert of the last image, made with the same "
+                                                             "model, schedule, mixing weight and size."),
+                io.Conditioning.Input("positive_a", tooltip="The prompt the first image was inverted with."),
+                io.Conditioning.Input("positive_b", tooltip="The prompt the last image was inverted with."),
+                io.Int.Input("frames", default=16, min=2, max=MAX_FRAMES,
+                             tooltip="Number of frames, both ends included."),
+            ],
+            outputs=[
+                EDICT_LATENT.Output(display_name="edict_latent", tooltip="The frames' coupled pairs, for EDICT "
+                                                                         "Sample."),
+                io.Conditioning.Output(display_name="conditioning",
+                                       tooltip="The interpolated prompt, one row per frame: EDICT Sample's "
+                                               "positive."),
+            ],
+        )
+
+    @classmethod
+    @checks_inputs
+    def execute(cls, edict_latent_a, edict_latent_b, positive_a, positive_b, frames) -> io.NodeOutput:
+        node = cls.DISPLAY
+        for name, latent in (("edict_latent_a", edict_latent_a), ("edict_latent_b", edict_latent_b)):
+            if not isinstance(latent, EdictLatent):
+                raise NodeInputError(node, name, f"is {type(latent).__name__}, not an EDICT latent; connect "
+                                                 "EDICT Invert's edict_latent output")
+        a, b = edict_latent_a, edict_latent_b
+        if a.shape[0] != 1:
+            raise NodeInputError(node, "edict_latent_a", f"holds a batch of {a.shape[0]}; invert one image each")
+        problem = b.mismatch(list(a.sigmas), a.p, a.model_fingerprint, a.shape[1] if len(a.shape) > 1 else 0)
+        if problem is None and (b.shape != a.shape or b.x.dtype != a.x.dtype):
+            problem = (f"holds shape {b.shape} ({b.x.dtype}), edict_latent_a {a.shape} ({a.x.dtype}); invert "
+                       "both images at the same size and precision")
+        if problem:
+            raise NodeInputError(node, "edict_latent_b", problem.replace("input 'sigmas'", "edict_latent_a")
+                                 .replace("input 'mixing_weight'", "edict_latent_a's"))
+        conditioning = _interpolated_conditioning(node, positive_a, positive_b, frames)
+        x, y = interpolate_noises(a.x, b.x, frames), interpolate_noises(a.y, b.y, frames)
+        shape = (frames,) + tuple(a.shape[1:])
+        # Sampled one frame at a time, the batch size the sources were inverted at: the ends then
+        # come back exactly (see EdictLatent.sample_batch).
+        edict = EdictLatent(x, y, a.sigmas, a.schedule, a.p, a.model_fingerprint, shape, a.family,
+                            f"interpolation of {a.guidance} and {b.guidance}", sample_batch=1)
+        return io.NodeOutput(edict, conditioning)
 
 
 class SmoothnessNode(io.ComfyNode):

@@ -105,6 +105,16 @@ class Shapes32(comfy.supported_models_base.BASE):
         return None
 
 
+def comfy_unet_config(unet_config: dict) -> dict:
+    """The UNet config as ComfyUI's model detection writes it: ``num_res_blocks`` one entry per
+    level. UNetModel builds the same network from an int, but ComfyUI's LoRA key map
+    (``comfy.utils.unet_to_diffusers``, used by every LoRA loader) indexes it per level."""
+    config = dict(unet_config)
+    if isinstance(config.get("num_res_blocks"), int):
+        config["num_res_blocks"] = [config["num_res_blocks"]] * len(config["channel_mult"])
+    return config
+
+
 def build_unet(unet_config: dict, operations=comfy.ops.disable_weight_init):
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -211,7 +221,7 @@ def load_default_model(path, node: str = "", input_name: str = "weights"):
 
     device = comfy.model_management.get_torch_device()
     offload = comfy.model_management.unet_offload_device()
-    model_config = Shapes32({**unet_config, "dtype": torch.float32})
+    model_config = Shapes32({**comfy_unet_config(unet_config), "dtype": torch.float32})
     model_config.set_inference_dtype(torch.float32, None)
     # Files from before the schedule was recorded were trained on ComfyUI's default (SD's).
     model_config.sampling_settings = metadata.get("sampling_settings", {})

@@ -89,3 +89,18 @@ def model_fingerprint(model_patcher) -> str:
         digest.update(_base_cache[model].encode())
         digest.update(patches[key].encode())
     return digest.hexdigest()
+
+
+def base_model_fingerprint(model_patcher) -> str:
+    """The fingerprint of the base model alone: prediction type and unpatched weights, without
+    weight patches (LoRAs). What AGD adapters are tied to: they add to the base model's
+    activations, so a LoRA on the same base keeps them valid."""
+    model = model_patcher.model
+    with _lock:
+        if model not in _base_cache:
+            _base_cache[model] = _base_digest(model_patcher)
+        digest = hashlib.blake2b(digest_size=8)
+        sampling = model_patcher.get_model_object("model_sampling")
+        digest.update(" ".join(c.__name__ for c in type(sampling).__mro__).encode())
+        digest.update(_base_cache[model].encode())
+    return digest.hexdigest()

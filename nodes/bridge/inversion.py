@@ -8,6 +8,7 @@ ComfyUI's one-tensor sampler result, so the sampler hands it back through a dict
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -36,6 +37,21 @@ class EdictLatent:
     shape: tuple  # the latent's shape [batch, channels, height, width]
     family: str  # "eps" (eps and v-prediction) or "flow"
     guidance: str  # the guidance policy and its settings, for information
+    # The batch size the pair must be sampled at to come back exactly: the one it was inverted
+    # at. Model kernels round differently at other batch sizes and EDICT's inverse amplifies
+    # the difference, so frames interpolated from single inversions are sampled one by one.
+    # 0: the whole batch at once.
+    sample_batch: int = 0
+
+    def chunks(self) -> list:
+        """(start, stop) of the batches to sample separately."""
+        size = self.sample_batch or self.shape[0]
+        return [(i, min(i + size, self.shape[0])) for i in range(0, self.shape[0], size)]
+
+    def part(self, start: int, stop: int) -> "EdictLatent":
+        """Samples start..stop-1 of the batch, with everything else kept."""
+        return dataclasses.replace(self, x=self.x[start:stop], y=self.y[start:stop],
+                                   shape=(stop - start,) + tuple(self.shape[1:]), sample_batch=0)
 
     def mismatch(self, sigmas: list, p: float, fingerprint: str, channels: int) -> Optional[str]:
         """Why this pair cannot be sampled back with these settings, or None."""

@@ -136,6 +136,7 @@ def _install(guider, run: GuidedRun) -> None:
     """The run's hooks, in ``guider.model_options``: the per-sample clone of this run only."""
     options = guider.model_options
     policy = run.policy
+    options.setdefault("transformer_options", {}).update(policy.transformer_options())
     previous_batch = options.get("sampler_calc_cond_batch_function")
     others = list(options.get("sampler_post_cfg_function", []))
     pending = []  # the evaluation between the cond-batch hook and the post-CFG hook

@@ -117,6 +117,7 @@ class PolicyGuider(comfy.samplers.CFGGuider):
         comfy.patcher_extension.add_wrapper_with_key(
             comfy.patcher_extension.WrappersMP.APPLY_MODEL, NFE_WRAPPER_KEY, count_evaluations,
             self.model_options, is_model_options=True)
+        self.model_options.setdefault("transformer_options", {}).update(self.policy.transformer_options())
         return super().outer_sample(*args, **kwargs)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):

@@ -21,7 +21,7 @@ from .small_graphs import base_graph, calibrate_graph, failure, run_ok, serves_n
 from .test_server import pack_node_ids
 
 pytestmark = pytest.mark.e2e
-PACK_SUBFOLDERS = ("linear_ag", "guidance_lab")  # output subfolders the pack's nodes and workflows write
+PACK_SUBFOLDERS = ("linear_ag", "guidance_lab", "agd")  # output subfolders the pack's nodes and workflows write
 NAN, INF = float("nan"), float("inf")
 
 
@@ -43,10 +43,14 @@ TARGET = "100"
 OVERRIDES = {
     "GuidanceLab_LinearAGCalibrate": {"filename": "linear_ag/property", "overwrite": True},
     "GuidanceLab_APGGuider": {"preset": "custom (use the values below)"},
+    "GuidanceLab_AGDTrain": {"sampling_steps": 1, "training_steps": 1, "batch_size": 1, "adapter_width": 4,
+                             "image_size": 64, "filename": "agd/property", "overwrite": True},
 }
 # Nodes whose valid graph cannot be built on the test server, and why; they still get every
 # bad input, only without the check that the unchanged graph runs.
-NO_BASELINE = {"GuidanceLab_SmoothLoraLoader": "the test server has no LoRA in its loras folder"}
+NO_BASELINE = {"GuidanceLab_SmoothLoraLoader": "the test server has no LoRA in its loras folder",
+               "GuidanceLab_AGDAdapterLoader": "no adapter for the test checkpoint (tests/host/test_agd.py)",
+               "GuidanceLab_AGDGuider": "needs a model with AGD adapters (tests/host/test_agd.py)"}
 
 
 def inputs_of(info: dict) -> dict:
@@ -141,6 +145,8 @@ def bad_values(class_type: str, name: str, spec: list, optional: bool, samples: 
     if kind == "STRING":
         if name == "record":
             return [(v, {}) for v in RECORDS] + [(wrong_link, {})]
+        if name == "prompts":  # AGD Train: any text is a prompt; only an empty list is wrong
+            return [(v, {}) for v in ("", "   ", "\n \n")]
         names = FILE_NAMES + (READ_ONLY_NAMES if name == "coefficients_file" else [])
         return [(v, {}) for v in names]
     # A literal where a link belongs (null only where the input is required: an optional one may be absent).

@@ -13,7 +13,7 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
 
     out = tmp_path / "results"
     assert bench.main(["--prompts", "1", "--seeds", "2", "--steps", "3", "--real-count", "64", "--timing-pairs", "2",
-                       "--out", str(out), "--workdir", str(tmp_path / "server")]) == 0
+                       "--inversion-pairs", "2", "--out", str(out), "--workdir", str(tmp_path / "server")]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {m.name for m in METHODS}
     rows = results["methods"]
@@ -24,21 +24,38 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
     # the pack's CFG policy reproduces ComfyUI's CFGGuider image for image
     assert rows["cfg"]["rmse_to_cfg"] == 0.0 and rows["cfg_15"]["rmse_to_cfg"] == 0.0
     assert rows["linear_ag"]["nfe_per_image"] < 6
+    # the stock KSampler, plain and patched with the pack's CFG policy, makes the CFGGuider's images
+    assert rows["comfy_ksampler"]["rmse_to_cfg"] == 0.0 and rows["ksampler_patch"]["rmse_to_cfg"] == 0.0
+    assert rows["ksampler_patch"]["nfe_per_image"] == 6 and rows["ksampler_patch"]["nfe_counted"]
     for row in rows.values():
         assert 0 <= row["adherence"] <= 1 and row["time_ratio"] > 0 and np.isfinite(row["scene_distance"])
-    timing = results["overhead_timing"]
-    assert len(timing["baseline_seconds"]) == len(timing["method_seconds"]) == 2
-    # the guider's own cost, per guided evaluation (3 steps of euler: 3 evaluations)
-    assert timing["evaluations_per_run"] == 3 and np.isfinite(timing["overhead_us_per_evaluation"])
+    # each overhead row timed pair by pair against its baseline
+    assert set(results["overhead_timing"]) == {"cfg", "ksampler_patch"}
+    for timing in results["overhead_timing"].values():
+        assert len(timing["baseline_seconds"]) == len(timing["method_seconds"]) == 2
+        # the guider's own cost, per guided evaluation (3 steps of euler: 3 evaluations)
+        assert timing["evaluations_per_run"] == 3 and np.isfinite(timing["overhead_us_per_evaluation"])
     # every row that carries a target is judged
     judged = {t["target"].split(":")[0].split(" ")[0] for t in results["targets"]}
-    assert {"cfg", "ag", "linear_ag", "apg_15"} <= judged, judged
+    assert {"cfg", "ksampler_patch", "ag", "linear_ag", "apg_15"} <= judged, judged
+    # the inversion section: both inversions of every pair judged, timed side by side, reconstructed
+    inversion = results["inversion"]
+    assert inversion["pairs"] == 2 and inversion["cost_ratio_median"] > 0
+    assert inversion["rows"][0]["pair"]["edit"] == "a blue circle on a white background"
+    # EDICT's round trip is exact; DDIM inversion's is not
+    assert inversion["reconstruction_psnr_median"]["edict"] > 60 > inversion["reconstruction_psnr_median"]["ddim"]
+    assert {"EDICT editing", "EDICT round trip <= 2.1x DDIM inversion + sampling wall time"} <= judged_full(results)
+    assert Image.open(out / "inversion.png").size[0] > 3 * 96
     table = (out / "results.md").read_text()
     assert all(m.label in table for m in METHODS)
     for name in [m.name for m in METHODS]:
         grid = Image.open(out / f"grid_{name}.png")
         assert grid.size[0] > 2 * 96
     assert Image.open(out / "comparison.png").size[0] > len(METHODS) * 96
+
+
+def judged_full(results) -> set:
+    return {t["target"].split(":")[0].split(", same")[0] for t in results["targets"]}
 
 
 def test_demo_writes_images_a_grid_and_their_adherence(tmp_path):

@@ -8,6 +8,7 @@ import torch
 from guidance_lab.nodes.bridge.default_model import WeightsError, load_default_model
 from guidance_lab.nodes import NODES
 from guidance_lab.nodes import default_model as loader_module
+from guidance_lab.default_model import FLOW32, SHIPPED as SHIPPED_NAMES, VPRED32
 from guidance_lab.nodes.default_model import DEFAULT_WEIGHTS, WEIGHTS_DIR, DefaultModelLoaderNode
 from guidance_lab.nodes.validation import NodeInputError
 
@@ -15,12 +16,13 @@ from .comfy_graph import encode, node_out
 
 pytestmark = pytest.mark.host
 
-SHIPPED = WEIGHTS_DIR / DEFAULT_WEIGHTS
+SHIPPED = WEIGHTS_DIR / VPRED32  # the eps-family file, for the metadata tests
 
 
-@pytest.fixture(scope="module")
-def default_model(host):
-    return node_out(DefaultModelLoaderNode.execute(DEFAULT_WEIGHTS))
+@pytest.fixture(scope="module", params=SHIPPED_NAMES)
+def default_model(host, request):
+    """Each shipped default model in turn (flow and eps family)."""
+    return node_out(DefaultModelLoaderNode.execute(request.param))
 
 
 def ksample(model, positive, negative, cfg, batch=2, steps=4, seed=0):
@@ -31,16 +33,23 @@ def ksample(model, positive, negative, cfg, batch=2, steps=4, seed=0):
     return nodes.KSampler().sample(model, seed, steps, cfg, "euler", "normal", positive, negative, latent)[0]
 
 
-def test_shipped_file_is_small_and_records_its_training():
+def test_shipped_files_are_small_and_record_their_training():
     from safetensors import safe_open
 
-    assert SHIPPED.stat().st_size <= 25 * 1024 * 1024
-    with safe_open(str(SHIPPED), framework="pt") as f:
-        meta = f.metadata()
-    config = json.loads(meta["training_config"])
-    assert int(meta["steps"]) > 0
-    assert int(meta["data_seed"]) == config["data_seed"]
-    assert 0 < config["p_uncond"] < 1  # prompt dropout: the unconditional prediction is trained
+    assert sum((WEIGHTS_DIR / name).stat().st_size for name in SHIPPED_NAMES) <= 25 * 1024 * 1024
+    families = {}
+    for name in SHIPPED_NAMES:
+        with safe_open(str(WEIGHTS_DIR / name), framework="pt") as f:
+            meta = f.metadata()
+        config = json.loads(meta["training_config"])
+        assert int(meta["steps"]) > 0 and float(meta["final_loss"]) > 0
+        assert int(meta["data_seed"]) == config["data_seed"]
+        assert 0 < config["p_uncond"] < 1  # prompt dropout: the unconditional prediction is trained
+        history = json.loads(meta["history"])  # every command that trained it, with its hardware
+        assert history and all("hardware" in h for h in history if "run" in h)
+        families[name] = (meta["family"], meta["prediction"], json.loads(meta["sampling_settings"]))
+    assert families[FLOW32][:2] == ("flow", "flow")
+    assert families[VPRED32][:2] == ("eps", "v") and families[VPRED32][2]["zsnr"] is True
 
 
 def test_loader_node_is_registered_with_tooltips():

@@ -69,3 +69,57 @@ def test_interpolation_refuses_prompts_of_different_encoders(fixture_model):
         SmoothInterpolateNode.execute(noise, noise, empty_latent(1), positive, other, 4)
     with pytest.raises(NodeInputError, match="input 'frames'"):
         SmoothInterpolateNode.execute(noise, noise, empty_latent(1), positive, positive, 1)
+
+
+def test_edict_interpolation_ends_reproduce_the_two_inverted_images(host):
+    """Smooth Diffusion's image interpolation from EDICT latents: the first and last frames, sampled
+    in one batch with the middle ones, are the two source latents to 1e-5 (the issue's bound)."""
+    from comfy_extras import nodes_custom_sampler as cs
+
+    from guidance_lab.nodes.default_model import DEFAULT_WEIGHTS, DefaultModelLoaderNode
+    from guidance_lab.nodes.edict import EdictInvertNode, EdictSampleNode
+    from guidance_lab.nodes.smooth_interpolation import EdictInterpolateNode
+
+    from .comfy_graph import encode
+
+    model, clip, _vae = node_out(DefaultModelLoaderNode.execute(DEFAULT_WEIGHTS))
+    pos_a = encode(clip, "a red circle on a white background")
+    pos_b = encode(clip, "a blue square on a black background")
+    neg = encode(clip, "")
+    sigmas = node_out(cs.BasicScheduler.execute(model, "normal", 6, 0.8))[0]
+    gen = torch.Generator().manual_seed(3)
+    src_a, src_b = ({"samples": torch.rand(1, 3, 32, 32, generator=gen)} for _ in range(2))
+    edict_a = node_out(EdictInvertNode.execute(model, pos_a, neg, 3.0, sigmas, 0.93, src_a, "float64"))[0]
+    edict_b = node_out(EdictInvertNode.execute(model, pos_b, neg, 3.0, sigmas, 0.93, src_b, "float64"))[0]
+    edict, conditioning = node_out(EdictInterpolateNode.execute(edict_a, edict_b, pos_a, pos_b, 5))
+    assert edict.shape == (5, 3, 32, 32) and conditioning[0][0].shape[0] == 5
+    frames = node_out(EdictSampleNode.execute(model, conditioning, neg, 3.0, sigmas, 0.93, edict))[0]["samples"]
+    assert (frames[:1] - src_a["samples"]).abs().max().item() < 1e-5
+    assert (frames[4:] - src_b["samples"]).abs().max().item() < 1e-5
+    # the middle frames lie between, not on the ends
+    assert (frames[2] - src_a["samples"][0]).abs().max() > 0.05 and (frames[2] - src_b["samples"][0]).abs().max() > 0.05
+
+
+def test_edict_interpolation_refuses_latents_of_other_settings(host):
+    from comfy_extras import nodes_custom_sampler as cs
+
+    from guidance_lab.nodes.default_model import DEFAULT_WEIGHTS, DefaultModelLoaderNode
+    from guidance_lab.nodes.edict import EdictInvertNode
+    from guidance_lab.nodes.smooth_interpolation import EdictInterpolateNode
+    from guidance_lab.nodes.validation import NodeInputError
+
+    from .comfy_graph import encode
+
+    model, clip, _vae = node_out(DefaultModelLoaderNode.execute(DEFAULT_WEIGHTS))
+    pos, neg = encode(clip, "a red circle on a white background"), encode(clip, "")
+    latent = {"samples": torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))}
+    three = node_out(cs.BasicScheduler.execute(model, "normal", 3, 0.5))[0]
+    four = node_out(cs.BasicScheduler.execute(model, "normal", 4, 0.5))[0]
+    a = node_out(EdictInvertNode.execute(model, pos, neg, 3.0, three, 0.93, latent, "float64"))[0]
+    b = node_out(EdictInvertNode.execute(model, pos, neg, 3.0, four, 0.93, latent, "float64"))[0]
+    with pytest.raises(NodeInputError, match=r"EDICT Interpolate \(Guidance Lab\): input 'edict_latent_b'.*steps"):
+        EdictInterpolateNode.execute(a, b, pos, pos, 4)
+    with pytest.raises(NodeInputError, match="input 'edict_latent_a'"):
+        EdictInterpolateNode.execute(latent, a, pos, pos, 4)
+    with pytest.raises(NodeInputError, match="input 'frames'"):
+        EdictInterpolateNode.execute(a, a, pos, pos, 1)

@@ -55,7 +55,12 @@ def save(folder, name, tensors):
 
 
 def patched_weights(model):
-    """The model's weights with its patches applied (as sampling would see them)."""
+    """The model's weights with its patches applied (as sampling would see them). Another clone
+    of the same model may still be loaded by an earlier test's sampling, with its own weight
+    patches applied to the shared weights: unload it first."""
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()
     model.patch_model()
     try:
         return {k: v.detach().clone() for k, v in model.model.state_dict().items()}

@@ -50,16 +50,22 @@ def base_graph(scene: Scene) -> tuple[Graph, dict]:
                             steps=scene.steps, denoise=1.0)),
         "latent": out(g.add("EmptyChromaRadianceLatentImage", "latent", width=32, height=32,
                             batch_size=scene.batch)),
+        # For sampler nodes that take these as widgets (KSampler) rather than as inputs.
+        "seed": scene.seed, "steps": scene.steps, "scheduler": scene.scheduler,
     }
     return g, ids
 
 
-def finish_graph(g: Graph, ids: dict, guider: list, sampler: list, pack_sampler: bool, prefix: str) -> dict:
-    """Sample with ``guider``/``sampler``, decode, save. Pack guiders go through the Guided Sampler
-    (which reports NFE); ComfyUI's own run through the stock SamplerCustomAdvanced, as a user's would."""
+def guided_sample(g: Graph, ids: dict, guider: list, sampler: list, pack_sampler: bool) -> list:
+    """Sample with ``guider``/``sampler``. Pack guiders go through the Guided Sampler (which reports
+    NFE); ComfyUI's own run through the stock SamplerCustomAdvanced, as a user's would."""
     node = "GuidanceLab_GuidedSampler" if pack_sampler else "SamplerCustomAdvanced"
-    sampled = g.add(node, "sample", noise=ids["noise"], guider=guider, sampler=sampler,
-                    sigmas=ids["sigmas"], latent_image=ids["latent"])
-    decoded = g.add("VAEDecode", "decode", samples=out(sampled, 0), vae=ids["vae"])
+    return out(g.add(node, "sample", noise=ids["noise"], guider=guider, sampler=sampler,
+                     sigmas=ids["sigmas"], latent_image=ids["latent"]))
+
+
+def finish_graph(g: Graph, ids: dict, latent: list, prefix: str) -> dict:
+    """Decode and save the sampled ``latent``."""
+    decoded = g.add("VAEDecode", "decode", samples=latent, vae=ids["vae"])
     g.add("SaveImage", "save", images=out(decoded), filename_prefix=prefix)
     return g.nodes

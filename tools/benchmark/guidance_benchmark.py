@@ -1,8 +1,8 @@
-"""Guidance benchmark: every method of benchmarks/methods.py on the default model, through a
+"""Guidance benchmark: every method of tools/benchmark/methods.py on the default model, through a
 real ComfyUI server, scored by the quality harness.
 
-    make benchmark            # = .host/venv/bin/python benchmarks/guidance_benchmark.py
-    .host/venv/bin/python benchmarks/guidance_benchmark.py --prompts 4 --seeds 2 --steps 6   # quick look
+    make benchmark            # = .host/venv/bin/python -m tools.benchmark.guidance_benchmark
+    .host/venv/bin/python -m tools.benchmark.guidance_benchmark --prompts 4 --seeds 2 --steps 6  # quick look
 
 Starts ComfyUI with the pack, calibrates LinearAG on prompts and seeds the scoring never
 uses, then for each scoring prompt queues one graph per method (rotating their order, after
@@ -53,8 +53,11 @@ def parse_args(argv=None):
     p.add_argument("--workdir", type=Path, default=None, help="server folder (default: a temp folder)")
     p.add_argument("--grid-prompts", type=int, default=8)
     p.add_argument("--timing-pairs", type=int, default=24,
-                   help="extra back-to-back runs of ComfyUI CFG and the pack's CFG (same prompt and seed, "
-                        "alternating which goes first) for the overhead figure")
+                   help="extra back-to-back runs of each overhead row and its baseline (ComfyUI CFG and "
+                        "the pack's CFG; stock and patched KSampler), same prompt and seed, alternating "
+                        "which goes first")
+    p.add_argument("--inversion-pairs", type=int, default=24,
+                   help="source/edit prompt pairs of the inversion section (EDICT beside DDIM inversion); 0 skips it")
     p.add_argument("--readme", type=Path, default=None,
                    help="README to copy the table into (default: the repo's, when --out is the default)")
     args = p.parse_args(argv)
@@ -73,16 +76,19 @@ class Runner:
     """Queues graphs on the server and keeps, per method, images, times and NFE reports."""
 
     def __init__(self, server, args):
+        from tools.benchmark.methods import tuned
+
         self.server, self.args = server, args
-        self.context = {"linear_ag_file": CALIBRATION_FILE}
+        self.context = {"linear_ag_file": CALIBRATION_FILE, **tuned(Path(args.weights).name)}
 
     def graph(self, method, prompt: str, seed: int, batch: int, tag: str) -> dict:
-        from tools.benchmark.graph import Scene, base_graph, finish_graph
+        from tools.benchmark.graph import Scene, base_graph, finish_graph, guided_sample
 
         scene = Scene(prompt, seed, batch, self.args.steps, self.args.weights)
         g, ids = base_graph(scene)
-        guider, sampler, pack = method.build(g, ids, self.context)
-        return finish_graph(g, ids, guider, sampler, pack, f"benchmark/{method.name}/{tag}")
+        latent = method.sample(g, ids, self.context) if method.sample else \
+            guided_sample(g, ids, *method.build(g, ids, self.context))
+        return finish_graph(g, ids, latent, f"benchmark/{method.name}/{tag}")
 
     def run(self, graph: dict) -> dict:
         from tools.host.comfy_server import execution_error, history_status
@@ -111,7 +117,8 @@ class Runner:
 
         entry = self.run(self.graph(method, prompt, seed, self.args.seeds, tag))
         images = load_images(self.server.output_images(entry))
-        report = "".join(entry["outputs"].get("sample", {}).get("text", []))
+        # The Guided Sampler or a Guidance Report node shows the run's NFE report.
+        report = "".join(t for output in entry["outputs"].values() for t in output.get("text", []))
         nfe = NFE_LINE.search(report)
         decisions = DECISIONS_LINE.search(report)
         return {"images": images, "seconds": execution_seconds(entry),
@@ -152,7 +159,7 @@ def stock_nfe(method, steps: int) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import_pack()
-    from tools.benchmark.methods import BASELINE, BY_NAME, CFG, LINEAR_AG_CALIBRATION, METHODS
+    from tools.benchmark.methods import BASELINE, BY_NAME, CFG, LINEAR_AG_CALIBRATION, METHODS, tuned
     from tools.benchmark.report import write_results
     from tools.training.dataset import make_batch
     from tools.host.comfy_server import ComfyServer
@@ -207,8 +214,17 @@ def main(argv=None) -> int:
                 slot["decisions"].append(r["decisions"])
             print(f"[benchmark] prompt {i + 1}/{len(prompts)} done ({time.monotonic() - t_start:.0f} s)",
                   flush=True)
-        timing = measure_overhead(runner, BY_NAME[BASELINE], BY_NAME.get("cfg"), prompts[0], args.timing_pairs) \
-            if "cfg" in names else None
+        # Overhead targets: the row and its baseline back to back, pair by pair, on one prompt.
+        timing = {m.name: measure_overhead(runner, BY_NAME[m.paired_with], m, prompts[0], args.timing_pairs)
+                  for m in methods if m.paired_with and m.paired_with in names}
+        inversion = None
+        if args.inversion_pairs:
+            from tools.benchmark import inversion as inv
+
+            # Another dataset seed than the scoring prompts': editing is judged on fresh scenes.
+            pairs = inv.edit_pairs(args.inversion_pairs, args.eval_seed + 3)
+            inversion = inv.run_section(runner, pairs, args.steps, args.weights,
+                                        log=lambda line: print(line, flush=True))
 
     real_images, real_prompts, _ = make_batch(args.eval_seed + 1, 0, args.real_count, 32)
     dataset_images, dataset_prompts, _ = make_batch(args.eval_seed + 2, 0, args.prompts * args.seeds, 32)
@@ -216,7 +232,8 @@ def main(argv=None) -> int:
         args.out, methods, results, prompts, args,
         real_images=real_images, dataset=(dataset_images, dataset_prompts),
         calibration={"prompt": calibration_prompts[0], **LINEAR_AG_CALIBRATION, "report": calibration_report},
-        wall_seconds=time.monotonic() - t_start, timing=timing)
+        settings=tuned(Path(args.weights).name),
+        wall_seconds=time.monotonic() - t_start, timing=timing, inversion=inversion)
     print(summary)
     readme = args.readme or (REPO / "README.md" if args.out.resolve() == args.default_out.resolve() else None)
     if readme is not None:

@@ -21,6 +21,18 @@ AG_EPS = {"threshold": 0.999, "space": "eps"}  # the paper's reading, kept to sh
 CFG_PP_LAMBDA = 0.6
 LINEAR_AG = {"warmup_steps": 2, "evaluate_every": 5}
 LINEAR_AG_CALIBRATION = {"runs": 8, "first_seed": 100000}
+# Per default model, AG's and LinearAG's settings chosen by tools/benchmark/tune.py on prompts
+# and seeds the benchmark never scores; a model not listed runs AG and LINEAR_AG above.
+TUNED = {
+    # tune.py, 12 prompts x 4 seeds: no AG threshold keeps adherence within 2 points at >= 25%
+    # fewer NFE (0.99995: 36 NFE, -2.1 points; 0.9995: 29 NFE, -14.6) and no LinearAG schedule
+    # at <= 24 NFE within 5 (2/8: -20.8 points): the best adherence at the targets' NFE.
+    "guidance_lab_flow32": {"ag": {"threshold": 0.9995, "space": "auto"},
+                            "linear_ag": {"warmup_steps": 2, "evaluate_every": 8}},
+    # 0.998: 29.0 NFE at +4.2 points; LinearAG 2/10: 23 NFE at -2.1 points.
+    "guidance_lab_vpred32": {"ag": {"threshold": 0.998, "space": "auto"},
+                             "linear_ag": {"warmup_steps": 2, "evaluate_every": 10}},
+}
 APG = {"preset": "custom (use the values below)", "eta": 0.0, "norm_threshold": 6.5, "momentum": -0.5}
 
 
@@ -33,6 +45,11 @@ class Method:
     reference: Optional[str] = None
     needs_calibration: bool = False
     target: Optional[targets.Target] = None  # what this row must show, judged in report.py
+    # Rows that sample without a GUIDER (the stock KSampler) build their sampling node here:
+    # (graph, ids, context) -> the LATENT output; ``build`` is then unused.
+    sample: Optional[Callable] = None
+    # The row timed back to back against this one, pair by pair, for an overhead target.
+    paired_with: Optional[str] = None
 
 
 def stock_sampler(g: Graph, name: str = "euler") -> list:
@@ -77,18 +94,44 @@ def pack_apg(cfg: float):
     return build
 
 
-def adaptive(inner: Callable, settings: dict = AG):
+def tuned(weights: str) -> dict:
+    """AG's and LinearAG's settings for the default model ``weights`` (a file name)."""
+    return {"ag": AG, "linear_ag": LINEAR_AG, **TUNED.get(weights.removesuffix(".safetensors"), {})}
+
+
+def adaptive(inner: Callable, settings: Optional[dict] = None):
+    """AG around ``inner``'s guider, with ``settings`` or the model's tuned ones (``ctx["ag"]``)."""
     def build(g, ids, ctx):
         guider, sampler, _ = inner(g, ids, ctx)
-        switched = g.add("GuidanceLab_AdaptiveGuidance", "adaptive", guider=guider, **settings)
+        switched = g.add("GuidanceLab_AdaptiveGuidance", "adaptive", guider=guider, **(settings or ctx["ag"]))
         return out(switched), sampler, True
     return build
 
 
-def linear_ag(g, ids, ctx):
-    guider = g.add("GuidanceLab_LinearAGGuider", "guider", coefficients_file=ctx["linear_ag_file"],
-                   **LINEAR_AG, **prompts(ids))
-    return out(guider), stock_sampler(g), True
+def ksampler(cfg: float, patch: Optional[Callable] = None):
+    """The stock KSampler, as most shared graphs sample; ``patch`` (a guider build) turns its
+    MODEL into one patched with that guider's policy by Guidance Model Patch."""
+    def sample(g, ids, ctx):
+        model = ids["model"]
+        if patch is not None:
+            guider, _, _ = patch(g, ids, ctx)
+            model = out(g.add("GuidanceLab_ModelPatch", "patch", model=model, guider=guider))
+        sampled = g.add("KSampler", "ksampler", model=model, seed=ids["seed"], steps=ids["steps"], cfg=cfg,
+                        sampler_name="euler", scheduler=ids["scheduler"], positive=ids["positive"],
+                        negative=ids["negative"], latent_image=ids["latent"], denoise=1.0)
+        if patch is not None:
+            g.add("GuidanceLab_GuidanceReport", "report", latent=out(sampled))
+        return out(sampled)
+    return sample
+
+
+def linear_ag_with(settings: Optional[dict] = None):
+    """LinearAG with ``settings`` or the model's tuned ones (``ctx["linear_ag"]``)."""
+    def build(g, ids, ctx):
+        guider = g.add("GuidanceLab_LinearAGGuider", "guider", coefficients_file=ctx["linear_ag_file"],
+                       **(settings or ctx["linear_ag"]), **prompts(ids))
+        return out(guider), stock_sampler(g), True
+    return build
 
 
 METHODS = [
@@ -96,14 +139,17 @@ METHODS = [
     Method("comfy_cfg", f"ComfyUI CFGGuider, CFG {CFG:g}", comfy_cfg(CFG), CFG,
            target=targets.guidance_matters(0.25, "comfy_cfg_1")),
     Method("cfg", f"Guidance Lab CFG, CFG {CFG:g}", pack_cfg(CFG), CFG, "comfy_cfg",
-           target=targets.overhead(0.02, "comfy_cfg")),
-    Method("ag", f"AG (CFG {CFG:g}, {AG['space']} agreement > {AG['threshold']:g})", adaptive(pack_cfg(CFG)), CFG,
+           target=targets.overhead(0.02, "comfy_cfg"), paired_with="comfy_cfg"),
+    Method("comfy_ksampler", f"ComfyUI KSampler, CFG {CFG:g}", None, CFG, "comfy_cfg", sample=ksampler(CFG)),
+    Method("ksampler_patch", f"KSampler + Guidance Model Patch (CFG policy), CFG {CFG:g}", None, CFG,
+           "comfy_cfg", sample=ksampler(CFG, pack_cfg(CFG)), target=targets.overhead(0.03, "comfy_ksampler"),
+           paired_with="comfy_ksampler"),
+    Method("ag", f"AG (CFG {CFG:g}, threshold tuned per model)", adaptive(pack_cfg(CFG)), CFG,
            "comfy_cfg", target=targets.nfe_saving(0.25, 0.02, "cfg")),
     Method("ag_eps", f"AG (CFG {CFG:g}, eps cosine > {AG_EPS['threshold']:g})", adaptive(pack_cfg(CFG), AG_EPS),
            CFG, "comfy_cfg"),
-    Method("linear_ag", f"LinearAG (CFG {CFG:g}, warm-up {LINEAR_AG['warmup_steps']}, every "
-           f"{LINEAR_AG['evaluate_every']})", linear_ag, CFG, "comfy_cfg", needs_calibration=True,
-           target=targets.nfe_saving(0.40, 0.05, "cfg")),
+    Method("linear_ag", f"LinearAG (CFG {CFG:g}, schedule tuned per model)", linear_ag_with(), CFG, "comfy_cfg",
+           needs_calibration=True, target=targets.nfe_saving(0.40, 0.05, "cfg")),
     Method("cfg_pp", f"CFG++ Euler (lambda {CFG_PP_LAMBDA:g})", pack_cfg(CFG_PP_LAMBDA, "euler_cfg_pp"),
            CFG, "comfy_cfg"),
     Method("apg", f"APG, CFG {CFG:g}", pack_apg(CFG), CFG, "comfy_cfg"),
@@ -114,8 +160,8 @@ METHODS = [
            "comfy_cfg_15"),
     Method("apg_15", f"APG, CFG {HIGH_CFG:g}", pack_apg(HIGH_CFG), HIGH_CFG, "comfy_cfg_15",
            target=targets.tamer_saturation("cfg_15")),
-    Method("ag_apg_15", f"AG + APG (CFG {HIGH_CFG:g}, {AG['space']} agreement > {AG['threshold']:g})",
-           adaptive(pack_apg(HIGH_CFG)), HIGH_CFG, "comfy_cfg_15"),
+    Method("ag_apg_15", f"AG + APG (CFG {HIGH_CFG:g}, AG's tuned threshold)", adaptive(pack_apg(HIGH_CFG)),
+           HIGH_CFG, "comfy_cfg_15"),
 ]
 BASELINE = "comfy_cfg"  # wall time is reported relative to this row, measured in the same run
 BY_NAME = {m.name: m for m in METHODS}

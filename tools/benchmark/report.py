@@ -101,6 +101,9 @@ def markdown(rows: dict, dataset: dict, checks: list, meta: dict) -> str:
         f"{meta['steps']} steps, euler, normal schedule, default model `{meta['weights']}`, "
         f"through ComfyUI {meta['comfyui']} over HTTP on {meta['machine']}, {meta['date']}; the run took "
         f"{meta['wall_seconds']:.0f} s.",
+        "AG and LinearAG settings for this model (tools/benchmark/tune.py, on prompts and seeds not "
+        f"scored here): AG {json.dumps(meta['settings'].get('ag'))}, LinearAG "
+        f"{json.dumps(meta['settings'].get('linear_ag'))}.",
         "† ComfyUI's own guiders are not instrumented: 2 NFE per step by construction (1 at CFG 1).",
         "Time: median over prompts of the server's execution time of the whole graph divided by ComfyUI "
         "CFGGuider's on the same prompt and seeds, in this run. Adherence: shape and colour found by "
@@ -131,13 +134,24 @@ def write_grids(out: Path, methods, results: dict, prompts: list, grid_prompts: 
     return paths
 
 
+def write_inversion(out: Path, inversion: dict, rows: int = 8) -> Path:
+    """Source, EDICT edit and DDIM edit of the first pairs, side by side."""
+    shown = inversion["rows"][:rows]
+    tiles = [[r["images"]["source"], r["images"]["edict"], r["images"]["ddim"]] for r in shown]
+    labels = [f"{r['pair']['source']} -> {r['pair']['edit'].split(' on ')[0]}" for r in shown]
+    return image_grid(out / "inversion.png", tiles, labels, ["source", "EDICT edit", "DDIM edit"], label_width=420)
+
+
 def write_results(out: Path, methods, results: dict, prompts: list, args, real_images, dataset, calibration,
-                  wall_seconds: float, timing: dict | None = None) -> str:
+                  wall_seconds: float, timing: dict | None = None, inversion: dict | None = None,
+                  settings: dict | None = None) -> str:
+    from . import inversion as inv
+
     out.mkdir(parents=True, exist_ok=True)
     real_features = scene_features(real_images)
     rows = score(methods, results, prompts, args.seeds, real_features)
     data_row = dataset_row(*dataset, real_features)
-    checks = targets(rows, data_row, timing)
+    checks = targets(rows, data_row, timing) + (inv.targets(inversion) if inversion else [])
     try:
         from comfyui_version import __version__ as comfyui
     except ImportError:
@@ -146,12 +160,17 @@ def write_results(out: Path, methods, results: dict, prompts: list, args, real_i
             "steps": args.steps, "weights": args.weights, "comfyui": comfyui,
             "machine": f"{os.cpu_count()}-core {platform.machine()} CPU", "real_count": len(real_images),
             "wall_seconds": wall_seconds, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "eval_seed": args.eval_seed, "calibration": calibration}
+            "eval_seed": args.eval_seed, "calibration": calibration, "settings": settings or {}}
     table = markdown(rows, data_row, checks, meta)
+    if inversion:
+        table += "\n" + inv.markdown(inversion) + "\n"
+        write_inversion(out, inversion)
     (out / "results.md").write_text(f"# Guidance benchmark ({meta['date']})\n\n"
                                     "`make benchmark` (tools/benchmark/guidance_benchmark.py)\n\n" + table)
     (out / "results.json").write_text(json.dumps(
         {"meta": meta, "methods": rows, "dataset": data_row, "prompts": prompts, "overhead_timing": timing,
+         "inversion": {k: v for k, v in inversion.items() if k != "rows"} | {
+             "rows": [{k: v for k, v in r.items() if k != "images"} for r in inversion["rows"]]} if inversion else None,
          "targets": [{"target": n, "met": m, "measured": v} for n, m, v in checks]}, indent=1, default=float))
     write_grids(out, methods, results, prompts, args.grid_prompts)
     return table

@@ -14,6 +14,7 @@ Target = Callable[[str, dict, dict, Optional[dict]], Optional[tuple]]
 def overhead(limit: float, baseline: str) -> Target:
     """Wall time of the row against ``baseline`` at equal NFE, from the paired timing runs."""
     def check(name, rows, dataset, timing):
+        timing = (timing or {}).get(name)
         if not timing or baseline not in rows:
             return None
         extra = timing["median_pair_ratio"] - 1

@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--grid-rows", type=int, default=8)
     p.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lora", type=Path, default=None,
+                   help="score the model with this Smooth-LoRA applied (does the regulariser keep adherence?)")
     return p.parse_args(argv)
 
 
@@ -91,11 +93,16 @@ def main(argv=None):
         model, clip, vae, _meta = load_default_model(Path(args.weights))
     else:
         model, clip, vae = DefaultModelLoaderNode.execute(args.weights).args
+    if args.lora is not None:
+        from tools.benchmark.smooth_istd import lora_model
+
+        model = lora_model(model, args.lora)
     prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
                for b in BACKGROUNDS] * args.repeats
     real, real_prompts, _ = make_batch(args.eval_seed, 0, args.real, 32)
     real_features = scene_features(real)
-    results = {"weights": args.weights, "prompts": len(prompts), "steps": args.steps, "sampler": args.sampler,
+    results = {"weights": args.weights, "lora": None if args.lora is None else str(args.lora),
+               "prompts": len(prompts), "steps": args.steps, "sampler": args.sampler,
                "scheduler": args.scheduler, "seed": args.seed, "eval_seed": args.eval_seed,
                "dataset": {**saturation_stats(real), **label_accuracy(real, real_prompts),
                            "scene_distance": scene_distance(real[: len(real) // 2], real_features[len(real) // 2:])},

@@ -37,6 +37,10 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ema-decay", type=float, default=0.998)
     p.add_argument("--p-uncond", type=float, default=0.15, help="prompt dropout: share of empty prompts")
+    p.add_argument("--caption-noise", type=float, default=0.0,
+                   help="share of training captions with one attribute (shape, colour or backdrop) "
+                        "swapped for another, as web captions often miss: the conditional model then "
+                        "follows the prompt only mostly, and guidance is what makes it follow (CFG 1 vs 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=20261123)
     p.add_argument("--model-channels", type=int, default=32)
@@ -62,7 +66,8 @@ def parse_args(argv=None):
                         "the backdrop's colour from the starting noise instead of the prompt")
     p.add_argument("--finetune-from", default=None, metavar="RUN",
                    help="start a new run at step 0 (fresh optimizer and schedule) from the EMA weights of run "
-                        "RUN's latest checkpoint, e.g. the flow model as the start of the v-prediction one")
+                        "RUN's latest checkpoint, e.g. the flow model as the start of the v-prediction one, "
+                        "or from an exported .safetensors default-model file of the same architecture")
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="start a new run from the latest checkpoint of run RUN (weights, EMA, optimizer, "
                         "step), e.g. to fine-tune with other settings")
@@ -135,6 +140,78 @@ def alphas_cumprod(zsnr: bool = False):
     return (1.0 / (1.0 + sigmas ** 2)).float()
 
 
+def noisy_captions(prompts: list, share: float, seed: int) -> list:
+    """Each caption, with probability ``share``, with one attribute swapped for another value
+    (its own generator, so runs without caption noise keep their random streams)."""
+    import numpy as np
+
+    from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, parse_prompt, prompt_for
+
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for prompt in prompts:
+        shape, colour, background = parse_prompt(prompt)
+        if rng.random() < share:
+            which = int(rng.integers(3))
+            pick = lambda values, old: [v for v in values if v != old][int(rng.integers(len(values) - 1))]  # noqa: E731
+            if which == 0:
+                shape = pick(list(SHAPES), shape)
+            elif which == 1:
+                colour = pick(list(COLOURS), colour)
+            else:
+                background = pick(list(BACKGROUNDS), background)
+        out.append(prompt_for(Scene(shape, colour, background, (16, 16), 16, 0)))
+    return out
+
+
+def training_batch(args, step: int):
+    """Batch ``step`` of a run: images as latents in [-1, 1] (N, 3, 32, 32), prompts (with
+    dropout ``args.p_uncond``), noise levels u in [0, 1] and noise, all on the CPU and all
+    reproducible from (``args.data_seed``, ``args.seed``, ``step``). Shared by every trainer
+    of the default models (``tools.training.smooth_lora`` too)."""
+    import torch
+
+    from tools.training.dataset import make_batch
+
+    b = args.batch_size
+    images, prompts, _ = make_batch(args.data_seed, step * b, b, 32)
+    x0 = torch.from_numpy(images).permute(0, 3, 1, 2) * 2.0 - 1.0
+    gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step + 1)
+    drop = torch.rand(b, generator=gen) < args.p_uncond
+    if getattr(args, "caption_noise", 0.0) > 0:
+        prompts = noisy_captions(prompts, args.caption_noise, args.seed * 1_000_003 + step + 1)
+    prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+    if getattr(args, "timesteps", "uniform") == "logit-normal":
+        u = torch.sigmoid(torch.randn(b, generator=gen))
+    else:
+        u = torch.rand(b, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    return x0, prompts, u, noise
+
+
+def noised_inputs(prediction: str, acp, x0, u, noise):
+    """(x_t, UNet timesteps, training target, alpha, sigma) for noise level u, with
+    x_t = alpha * x0 + sigma * noise (alpha, sigma shaped (N, 1, 1, 1)).
+
+    eps / v: the discrete schedule ``acp`` (alpha-bar, 1000 steps), t = floor(1000 u),
+    alpha = sqrt(acp[t]), sigma = sqrt(1 - acp[t]); target eps, or v = alpha eps - sigma x0.
+    flow: ComfyUI's CONST, x = (1 - s) x0 + s eps with s = u, timestep 1000 s, target eps - x0
+    (what CONST turns back into x0 as x - s * out)."""
+    if prediction == "flow":
+        s = u.view(-1, 1, 1, 1)
+        alpha, sigma = 1 - s, s
+        xt, timesteps = (1 - s) * x0 + s * noise, u * 1000.0
+        target = noise - x0
+    else:
+        t = (u * 1000).long().clamp(0, 999)
+        a = acp.to(t.device)[t].view(-1, 1, 1, 1)
+        alpha, sigma = a.sqrt(), (1 - a).sqrt()
+        xt, timesteps = a.sqrt() * x0 + (1 - a).sqrt() * noise, t.float()
+        # v is what ComfyUI's V_PREDICTION turns back into x0 with c_skip / c_out.
+        target = noise if prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0
+    return xt, timesteps, target, alpha, sigma
+
+
 class Trainer:
     def __init__(self, args):
         import torch
@@ -189,21 +266,7 @@ class Trainer:
 
     def batch(self, step):
         """Images as latents in [-1, 1], prompts (with dropout), noise and timesteps of batch ``step``."""
-        torch = self.torch
-        from tools.training.dataset import make_batch
-
-        b = self.args.batch_size
-        images, prompts, _ = make_batch(self.args.data_seed, step * b, b, 32)
-        x0 = torch.from_numpy(images).permute(0, 3, 1, 2) * 2.0 - 1.0
-        gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step + 1)
-        drop = torch.rand(b, generator=gen) < self.args.p_uncond
-        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        if self.args.timesteps == "logit-normal":
-            u = torch.sigmoid(torch.randn(b, generator=gen))
-        else:
-            u = torch.rand(b, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        return x0, prompts, u, noise
+        return training_batch(self.args, step)
 
     def lr_at(self, step):
         a = self.args
@@ -214,17 +277,7 @@ class Trainer:
     def train_step(self):
         torch = self.torch
         x0, prompts, u, noise = self.batch(self.step)
-        if self.args.prediction == "flow":
-            # ComfyUI's CONST: x = (1 - s) x0 + s eps, timestep = 1000 s, denoised = x - s * out.
-            s = u.view(-1, 1, 1, 1)
-            xt, timesteps = (1 - s) * x0 + s * noise, u * 1000.0
-            target = noise - x0
-        else:
-            t = (u * 1000).long().clamp(0, 999)
-            acp = self.acp[t].view(-1, 1, 1, 1)
-            xt, timesteps = acp.sqrt() * x0 + (1 - acp).sqrt() * noise, t.float()
-            # v is what ComfyUI's V_PREDICTION turns back into x0 with c_skip / c_out.
-            target = noise if self.args.prediction == "eps" else acp.sqrt() * noise - (1 - acp).sqrt() * x0
+        xt, timesteps, target, _alpha, _sigma = noised_inputs(self.args.prediction, self.acp, x0, u, noise)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.precision == "bf16"):
             context, _pooled = self.text.clip_l([self.tokens(p) for p in prompts])
             out = self.unet(xt, timesteps=timesteps,
@@ -277,6 +330,31 @@ class Trainer:
         self.history = json.loads(state.get("history", "[]"))
         return state
 
+    def load_exported(self, path: Path):
+        """Live and EMA weights from an exported default-model file (its history carries over)."""
+        from safetensors import safe_open
+
+        torch = self.torch
+        with safe_open(str(path), "pt") as f:
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+            history = json.loads((f.metadata() or {}).get("history", "[]"))
+        unet = {k[len("diffusion_model."):]: v for k, v in sd.items() if k.startswith("diffusion_model.")}
+        text = {k[len("text_encoder."):]: v for k, v in sd.items() if k.startswith("text_encoder.")}
+        ids, rows = text.pop("token_ids"), text.pop("token_rows")
+        clip_l = self.text.clip_l
+        table = clip_l.state_dict()[self.dm.TOKEN_TABLE_KEY].clone()
+        table[ids] = rows.float()
+        text[self.dm.TOKEN_TABLE_KEY] = table
+        with torch.no_grad():
+            self.unet.load_state_dict({k: v.float() for k, v in unet.items()}, strict=True)
+            missing, unexpected = clip_l.load_state_dict({k: v.float() for k, v in text.items()}, strict=False)
+            if unexpected or [k for k in missing if "position_ids" not in k]:
+                sys.exit(f"{path}: text encoder does not match this architecture "
+                         f"(missing {missing}, unexpected {unexpected})")
+            for n, p in self.named_params():
+                self.ema[n].copy_(p)
+        self.history = history or [{"command": f"exported file {path.name}", "from_step": 0}]
+
     def export(self, path: Path, checkpoint_args: dict, final_loss=None):
         from safetensors.torch import save_file
 
@@ -315,6 +393,15 @@ class Trainer:
         return path
 
 
+def seconds_per_step(step, n: int) -> float:
+    """Mean wall time of ``n`` calls of ``step`` after one untimed warm-up call (``--benchmark``)."""
+    step()
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - start) / n
+
+
 def main(argv=None):
     args = parse_args(argv)
     import_pack()
@@ -348,16 +435,16 @@ def main(argv=None):
           f"({len(trainer.token_ids)} token rows stored)", flush=True)
 
     if args.benchmark:
-        trainer.train_step()  # warm-up
-        start = time.perf_counter()
-        for _ in range(args.benchmark):
-            trainer.train_step()
-        per = (time.perf_counter() - start) / args.benchmark
+        per = seconds_per_step(trainer.train_step, args.benchmark)
         print(f"{per:.2f} s/step, {1 / per:.3f} steps/s, ~{3600 / per:.0f} steps/hour")
         return
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if args.finetune_from and not checkpoint.exists():
+    if args.finetune_from and not checkpoint.exists() and args.finetune_from.endswith(".safetensors"):
+        source = Path(args.finetune_from)
+        trainer.load_exported(source)
+        print(f"fine-tuning from the weights of {source}", flush=True)
+    elif args.finetune_from and not checkpoint.exists():
         source = TRAINING_CACHE / args.finetune_from / "checkpoint.pt"
         trainer.load_weights(source)
         print(f"fine-tuning from the EMA weights of {source}", flush=True)

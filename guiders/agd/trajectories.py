@@ -1,0 +1,91 @@
+"""AGD training data on disk: CFG trajectories of the frozen model [paper: CFG-trajectory training].
+
+Every model evaluation of every CFG trajectory is one training sample: the state x on the
+CFG trajectory, its sigma, the prompt, w and the CFG output ``D_u + w (D_c - D_u)`` at that
+state (training on CFG trajectories, not on forward-noised data, is the paper's
+point). The trajectories are sampled by the host (``nodes/bridge/agd_training.py``); this
+module only stores and reads them (numpy, no ComfyUI).
+
+On disk (``DIR``), numpy memory maps, so a data set can exceed memory:
+
+- ``states.npy``, ``targets.npy`` [N, C, H, W] float16; ``prompts.npy`` [P, L, D] float16
+  (each prompt's embedding once); ``prompt_index.npy`` [N] int32;
+- ``sigmas.npy``, ``scales.npy`` [N] float32 (per-sample scalars: float16 would move the
+  noise level the adapters see away from the one the teacher was evaluated at);
+- ``meta.json``: settings, counts, the model's fingerprint; ``progress.json``: trajectories
+  written so far (a killed generation resumes at the next chunk; ``meta.json`` says
+  ``complete`` when it is done).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ARRAYS = ("states", "targets", "sigmas", "scales", "prompt_index")
+FORMAT = "guidance_lab.agd_trajectories.v1"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomically (temporary file, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrajectoryStore:
+    """The memory-mapped arrays of one data set, opened read-only or for writing."""
+
+    root: Path
+    states: np.ndarray
+    targets: np.ndarray
+    sigmas: np.ndarray
+    scales: np.ndarray
+    prompt_index: np.ndarray
+    prompts: np.ndarray
+    meta: dict
+
+    @classmethod
+    def create(cls, root: Path, meta: dict, samples: int, state_shape, prompt_shape):
+        root.mkdir(parents=True, exist_ok=True)
+        mm = np.lib.format.open_memmap
+        shapes = {"states": ((samples, *state_shape), np.float16),
+                  "targets": ((samples, *state_shape), np.float16),
+                  "sigmas": ((samples,), np.float32), "scales": ((samples,), np.float32),
+                  "prompt_index": ((samples,), np.int32), "prompts": (tuple(prompt_shape), np.float16)}
+        arrays = {name: mm(root / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+                  for name, (shape, dtype) in shapes.items()}
+        write_json(root / "meta.json", {**meta, "complete": False})
+        return cls(root, meta=meta, **arrays)
+
+    @classmethod
+    def open(cls, root: Path, mode: str = "r"):
+        root = Path(root)
+        meta_path = root / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no AGD trajectories at {root} (no meta.json): run `generate` first")
+        meta = json.loads(meta_path.read_text())
+        arrays = {name: np.load(root / f"{name}.npy", mmap_mode=mode) for name in (*ARRAYS, "prompts")}
+        return cls(root, meta=meta, **arrays)
+
+    def __len__(self) -> int:
+        return int(self.states.shape[0])
+
+    def batch(self, indices: np.ndarray, device) -> "tuple[torch.Tensor, ...]":
+        """(x, sigma, context, scale, target) of the given samples, float32 on ``device``."""
+        order = np.sort(indices)  # memory-map friendly reads; the loss is a mean, order-free
+
+        def take(array):
+            return torch.from_numpy(np.ascontiguousarray(array[order])).to(device=device, dtype=torch.float32)
+        context = torch.from_numpy(np.ascontiguousarray(self.prompts[self.prompt_index[order]]))
+        return (take(self.states), take(self.sigmas), context.to(device=device, dtype=torch.float32),
+                take(self.scales), take(self.targets))
+
+
+__all__ = ["ARRAYS", "FORMAT", "TrajectoryStore", "write_json"]

@@ -1,0 +1,362 @@
+"""AGD training on the host [paper: CFG-trajectory training]: CFG trajectories sampled by
+ComfyUI, and the adapters fit to them through the same attention patches sampling uses.
+
+Shared by the command-line trainer (``tools/training/agd.py``, which adds torchrun/DDP) and the
+training node. Trajectories: one per prompt (``per_prompt`` for more), its scale
+w ~ U[lo, hi] and its noise drawn from a generator seeded by (seed, trajectory), sampled with
+ComfyUI's ``CFGGuider`` against the empty prompt by any one-evaluation-per-step sampler;
+stored by ``guiders/agd/trajectories.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ...guiders.agd import AdapterConfig, AdapterSet, AGDPolicy
+from ...guiders.agd.trajectories import FORMAT, TrajectoryStore, write_json
+from ...guiders.agd.training import agd_loss, batch_indices, lr_at
+from .agd import AGDAdapters, AGDGuider, adapted_call, apply_adapters, attn2_layout
+from .fingerprint import base_model_fingerprint
+
+CHECKPOINT = "agd_checkpoint.pt"
+LOSS_LOG = "agd_loss.jsonl"
+# Settings a resumed run must share with its checkpoint (the step count may change).
+RESUME_SETTINGS = ("batch_size", "lr", "warmup_frac", "seed", "loss_space", "adapter_config")
+
+
+def encode_prompts(clip, prompts: list) -> torch.Tensor:
+    """[P, L, D] text embeddings by the model's own CLIP (what CLIPTextEncode gives)."""
+    rows = [clip.encode_from_tokens(clip.tokenize(text)) for text in prompts]
+    return torch.cat([r if r.ndim == 3 else r[None] for r in rows]).float()
+
+
+def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scales: torch.Tensor,
+                     noise: torch.Tensor, sigmas: torch.Tensor, sampler_name: str, seed: int):
+    """Sample a batch with CFG at a per-sample scale through ComfyUI; every evaluation's
+    (x, sigma, CFG output) as lists. ComfyUI's cfg is a placeholder != 1 (so the uncond
+    branch is evaluated); a post-CFG function puts in each sample's own D_u + w (D_c - D_u),
+    in ComfyUI's operation order."""
+    import comfy.samplers
+
+    w = scales.reshape(-1, *([1] * (noise.ndim - 1)))
+    records = []
+
+    def per_sample_cfg(args):
+        cond, uncond = args["cond_denoised"], args["uncond_denoised"]
+        out = uncond + (cond - uncond) * w.to(cond)
+        records.append((args["input"].detach().cpu(), args["sigma"].detach().cpu(), out.detach().cpu()))
+        return out
+
+    patched = model.clone()
+    patched.set_model_sampler_post_cfg_function(per_sample_cfg, disable_cfg1_optimization=True)
+    guider = comfy.samplers.CFGGuider(patched)
+    guider.set_conds([[positive, {}]], [[negative, {}]])
+    guider.set_cfg(2.0)
+    latent = torch.zeros_like(noise)
+    guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas, disable_pbar=True, seed=seed)
+    return records
+
+
+def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int, seed: int, chunk: int = 16,
+             per_prompt: int = 1, sampler_name: str = "euler", scheduler: str = "normal",
+             latent_shape=(3, 32, 32), fingerprint: str = "", progress=None) -> TrajectoryStore:
+    """Write (or finish writing) the trajectories of ``prompts`` to ``out_dir``; [paper: CFG-trajectory training]."""
+    import comfy.samplers
+
+    lo, hi = (float(v) for v in scale_range)
+    texts = [p for p in prompts for _ in range(per_prompt)]
+    embeddings = encode_prompts(clip, prompts)
+    empty = encode_prompts(clip, [""])
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+    meta = {"format": FORMAT, "prompts": prompts, "per_prompt": per_prompt,
+            "scale_range": [lo, hi], "steps": steps, "seed": seed, "sampler": sampler_name,
+            "scheduler": scheduler, "negative": "", "model_fingerprint": fingerprint,
+            "latent_shape": list(latent_shape), "trajectories": len(texts), "samples": len(texts) * steps}
+    progress_path = out_dir / "progress.json"
+    done = 0
+    if (out_dir / "meta.json").is_file():
+        store = TrajectoryStore.open(out_dir, mode="r+")
+        old = {k: v for k, v in store.meta.items() if k != "complete"}
+        if old != meta:
+            changed = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+            raise ValueError(f"{out_dir} holds trajectories made with other settings ({changed}); choose "
+                             "another folder")
+        if store.meta.get("complete"):
+            return store
+        done = json.loads(progress_path.read_text())["trajectories"] if progress_path.is_file() else 0
+    else:
+        store = TrajectoryStore.create(out_dir, meta, len(texts) * steps, latent_shape, tuple(embeddings.shape))
+        store.prompts[:] = embeddings.numpy().astype(np.float16)
+    # Every trajectory's scale and noise come from (seed, trajectory): resumable, chunk-size free.
+    for start in range(done, len(texts), chunk):
+        ids = list(range(start, min(start + chunk, len(texts))))
+        gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in ids]
+        scales = torch.tensor([lo + (hi - lo) * float(torch.rand(1, generator=g)) for g in gens])
+        noise = torch.stack([torch.randn(latent_shape, generator=g) for g in gens])
+        prompt_ids = [i // per_prompt for i in ids]
+        records = cfg_trajectories(model, embeddings[prompt_ids], empty.expand(len(ids), -1, -1).contiguous(),
+                                   scales, noise, sigmas, sampler_name, seed)
+        if len(records) != steps:
+            raise ValueError(f"sampler {sampler_name!r} made {len(records)} model evaluations for {steps} steps; "
+                             "use a sampler with one evaluation per step (euler, ddim, dpmpp_2m ...)")
+        for k, (x, sigma, target) in enumerate(records):
+            rows = [i * steps + k for i in ids]
+            store.states[rows] = x.numpy().astype(np.float16)
+            store.targets[rows] = target.numpy().astype(np.float16)
+            store.sigmas[rows] = sigma.reshape(-1).expand(len(ids)).numpy()
+            store.scales[rows] = scales.numpy()
+            store.prompt_index[rows] = np.asarray(prompt_ids, dtype=np.int32)
+        for array in (store.states, store.targets, store.sigmas, store.scales, store.prompt_index, store.prompts):
+            array.flush()
+        write_json(progress_path, {"trajectories": ids[-1] + 1})
+        if progress is not None:
+            progress(ids[-1] + 1, len(texts))
+    write_json(out_dir / "meta.json", {**meta, "complete": True})
+    return TrajectoryStore.open(out_dir)
+
+
+
+
+class SingleProcess:
+    """The distribution interface ``fit`` uses, for one process (torchrun's is in the CLI)."""
+
+    rank, world, main = 0, 1, True
+
+    def __init__(self, device=None):
+        self.device = torch.device(device or "cpu")
+
+    def wrap(self, module):
+        return module
+
+    def barrier(self):
+        pass
+
+    def mean(self, value: float) -> float:
+        return value
+
+
+def student_module(model, agd: AGDAdapters) -> torch.nn.Module:
+    """An nn.Module whose parameters are the adapters and whose forward is the adapted frozen
+    model, so DistributedDataParallel can wrap it (the frozen model is not a submodule)."""
+
+    class Student(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.adapters = agd.adapters
+            self._frozen = (model, agd)
+
+        def forward(self, x, sigma, context, scale):
+            frozen_model, frozen_agd = self._frozen
+            return adapted_call(frozen_model, frozen_agd, x, sigma, context, scale)
+
+    return Student()
+
+
+def training_copy(model):
+    """A ModelPatcher over a copy of the model's base weights (unpatched) that autograd may use.
+
+    ComfyUI runs nodes under ``torch.inference_mode``, so the weights a loader node made are
+    inference tensors, which backpropagation through the frozen model cannot save; the copy
+    (made outside inference mode) holds ordinary tensors. It costs one more copy of the model."""
+    import copy
+
+    import comfy.model_patcher
+
+    with torch.inference_mode(False):
+        base = copy.deepcopy(model.model)
+        originals = {k: v[0][0] for k, v in model.get_key_patches("diffusion_model.").items()}
+        for name, value in originals.items():
+            target = base.get_parameter(name) if name in dict(base.named_parameters()) else None
+            if target is not None:
+                target.data = value.detach().clone().to(target.device)
+        for p in base.parameters():
+            if p.is_inference():
+                p.data = p.data.clone()
+        for b_name, b in list(base.named_buffers()):
+            if b.is_inference():
+                module_name, _, leaf = b_name.rpartition(".")
+                owner = base.get_submodule(module_name) if module_name else base
+                owner._buffers[leaf] = b.clone()
+    return comfy.model_patcher.ModelPatcher(base, load_device=model.load_device, offload_device=model.offload_device)
+
+
+def save_checkpoint(path: Path, adapters: AdapterSet, optimizer, step: int, settings: dict) -> None:
+    """Atomically: a kill mid-write leaves the previous checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"adapters": adapters.flat_state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "settings": settings}, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, steps: int, batch_size: int = 64,
+        lr: float = 1e-4, warmup_frac: float = 0.1, seed: int = 0, loss_space: str = "denoised",
+        checkpoint_every: int = 100, dist=None, on_step: Optional[Callable] = None, crash_after: int = -1,
+        log: Callable = print, fingerprint: Optional[str] = None):
+    """[paper: CFG-trajectory training]: train adapters on the stored trajectories (AdamW, no weight decay, warm-up +
+    cosine), checkpointing to ``run_dir`` and resuming from it. Returns (adapters, losses).
+    ``fingerprint``: the base model's, where ``model`` is a training copy of it."""
+    dist = dist or SingleProcess()
+    fingerprint = fingerprint or base_model_fingerprint(model)
+    if store.meta.get("model_fingerprint") not in ("", fingerprint):
+        raise ValueError(f"the trajectories were generated with base model {store.meta['model_fingerprint']}, "
+                         f"this model is {fingerprint}")
+    model.model.to(dist.device).requires_grad_(False)
+    adapters = AdapterSet(attn2_layout(model), config).to(dist.device)
+    agd = AGDAdapters(adapters, tuple(store.meta["scale_range"]), fingerprint)
+    student = student_module(model, agd)
+    net = dist.wrap(student)
+    optimizer = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
+    settings = {"batch_size": batch_size, "lr": lr, "warmup_frac": warmup_frac, "seed": seed,
+                "loss_space": loss_space, "adapter_config": config.to_dict()}
+    run_dir = Path(run_dir)
+    checkpoint, log_path = run_dir / CHECKPOINT, run_dir / LOSS_LOG
+    step, losses = 0, []
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        changed = sorted(k for k in RESUME_SETTINGS if state["settings"].get(k) != settings.get(k))
+        if changed:
+            raise ValueError(f"checkpoint {checkpoint} was made with other settings {changed}; use another "
+                             "run name or the same settings")
+        adapters.load_flat_state_dict(state["adapters"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        if dist.main:
+            log(f"resuming {checkpoint} at step {step}")
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if log_path.exists():  # steps after the checkpoint are redone: their log lines go
+            rows = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+            rows = [r for r in rows if r["step"] <= step]
+            log_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            losses = [r["loss"] for r in rows]
+    dist.barrier()
+    student.train()
+    while step < steps:
+        rows = batch_indices(seed, step, len(store), batch_size, dist.rank, dist.world)
+        x, sigma, context, scale, target = store.batch(rows, dist.device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup_frac)
+        loss = agd_loss(net(x, sigma, context, scale), target, sigma, loss_space)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        value = dist.mean(float(loss.detach()))
+        losses.append(value)
+        if step == crash_after:  # test hook: die as a kill would, before anything is saved
+            os._exit(137)
+        if dist.main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": step, "loss": value}) + "\n")
+            if step % checkpoint_every == 0 or step == steps:
+                save_checkpoint(checkpoint, adapters, optimizer, step, settings)
+        if on_step is not None:
+            on_step(step, steps, value)
+        dist.barrier()
+    return adapters, losses
+
+
+def sampled_rmse(model, positive: torch.Tensor, negative: torch.Tensor, adapters: AdapterSet, scale_range,
+                 scale: float, seeds, steps: int = 20, sampler_name: str = "euler", latent_shape=(3, 32, 32),
+                 timing: bool = False):
+    """RMSE between AGD's sampled latents (1 NFE per step) and CFG's (empty negative, 2 NFE per
+    step) at the same scale, prompts ([P, L, D] embeddings) and seeds: fidelity to the teacher.
+    ``timing``: also the seconds each method's sampling took, side by side ((rmse, {cfg, agd}))."""
+    import time
+
+    import comfy.samplers
+
+    patched = apply_adapters(model, adapters, scale_range, base_model_fingerprint(model))
+    count = positive.shape[0]
+    negative = negative.expand(count, -1, -1).contiguous()
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps).cpu()
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    errors, seconds = [], {"cfg": 0.0, "agd": 0.0}
+    for seed in seeds:
+        noise = torch.randn((count, *latent_shape), generator=torch.Generator().manual_seed(int(seed)))
+        latent = torch.zeros_like(noise)
+        cfg = comfy.samplers.CFGGuider(model)
+        cfg.set_conds([[positive, {}]], [[negative, {}]])
+        cfg.set_cfg(scale)
+        started = time.perf_counter()
+        teacher = cfg.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=int(seed))
+        seconds["cfg"] += time.perf_counter() - started
+        agd = AGDGuider(patched, AGDPolicy(scale, tuple(scale_range)))
+        agd.set_positive([[positive, {}]])
+        started = time.perf_counter()
+        student = agd.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=int(seed))
+        seconds["agd"] += time.perf_counter() - started
+        errors.append(((student - teacher) ** 2).mean())
+    rmse = float(torch.stack(errors).mean().sqrt())
+    return (rmse, seconds) if timing else rmse
+
+
+def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int, training_steps: int,
+                   batch_size: int, lr: float, width: int, seed: int, image_size: int):
+    """The training node's run: trajectories, then training, in ComfyUI's temporary folder keyed
+    by the settings (so a queued-again run resumes both), with the node's progress bar and
+    ComfyUI's interrupt. Returns (AdapterFile, losses)."""
+    import hashlib
+    import logging
+
+    import comfy.model_management
+    import comfy.utils
+    import folder_paths
+
+    from ...guiders.agd.adapter_file import AdapterFile
+    from .agd import architecture_of, base_parameter_count
+
+    fingerprint = base_model_fingerprint(model)
+    latent_format = model.get_model_object("latent_format")
+    # Pixel-space models (ChromaRadiance latents, the pack's default model) have no VAE; the
+    # UNet families AGD targets (SD1.x/2.x/XL) downscale by 8.
+    pixel_space = type(latent_format).__name__ == "ChromaRadiance"
+    side = max(int(image_size) // (1 if pixel_space else 8), 1)
+    latent_shape = (int(latent_format.latent_channels), side, side)
+    config = AdapterConfig(width=width, fourier_features=width, mlp_hidden=2 * width,
+                           time_features=width + width % 2, seed=seed)
+    data_key = {"fingerprint": fingerprint, "prompts": prompts, "scale_range": list(scale_range),
+                "steps": sampling_steps, "seed": seed, "latent_shape": list(latent_shape)}
+    run_key = {**data_key, "training_steps": training_steps, "batch_size": batch_size, "lr": lr,
+               "adapter": config.to_dict()}
+    digest = lambda d: hashlib.blake2b(json.dumps(d, sort_keys=True).encode(), digest_size=8).hexdigest()
+    work = Path(folder_paths.get_temp_directory()) / "guidance_lab_agd"
+    total = len(prompts) + training_steps
+    bar = comfy.utils.ProgressBar(total)
+
+    def progress(done, _count):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, total)
+
+    def on_step(step, _steps, _loss):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(len(prompts) + step, total)
+
+    store = generate(model, clip, work / f"data_{digest(data_key)}", prompts, scale_range, sampling_steps, seed,
+                     latent_shape=latent_shape, fingerprint=fingerprint, progress=progress)
+    with torch.inference_mode(False), torch.enable_grad():
+        trainable = training_copy(model)
+        adapters, losses = fit(trainable, store, config, work / f"run_{digest(run_key)}", training_steps, batch_size,
+                               lr, 0.1, seed, "denoised", checkpoint_every=25,
+                               dist=SingleProcess(comfy.model_management.get_torch_device()), on_step=on_step,
+                               log=logging.getLogger("guidance_lab").info, fingerprint=fingerprint)
+        adapters = adapters.to("cpu")
+    training = {"node": "GuidanceLab_AGDTrain", "prompts": len(prompts), "sampling_steps": sampling_steps,
+                "training_steps": training_steps, "batch_size": batch_size, "lr": lr, "warmup_frac": 0.1,
+                "loss_space": "denoised", "seed": seed, "latent_shape": list(latent_shape),
+                "final_loss": losses[-1] if losses else None}
+    made = AdapterFile(adapters, fingerprint, architecture_of(model), tuple(float(v) for v in scale_range), training,
+                       "GuidanceLab_AGDTrain node", base_parameter_count(model))
+    return made, losses
+
+
+__all__ = ["CHECKPOINT", "LOSS_LOG", "SingleProcess", "cfg_trajectories", "encode_prompts", "fit", "generate",
+           "sampled_rmse", "save_checkpoint", "student_module", "train_in_graph", "training_copy"]

@@ -1,0 +1,200 @@
+"""AGD's adapters, adapter set, file and policy (pure torch)."""
+
+import json
+
+import pytest
+import torch
+
+from guidance_lab.guiders import StepContext
+from guidance_lab.guiders.agd import (AdapterConfig, AdapterSet, AGDPolicy, CrossAttentionAdapter, block_name,
+                                      check_scale, fourier_features, relative_size)
+from guidance_lab.guiders.agd import adapter_file
+
+SMALL = AdapterConfig(width=16, fourier_features=8, mlp_hidden=32, time_features=8, seed=3)
+LAYOUT = {block_name("input", 4, 0): (64, 32), block_name("middle", 0, 0): (64, 32), "output_3_0": (48, 32)}
+
+
+def inputs(n=2, tokens=5, dim=64, ctx=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, tokens, dim, generator=g), torch.tensor([2.0, 7.5])[:n],
+            torch.tensor([999.0, 10.0])[:n], torch.randn(n, 7, ctx, generator=g))
+
+
+def perturb(module, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def test_an_untrained_adapter_adds_exactly_zero():
+    adapter = CrossAttentionAdapter(64, 32, SMALL, torch.Generator().manual_seed(0))
+    out = adapter(*inputs())
+    assert out.shape == (2, 5, 64)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_fourier_features_are_cos_of_fixed_random_frequencies_and_phases():
+    adapters = AdapterSet(LAYOUT, SMALL)
+    enc = adapters.adapters["input_4_0"].scale_token
+    w = torch.tensor([1.0, 3.5])
+    expected = torch.cos(2 * torch.pi * (w[:, None] * enc.freq + enc.phase))
+    torch.testing.assert_close(fourier_features(w, enc.freq, enc.phase), expected)
+    assert ((enc.phase >= 0) & (enc.phase <= 1)).all()
+    # buffers are saved with the adapter and never trained
+    assert "input_4_0.scale_token.freq" in adapters.flat_state_dict()
+    assert all(not name.endswith(("freq", "phase")) for name, _ in adapters.named_parameters())
+
+
+def test_the_seed_alone_fixes_the_initial_adapters():
+    a, b = AdapterSet(LAYOUT, SMALL), AdapterSet(LAYOUT, SMALL)
+    c = AdapterSet(LAYOUT, AdapterConfig(**{**SMALL.to_dict(), "seed": 4}))
+    for key, value in a.flat_state_dict().items():
+        assert torch.equal(value, b.flat_state_dict()[key])
+    assert not torch.equal(a.flat_state_dict()["middle_0_0.scale_token.freq"],
+                           c.flat_state_dict()["middle_0_0.scale_token.freq"])
+
+
+def test_a_trained_adapter_depends_on_scale_timestep_and_prompt():
+    adapter = CrossAttentionAdapter(64, 32, SMALL, torch.Generator().manual_seed(0))
+    perturb(adapter)
+    hidden, scale, t, ctx = inputs()
+    base = adapter(hidden, scale, t, ctx)
+    assert base.abs().max() > 0
+    assert not torch.allclose(base, adapter(hidden, scale + 1, t, ctx))
+    assert not torch.allclose(base, adapter(hidden, scale, t + 50, ctx))
+    assert not torch.allclose(base, adapter(hidden, scale, t, ctx + 1))
+    # per sample: sample 0 does not see sample 1
+    alone = adapter(hidden[:1], scale[:1], t[:1], ctx[:1])
+    torch.testing.assert_close(alone, base[:1], atol=1e-6, rtol=1e-5)
+
+
+def test_parameter_count_and_relative_size():
+    adapters = AdapterSet(LAYOUT, SMALL)
+    count = adapters.parameter_count()
+    assert count == sum(p.numel() for p in adapters.parameters()) > 0
+    assert relative_size(adapters, count * 50) == pytest.approx(2.0)
+
+
+def test_file_round_trip_keeps_weights_and_metadata(tmp_path):
+    adapters = AdapterSet(LAYOUT, SMALL)
+    perturb(adapters)
+    made = adapter_file.AdapterFile(adapters, "abc123", {"model": "UNetModel", "family": "eps"}, (1.0, 8.0),
+                                    {"steps": 10}, "python -m tools.training.agd", 1000)
+    path = adapter_file.save(tmp_path / "a.safetensors", made)
+    loaded = adapter_file.load(path)
+    assert loaded.base_fingerprint == "abc123" and loaded.scale_range == (1.0, 8.0)
+    assert loaded.architecture["family"] == "eps" and loaded.adapters.layout == adapters.layout
+    assert loaded.adapters.config == SMALL and loaded.training == {"steps": 10}
+    for key, value in adapters.flat_state_dict().items():
+        assert torch.equal(value, loaded.adapters.flat_state_dict()[key])
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert int(meta["parameter_count"]) == adapters.parameter_count()
+    assert json.loads(meta["scale_range"]) == [1.0, 8.0] and meta["command"].startswith("python")
+
+
+def test_bad_files_are_refused_saying_why(tmp_path):
+    adapters = AdapterSet(LAYOUT, SMALL)
+    made = adapter_file.AdapterFile(adapters, "abc", {}, (1.0, 8.0))
+    path = adapter_file.save(tmp_path / "a.safetensors", made)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        adapter_file.load(tmp_path / "cut.safetensors")
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"format": "x"})
+    with pytest.raises(ValueError, match="not an AGD adapter file"):
+        adapter_file.load(tmp_path / "other.safetensors")
+    meta = made.metadata()
+    tensors = adapters.flat_state_dict()
+    tensors.pop(next(iter(tensors)))
+    save_file(tensors, str(tmp_path / "short.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match="do not fit the recorded layout"):
+        adapter_file.load(tmp_path / "short.safetensors")
+    save_file(adapters.flat_state_dict(), str(tmp_path / "meta.safetensors"), metadata={**meta, "scale_range": "x"})
+    with pytest.raises(ValueError, match="malformed or missing AGD metadata"):
+        adapter_file.load(tmp_path / "meta.safetensors")
+
+
+def test_scale_outside_the_trained_range_is_refused():
+    assert check_scale(5.0, (1.0, 12.0)) == 5.0
+    for bad in (0.5, 12.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            check_scale(bad, (1.0, 12.0))
+    with pytest.raises(ValueError, match=r"outside the range the adapter was trained on, \[1, 12\]"):
+        AGDPolicy(13.0, (1.0, 12.0))
+
+
+def test_policy_is_one_evaluation_per_step_conditional_only():
+    run = AGDPolicy(4.0, (1.0, 8.0)).start(10)
+    step = StepContext(0, 10, torch.zeros(1), torch.ones(1), uncond_requested=True)
+    assert run.needs_uncond(step) is False
+    cond = torch.randn(1, 3, 4, 4)
+    out = run.guide(cond, None, step)
+    assert out.denoised is cond and out.renoise_uncond(cond) is cond
+
+
+@pytest.mark.parametrize("bad", [{"width": 0}, {"time_features": 7}, {"seed": 1.5}, {"bogus": 1}])
+def test_bad_adapter_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        AdapterConfig.from_dict({**SMALL.to_dict(), **bad})
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    from guidance_lab.guiders.agd.training import lr_at
+
+    lrs = [lr_at(s, 100, 1e-3, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-5
+
+
+def test_batches_depend_on_seed_and_step_only_and_split_evenly_over_processes():
+    import numpy as np
+
+    from guidance_lab.guiders.agd.training import batch_indices
+
+    whole = batch_indices(0, 7, 1000, 8)
+    assert np.array_equal(whole, batch_indices(0, 7, 1000, 8))
+    assert not np.array_equal(whole, batch_indices(0, 8, 1000, 8))
+    shares = [batch_indices(0, 7, 1000, 8, rank, 2) for rank in (0, 1)]
+    assert np.array_equal(np.concatenate(shares), whole)
+    with pytest.raises(ValueError, match="does not split evenly"):
+        batch_indices(0, 7, 1000, 9, 0, 2)
+
+
+def test_noise_space_loss_is_the_denoised_error_weighted_by_one_over_sigma_squared():
+    from guidance_lab.guiders.agd.training import agd_loss
+
+    pred, target = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    sigma = torch.tensor([2.0, 0.5])
+    per = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(agd_loss(pred, target, sigma, "denoised"), per.mean())
+    torch.testing.assert_close(agd_loss(pred, target, sigma, "noise"), (per / sigma**2).mean())
+    with pytest.raises(ValueError):
+        agd_loss(pred, target, sigma, "x0")
+
+
+def test_trajectory_store_is_memory_mapped_and_reads_batches(tmp_path):
+    import numpy as np
+
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+
+    store = TrajectoryStore.create(tmp_path, {"scale_range": [1, 8]}, 4, (3, 2, 2), (2, 5, 6))
+    store.states[:] = np.arange(48, dtype=np.float16).reshape(4, 3, 2, 2)
+    store.targets[:] = 1
+    store.sigmas[:] = [14.6, 3.0, 1.0, 0.03]
+    store.scales[:] = 4.5
+    store.prompt_index[:] = [0, 0, 1, 1]
+    store.prompts[:] = np.stack([np.zeros((5, 6)), np.ones((5, 6))])
+    for a in (store.states, store.targets, store.sigmas, store.scales, store.prompt_index, store.prompts):
+        a.flush()
+    opened = TrajectoryStore.open(tmp_path)
+    assert isinstance(opened.states, np.memmap) and len(opened) == 4 and opened.meta["complete"] is False
+    x, sigma, context, scale, target = opened.batch(np.array([3, 0]), "cpu")
+    assert x.dtype == torch.float32 and x.shape == (2, 3, 2, 2)
+    assert sigma.tolist() == pytest.approx([14.6, 0.03], rel=1e-6)  # sorted rows: 0, 3
+    assert context[:, 0, 0].tolist() == [0.0, 1.0] and scale.tolist() == [4.5, 4.5]
+    with pytest.raises(FileNotFoundError, match="run `generate` first"):
+        TrajectoryStore.open(tmp_path / "nothing")

@@ -1,0 +1,184 @@
+"""AGD training (tools/training/agd.py): trajectories on disk, resume after a kill, DDP, and
+training that brings the 1-NFE output closer to CFG's."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from tools.paths import HOST_PYTHON, REPO
+
+pytestmark = pytest.mark.host
+
+TINY = ["--width", "16", "--fourier-features", "16", "--mlp-hidden", "32", "--time-features", "16", "--threads", "1",
+        "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def shapes_model(host):
+    from guidance_lab.default_model import WEIGHTS_DIR
+    from tools.training.agd import VPRED32_FILE, load_model
+
+    return load_model(WEIGHTS_DIR / VPRED32_FILE)  # pinned: the measured numbers below are this model's
+
+
+@pytest.fixture(scope="module")
+def trajectories(shapes_model, tmp_path_factory):
+    from guidance_lab.nodes.bridge.fingerprint import base_model_fingerprint
+    from tools.training.agd import default_prompts
+    from guidance_lab.nodes.bridge.agd_training import generate
+
+    model, clip = shapes_model
+    root = tmp_path_factory.mktemp("agd") / "data"
+    generate(model, clip, root, default_prompts(6), (2.0, 6.0), 4, seed=0, chunk=4,
+             fingerprint=base_model_fingerprint(model))
+    return root
+
+
+def train_args(data, run_dir, steps, *extra):
+    from guidance_lab.default_model import WEIGHTS_DIR
+    from tools.training.agd import VPRED32_FILE
+
+    return ["train", "--data", str(data), "--run-dir", str(run_dir), "--steps", str(steps), "--batch-size", "8",
+            "--lr", "1e-3", "--model", str(WEIGHTS_DIR / VPRED32_FILE), "--checkpoint-every", "2", *TINY, *extra]
+
+
+def trained_weights(run_dir):
+    return torch.load(run_dir / "agd_checkpoint.pt", map_location="cpu", weights_only=True)["adapters"]
+
+
+def run_cli(argv, env=None, launcher=None):
+    command = (launcher or [str(HOST_PYTHON)]) + ["-m", "tools.training.agd", *argv]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_trajectories_are_cfg_outputs_on_cfg_trajectories(trajectories, shapes_model):
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+
+    store = TrajectoryStore.open(trajectories)
+    assert store.meta["complete"] and len(store) == 6 * 4 and store.meta["negative"] == ""
+    assert store.states.dtype == np.float16 and store.targets.dtype == np.float16
+    assert isinstance(store.states, np.memmap)
+    scales = np.asarray(store.scales).reshape(6, 4)
+    assert (scales == scales[:, :1]).all() and (scales >= 2).all() and (scales <= 6).all()  # one w per trajectory
+    assert len(set(scales[:, 0].tolist())) == 6
+    # each stored target is the teacher's CFG output at the stored state: recompute one
+    model, clip = shapes_model
+    from guidance_lab.nodes.bridge.agd_training import encode_prompts
+
+    i = 5  # trajectory 1, step 1
+    x, sigma, context, scale, target = store.batch(np.array([i]), "cpu")
+    empty = encode_prompts(clip, [""])
+    cond = model.model.apply_model(x, sigma, c_crossattn=context)
+    uncond = model.model.apply_model(x, sigma, c_crossattn=empty)
+    torch.testing.assert_close(uncond + (cond - uncond) * scale, target, atol=3e-3, rtol=3e-3)
+    # the next state is the Euler step from this one with the CFG output
+    sigmas = np.asarray(store.sigmas).reshape(6, 4)[1]
+    x1 = x + (x - target) / sigma * (float(sigmas[2]) - float(sigmas[1]))
+    torch.testing.assert_close(x1, store.batch(np.array([i + 1]), "cpu")[0], atol=5e-3, rtol=5e-3)
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_with_no_lost_steps(trajectories, tmp_path):
+    from tools.training.agd import CRASH_AFTER_ENV, parse_args, train
+
+    train(parse_args(train_args(trajectories, tmp_path / "whole", 6)), log=lambda *_: None)
+    killed = run_cli(train_args(trajectories, tmp_path / "killed", 6), env={CRASH_AFTER_ENV: "5"})
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    assert torch.load(tmp_path / "killed" / "agd_checkpoint.pt", weights_only=True)["step"] == 4
+    resumed = run_cli(train_args(trajectories, tmp_path / "killed", 6))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "at step 4" in resumed.stdout
+    whole, again = trained_weights(tmp_path / "whole"), trained_weights(tmp_path / "killed")
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "agd_loss.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_other_settings_is_refused(trajectories, tmp_path):
+    from tools.training.agd import parse_args, train
+
+    train(parse_args(train_args(trajectories, tmp_path / "run", 2)), log=lambda *_: None)
+    with pytest.raises(SystemExit, match=r"other settings \['lr'\]"):
+        train(parse_args(train_args(trajectories, tmp_path / "run", 4)[:-len(TINY)] + TINY + ["--lr", "2e-3"]))
+
+
+# DDP: gradients of 2 x 4 samples averaged over two gloo processes vs the mean over 8 in one
+# process: the same maths, summed in another order; after 3 AdamW steps the weights agree to
+# float32 rounding (stated tolerance: 1e-5 absolute).
+DDP_TOLERANCE = 1e-5
+
+
+def test_ddp_on_two_gloo_processes_trains_what_one_process_trains(trajectories, tmp_path):
+    from tools.training.agd import parse_args, train
+
+    torchrun = [str(HOST_PYTHON.parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
+    out = tmp_path / "ddp.safetensors"
+    ddp = run_cli(train_args(trajectories, tmp_path / "ddp", 3, "--out", str(out)), launcher=torchrun)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    train(parse_args(train_args(trajectories, tmp_path / "one", 3)), log=lambda *_: None)
+    two, one = trained_weights(tmp_path / "ddp"), trained_weights(tmp_path / "one")
+    worst = max(float((two[k] - one[k]).abs().max()) for k in one)
+    assert worst <= DDP_TOLERANCE
+    assert all(float(one[k].abs().max()) > 0 for k in one if k.endswith("out.weight"))  # trained, not initial
+    from guidance_lab.guiders.agd import adapter_file
+
+    made = adapter_file.load(out)
+    assert made.training["processes"] == 2 and made.scale_range == (2.0, 6.0)
+    assert "torchrun" not in made.command and made.command.startswith("python -m tools.training.agd train")
+
+
+def test_training_brings_the_one_pass_output_closer_to_cfg(shapes_model, tmp_path):
+    """A small CPU run (16 prompts x 8 steps, 300 steps of batch 16, about 100 s) on the v1
+    default model: the RMSE of AGD's sampled images to CFG's (same prompts, a seed not in the
+    data) falls at two scales of the range (measured: 1.24x at 3.5, 1.39x at 5.5). The
+    issue's target for shipped adapters (a 5x cut) needs a full run."""
+    from guidance_lab.guiders.agd import AdapterConfig, AdapterSet
+    from guidance_lab.nodes.bridge.agd import attn2_layout
+    from guidance_lab.nodes.bridge.agd_training import encode_prompts, fit, generate, sampled_rmse
+    from guidance_lab.nodes.bridge.fingerprint import base_model_fingerprint
+    from tools.training.agd import default_prompts
+
+    torch.set_num_threads(1)
+    model, clip = shapes_model
+    prompts = default_prompts(16)
+    store = generate(model, clip, tmp_path / "data", prompts, (3.0, 6.0), 8, seed=0,
+                     fingerprint=base_model_fingerprint(model))
+    config = AdapterConfig(width=32, fourier_features=32, mlp_hidden=64, time_features=32)
+    adapters, losses = fit(model, store, config, tmp_path / "run", 300, batch_size=16, lr=3e-3,
+                           checkpoint_every=1000, log=lambda *_: None)
+    assert np.mean(losses[-20:]) < 0.75 * np.mean(losses[:20])
+    untrained = AdapterSet(attn2_layout(model), config)
+    positive, negative = encode_prompts(clip, prompts[:8]), encode_prompts(clip, [""])
+    for scale in (3.5, 5.5):
+        before = sampled_rmse(model, positive, negative, untrained, (3.0, 6.0), scale, [100], steps=8)
+        after = sampled_rmse(model, positive, negative, adapters, (3.0, 6.0), scale, [100], steps=8)
+        print(f"scale {scale}: RMSE to CFG {before:.4f} untrained, {after:.4f} trained ({before / after:.2f}x)")
+        assert after < 0.85 * before
+
+
+def test_an_interrupted_generation_resumes_and_writes_what_an_uninterrupted_one_does(shapes_model, tmp_path):
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+    from guidance_lab.nodes.bridge.agd_training import generate
+    from guidance_lab.nodes.bridge.fingerprint import base_model_fingerprint
+    from tools.training.agd import default_prompts
+
+    model, clip = shapes_model
+
+    def stop_after_first_chunk(done, total):
+        raise KeyboardInterrupt
+
+    args = (model, clip, tmp_path / "data", default_prompts(6), (2.0, 6.0), 4)
+    kwargs = {"seed": 0, "chunk": 2, "fingerprint": base_model_fingerprint(model)}
+    with pytest.raises(KeyboardInterrupt):
+        generate(*args, **kwargs, progress=stop_after_first_chunk)
+    assert not TrajectoryStore.open(tmp_path / "data").meta["complete"]
+    resumed = generate(*args, **kwargs)
+    whole = generate(model, clip, tmp_path / "whole", *args[3:], **kwargs)
+    for name in ("states", "targets", "sigmas", "scales", "prompt_index", "prompts"):
+        assert np.array_equal(np.asarray(getattr(resumed, name)), np.asarray(getattr(whole, name))), name
+    with pytest.raises(ValueError, match="other settings"):
+        generate(model, clip, tmp_path / "data", default_prompts(6), (2.0, 7.0), 4, **kwargs)

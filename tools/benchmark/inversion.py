@@ -1,0 +1,203 @@
+"""The benchmark's inversion section: EDICT against DDIM inversion on images the model made.
+
+For each source/edit prompt pair the runner samples a source image (stock KSampler, CFG 5),
+then, side by side and alternating which goes first, inverts it with EDICT and with DDIM
+inversion under the source prompt and re-samples both with the edit prompt: EDICT Invert +
+EDICT Sample against DDIM Invert + SamplerCustom (euler, noise off) on the same sigmas. The
+source graph runs first, untimed, so ComfyUI's cache serves it to both timed graphs and
+their execution times hold only the inversion, the re-sampling and one decode.
+
+An edit succeeds when the analyser finds the edited attribute of the edit prompt; it keeps
+what it should when the backdrop is the source's, the blob's centre moved at most
+``POSITION_TOLERANCE`` of the image and, for colour edits, its shape and its area (within
+``COVERAGE_TOLERANCE``) stayed.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..quality.shapes import analyse
+from ..training.dataset import COLOURS, SHAPES, make_batch, parse_prompt
+from .graph import Graph, out
+
+SOURCE_CFG = 5.0
+INVERSION_CFG = 3.0  # EDICT's paper scale; the same for inverting and re-sampling
+STRENGTH = 0.8  # BasicScheduler denoise: how far back the image is inverted
+MIXING_WEIGHT = 0.93
+POSITION_TOLERANCE = 0.10  # blob centre, as a fraction of the image side
+COVERAGE_TOLERANCE = 1.5  # blob area ratio, colour edits only (a new shape has another area)
+FIRST_PAIR = ("a red circle on a white background", "a blue circle on a white background")
+
+
+@dataclass(frozen=True)
+class EditPair:
+    source: str
+    edit: str
+    changes: str  # "colour" or "shape"
+    seed: int
+
+
+def edit_pairs(count: int, data_seed: int) -> list:
+    """The issue's red-to-blue circle, then dataset prompts alternately recoloured and reshaped."""
+    pairs = [EditPair(*FIRST_PAIR, "colour", 0)]
+    _, prompts, _ = make_batch(data_seed, 0, count, 32)
+    colours = list(COLOURS)
+    for i, prompt in enumerate(prompts[:count - 1], start=1):
+        shape, colour, background = parse_prompt(prompt)
+        if i % 2:
+            new = colours[(colours.index(colour) + 1 + i % (len(colours) - 1)) % len(colours)]
+            edit, changes = prompt.replace(f" {colour} ", f" {new} ", 1), "colour"
+        else:
+            new = SHAPES[(SHAPES.index(shape) + 1 + i % (len(SHAPES) - 1)) % len(SHAPES)]
+            edit, changes = prompt.replace(f" {shape} ", f" {new} ", 1), "shape"
+        if edit.startswith("a ") and new[0] in "aeiou":
+            edit = "an " + edit[2:]
+        elif edit.startswith("an ") and new[0] not in "aeiou":
+            edit = "a " + edit[3:]
+        pairs.append(EditPair(prompt, edit, changes, i))
+    return pairs
+
+
+def _source_nodes(pair: EditPair, steps: int, weights: str) -> tuple:
+    g = Graph()
+    load = g.add("GuidanceLab_DefaultModelLoader", "load", weights=weights)
+    model, clip, vae = out(load, 0), out(load, 1), out(load, 2)
+    ids = {"model": model, "vae": vae,
+           "positive": out(g.add("CLIPTextEncode", "positive", text=pair.source, clip=clip)),
+           "negative": out(g.add("CLIPTextEncode", "negative", text="", clip=clip)),
+           "edit": out(g.add("CLIPTextEncode", "edit", text=pair.edit, clip=clip))}
+    latent = g.add("EmptyChromaRadianceLatentImage", "latent", width=32, height=32, batch_size=1)
+    source = g.add("KSampler", "source", model=model, seed=pair.seed, steps=steps, cfg=SOURCE_CFG,
+                   sampler_name="euler", scheduler="normal", positive=ids["positive"], negative=ids["negative"],
+                   latent_image=out(latent), denoise=1.0)
+    ids["image"] = out(g.add("VAEDecode", "source_image", samples=out(source), vae=vae))
+    ids["encoded"] = out(g.add("VAEEncode", "encode", pixels=ids["image"], vae=vae))
+    ids["sigmas"] = out(g.add("BasicScheduler", "sigmas", model=model, scheduler="normal", steps=steps,
+                              denoise=STRENGTH))
+    return g, ids
+
+
+def source_graph(pair: EditPair, steps: int, weights: str) -> dict:
+    g, ids = _source_nodes(pair, steps, weights)
+    g.add("SaveImage", "save", images=ids["image"], filename_prefix="benchmark/inversion/source")
+    return g.nodes
+
+
+def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: str = "edit") -> dict:
+    """Invert the source with ``method`` ("edict" or "ddim") and re-sample under ``prompt``
+    ("edit", or "positive" for the reconstruction)."""
+    g, ids = _source_nodes(pair, steps, weights)
+    guided = {"model": ids["model"], "negative": ids["negative"], "cfg": INVERSION_CFG, "sigmas": ids["sigmas"]}
+    if method == "edict":
+        inverted = g.add("GuidanceLab_EDICTInvert", "invert", positive=ids["positive"], mixing_weight=MIXING_WEIGHT,
+                         latent_image=ids["encoded"], precision="float64", **guided)
+        sampled = g.add("GuidanceLab_EDICTSample", "resample", positive=ids[prompt], mixing_weight=MIXING_WEIGHT,
+                        edict_latent=out(inverted), **guided)
+    else:
+        inverted = g.add("GuidanceLab_DDIMInvert", "invert", positive=ids["positive"],
+                         latent_image=ids["encoded"], **guided)
+        sampler = g.add("KSamplerSelect", "sampler", sampler_name="euler")
+        sampled = g.add("SamplerCustom", "resample", model=ids["model"], add_noise=False, noise_seed=0,
+                        cfg=INVERSION_CFG, positive=ids[prompt], negative=ids["negative"], sampler=out(sampler),
+                        sigmas=ids["sigmas"], latent_image=out(inverted))
+    decoded = g.add("VAEDecode", "decode", samples=out(sampled), vae=ids["vae"])
+    g.add("SaveImage", "save", images=out(decoded), filename_prefix=f"benchmark/inversion/{method}_{prompt}")
+    return g.nodes
+
+
+def judge(pair: EditPair, source_image: np.ndarray, edited_image: np.ndarray) -> dict:
+    """Did the edit land, and did the rest of the scene stay?"""
+    shape, colour, _ = parse_prompt(pair.edit)
+    before, after = analyse(source_image), analyse(edited_image)
+    landed = after.colour == colour if pair.changes == "colour" else after.shape == shape
+    moved = float(np.hypot(*(np.subtract(after.centroid, before.centroid))))
+    kept = after.background == before.background and moved <= POSITION_TOLERANCE
+    if pair.changes == "colour":
+        ratio = (after.coverage + 1e-6) / (before.coverage + 1e-6)
+        kept = kept and after.shape == before.shape and 1 / COVERAGE_TOLERANCE <= ratio <= COVERAGE_TOLERANCE
+    return {"landed": bool(landed), "kept": bool(kept), "both": bool(landed and kept), "moved": moved}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def run_section(runner, pairs: list, steps: int, weights: str, log=print) -> dict:
+    """Every pair through both inversions (timed, alternating), plus each one's reconstruction."""
+    from ..image_grid import load_images
+    from .guidance_benchmark import execution_seconds
+
+    def images(graph):
+        entry = runner.run(graph)
+        return load_images(runner.server.output_images(entry))[0], execution_seconds(entry)
+
+    results = []
+    for k, pair in enumerate(pairs):
+        source, _ = images(source_graph(pair, steps, weights))
+        row = {"pair": pair.__dict__, "seconds": {}, "judged": {}, "reconstruction_psnr": {}}
+        edited = {}
+        for method in (("edict", "ddim") if k % 2 == 0 else ("ddim", "edict")):
+            edited[method], row["seconds"][method] = images(edit_graph(pair, steps, weights, method))
+        for method in ("edict", "ddim"):
+            row["judged"][method] = judge(pair, source, edited[method])
+            rebuilt, _ = images(edit_graph(pair, steps, weights, method, prompt="positive"))
+            row["reconstruction_psnr"][method] = psnr(rebuilt, source)
+        row["images"] = {"source": source, **edited}
+        results.append(row)
+        log(f"[benchmark] inversion pair {k + 1}/{len(pairs)}: {pair.source!r} -> {pair.edit!r}: "
+            + ", ".join(f"{m} {'ok' if row['judged'][m]['both'] else 'miss'}" for m in ("edict", "ddim")))
+    return summarise(results, steps)
+
+
+def summarise(results: list, steps: int) -> dict:
+    ratios = sorted(r["seconds"]["edict"] / r["seconds"]["ddim"] for r in results)
+    share = {m: {key: float(np.mean([r["judged"][m][key] for r in results])) for key in ("landed", "kept", "both")}
+             for m in ("edict", "ddim")}
+    recon = {m: float(np.median([min(r["reconstruction_psnr"][m], 99.0) for r in results])) for m in ("edict", "ddim")}
+    return {"pairs": len(results), "steps": steps, "strength": STRENGTH, "cfg": INVERSION_CFG,
+            "cost_ratio_median": statistics.median(ratios),
+            "cost_ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
+            "success": share, "reconstruction_psnr_median": recon, "rows": results}
+
+
+def markdown(summary: dict) -> str:
+    s, e, d = summary, summary["success"]["edict"], summary["success"]["ddim"]
+    lines = [
+        f"Inversion: {s['pairs']} source/edit prompt pairs (half recolour, half reshape) on images the model "
+        f"made (KSampler, CFG {SOURCE_CFG:g}); each inverted under the source prompt and re-sampled under the "
+        f"edit prompt at CFG {s['cfg']:g}, {s['steps']} steps at denoise {s['strength']:g}, EDICT (p "
+        f"{MIXING_WEIGHT}) beside DDIM inversion + SamplerCustom.",
+        "",
+        "| inversion | edit lands | rest kept | both | reconstruction PSNR (dB, median) | time (EDICT / DDIM, "
+        "median of pairs) |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| EDICT | {e['landed']:.0%} | {e['kept']:.0%} | {e['both']:.0%} | "
+        f"{s['reconstruction_psnr_median']['edict']:.1f} | {s['cost_ratio_median']:.2f}x (IQR "
+        f"{s['cost_ratio_iqr'][0]:.2f}-{s['cost_ratio_iqr'][1]:.2f}) |",
+        f"| DDIM inversion | {d['landed']:.0%} | {d['kept']:.0%} | {d['both']:.0%} | "
+        f"{s['reconstruction_psnr_median']['ddim']:.1f} | 1 |",
+        "",
+        f"Rest kept: same backdrop, blob centre within {POSITION_TOLERANCE:.0%} of the image, and for "
+        f"recolouring the same shape and an area within {COVERAGE_TOLERANCE}x. Reconstruction: re-sampled "
+        "under the source prompt (PSNR capped at 99 dB for exact round trips).",
+    ]
+    return "\n".join(lines)
+
+
+def targets(summary: dict) -> list:
+    """The EDICT issue's two measured targets, as (description, met, numbers)."""
+    e = summary["success"]["edict"]
+    return [
+        ("EDICT editing: the edited attribute lands in >= 80% of pairs", e["landed"] >= 0.8,
+         f"{e['landed']:.0%} of {summary['pairs']} pairs (rest kept in {e['kept']:.0%}); DDIM inversion "
+         f"{summary['success']['ddim']['landed']:.0%}"),
+        ("EDICT round trip <= 2.1x DDIM inversion + sampling wall time, same steps",
+         summary["cost_ratio_median"] <= 2.1,
+         f"{summary['cost_ratio_median']:.2f}x (median of {summary['pairs']} alternating pairs, IQR "
+         f"{summary['cost_ratio_iqr'][0]:.2f}-{summary['cost_ratio_iqr'][1]:.2f})"),
+    ]
