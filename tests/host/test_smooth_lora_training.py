@@ -33,18 +33,17 @@ def training(host, tmp_path, monkeypatch):
 
 
 def with_prediction(tmp_path, prediction):
-    """The shipped weights relabelled as a v (zero terminal SNR) or flow model: the same network,
-    enough to exercise each family's x0 estimate and noise scale."""
+    """The shipped weights relabelled as an eps (SD schedule), v (zero terminal SNR) or flow
+    model: the same network, enough to exercise each family's x0 estimate and noise scale."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    if prediction == "eps":
-        return SHIPPED
     with safe_open(str(SHIPPED), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = dict(f.metadata())
     settings = ({"shift": 1.0, "multiplier": 1000} if prediction == "flow" else
-                {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "zsnr": True})
+                {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012,
+                 "zsnr": prediction == "v"})
     path = tmp_path / f"{prediction}.safetensors"
     save_file(tensors, str(path), metadata={**meta, "prediction": prediction, "sampling_settings": json.dumps(settings),
                                             "family": "flow" if prediction == "flow" else "eps"})

@@ -76,8 +76,11 @@ def _source_nodes(pair: EditPair, steps: int, weights: str) -> tuple:
                    latent_image=out(latent), denoise=1.0)
     ids["image"] = out(g.add("VAEDecode", "source_image", samples=out(source), vae=vae))
     ids["encoded"] = out(g.add("VAEEncode", "encode", pixels=ids["image"], vae=vae))
-    ids["sigmas"] = out(g.add("BasicScheduler", "sigmas", model=model, scheduler="normal", steps=steps,
-                              denoise=STRENGTH))
+    # The last `steps` steps of a schedule of steps / STRENGTH, as BasicScheduler's denoise
+    # does, but split explicitly: its int() rounding would start a 3-step run at sigma_max.
+    total = max(steps + 1, round(steps / STRENGTH))
+    full = g.add("BasicScheduler", "schedule", model=model, scheduler="normal", steps=total, denoise=1.0)
+    ids["sigmas"] = out(g.add("SplitSigmas", "sigmas", sigmas=out(full), step=total - steps), 1)
     return g, ids
 
 
