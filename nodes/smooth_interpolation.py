@@ -26,6 +26,10 @@ class GivenNoise:
         return self.noise.to(input_latent["samples"].device, input_latent["samples"].dtype)
 
 
+def frames_input() -> io.Int.Input:
+    return io.Int.Input("frames", default=16, min=2, max=MAX_FRAMES, tooltip="Number of frames, both ends included.")
+
+
 def _interpolated_conditioning(node: str, positive_a, positive_b, frames: int) -> list:
     """lerp of the two prompts' embeddings (and pooled outputs), one row per frame."""
     (ta, oa), (tb, ob) = _embedding_pair(node, positive_a, positive_b)
@@ -66,8 +70,7 @@ class SmoothInterpolateNode(io.ComfyNode):
                                                         "batch 1)."),
                 io.Conditioning.Input("positive_a", tooltip="Prompt of the first image."),
                 io.Conditioning.Input("positive_b", tooltip="Prompt of the last image (may equal positive_a)."),
-                io.Int.Input("frames", default=16, min=2, max=MAX_FRAMES,
-                             tooltip="Number of frames, both ends included."),
+                frames_input(),
             ],
             outputs=[
                 io.Noise.Output(display_name="noise", tooltip="The interpolated noises, one per frame."),
@@ -108,8 +111,7 @@ class EdictInterpolateNode(io.ComfyNode):
                                                              "model, schedule, mixing weight and size."),
                 io.Conditioning.Input("positive_a", tooltip="The prompt the first image was inverted with."),
                 io.Conditioning.Input("positive_b", tooltip="The prompt the last image was inverted with."),
-                io.Int.Input("frames", default=16, min=2, max=MAX_FRAMES,
-                             tooltip="Number of frames, both ends included."),
+                frames_input(),
             ],
             outputs=[
                 EDICT_LATENT.Output(display_name="edict_latent", tooltip="The frames' coupled pairs, for EDICT "
