@@ -3,10 +3,13 @@ model, printed as the Markdown tables of the README's EDICT section: against DDI
 at 50 steps, and how the error grows with the steps, the mixing weight p and a float32 state.
 
     .host/venv/bin/python -m tools.edict_roundtrip [--checkpoint PATH] [--quick]
+    .host/venv/bin/python -m tools.edict_roundtrip --default-models
 
 By default the test fixture (a tiny random-weight SD1.5-family model, built by the host
 tests into the fixture cache) on the CPU, about an hour on two shared cores: the numbers
-say how exact the arithmetic is, not how good an edit looks.
+say how exact the arithmetic is, not how good an edit looks. ``--default-models`` prints the
+round-trip table for the pack's two trained default models instead (each in its own family,
+on images the model made, encoded by its VAE; a few minutes).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def with_family(model, family: str):
     return model
 
 
-def measure(base, pos, neg, family, batch, steps, p=0.93, precision="float64", ddim=False):
+def measure(base, pos, neg, family, batch, steps, p=0.93, precision="float64", ddim=False, latent=None,
+            patch=True):
     """(state error of the float64/float32 pair; with ``ddim``, the LATENT error of the nodes' round
     trip and DDIM inversion's, else None)."""
     from comfy_extras import nodes_custom_sampler as cs
@@ -68,9 +72,10 @@ def measure(base, pos, neg, family, batch, steps, p=0.93, precision="float64", d
     from guidance_lab.nodes.edict import EdictInvertNode, EdictSampleNode, edict_policy
     from guidance_lab.nodes.guider_common import build_guider
 
-    model = with_family(base, family)
+    model = with_family(base, family) if patch else base  # the default models come in their family
     sigmas = out(cs.BasicScheduler.execute(model, "normal", steps, 1.0))[0]
-    latent = {"samples": 4.0 * torch.randn(batch, 4, 6, 10, generator=torch.Generator().manual_seed(0))}
+    if latent is None:
+        latent = {"samples": 4.0 * torch.randn(batch, 4, 6, 10, generator=torch.Generator().manual_seed(0))}
     edict = out(EdictInvertNode.execute(model, pos, neg, CFG, sigmas, p, latent, precision))[0]
     guider = build_guider("tool", model, pos, neg, lambda: edict_policy("tool", CFG, None))
     _, pair = edict_sample(guider, edict, edict.schedule)
@@ -89,12 +94,50 @@ def measure(base, pos, neg, family, batch, steps, p=0.93, precision="float64", d
     return state, latent_err, ddim_err
 
 
+def default_models_table() -> None:
+    """Round trip on the shipped default models: batch 1 and 3, odd and even steps, each model
+    inverting images it generated (stock KSampler, CFG 5, 20 steps) under their own prompt."""
+    import_pack()
+    ensure_host_importable()
+    import comfy.utils
+    import nodes
+    from guidance_lab.default_model import SHIPPED, WEIGHTS_DIR
+    from guidance_lab.nodes.bridge.default_model import load_default_model
+
+    comfy.utils.set_progress_bar_enabled(False)
+    prompt = "a red circle on a white background"
+    print(f"Round trip on the default models at CFG {CFG}, p 0.93, float64 pair, their own images, "
+          "max abs error:\n")
+    print("| model | family | batch | steps | pair (model space) | LATENT (float32) | DDIM inversion | "
+          "DDIM / EDICT pair |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in SHIPPED:
+        model, clip, vae, meta = load_default_model(WEIGHTS_DIR / name)
+        family = meta.get("prediction", "eps")
+        encode = nodes.CLIPTextEncode().encode
+        pos, neg = encode(clip, prompt)[0], encode(clip, "")[0]
+        for batch in (1, 3):
+            empty = {"samples": torch.zeros(batch, 3, 32, 32)}
+            image = nodes.common_ksampler(model, 7, 20, 5.0, "euler", "normal", pos, neg, empty)[0]
+            latent = {"samples": vae.encode(vae.decode(image["samples"]))}
+            for steps in (49, 50):
+                state, lat, ddim = measure(model, pos, neg, family, batch, steps, ddim=True, latent=latent,
+                                           patch=False)
+                print(f"| {name} | {family} | {batch} | {steps} | {state:.1e} | {lat:.1e} | {ddim:.1e} | "
+                      f"{ddim / max(state, 1e-300):.0e} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=FIXTURE_CACHE / FIXTURE,
                         help="an SD1.5-family checkpoint (default: the test fixture)")
     parser.add_argument("--quick", action="store_true", help="fewer cases (a smoke run)")
+    parser.add_argument("--default-models", action="store_true",
+                        help="the round-trip table on the pack's trained default models instead")
     args = parser.parse_args()
+    if args.default_models:
+        default_models_table()
+        return 0
     base, pos, neg = setup(args.checkpoint)
     families = ("eps", "v", "flow")
     t0 = time.time()

@@ -37,6 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--ag-slack", type=float, default=0.02)
     p.add_argument("--linear-ag-slack", type=float, default=0.05)
+    p.add_argument("--ag-space", default="auto", help="Adaptive Guidance criterion (guiders/adaptive.py SPACES)")
     p.add_argument("--ag-thresholds", type=float, nargs="*", default=list(AG_THRESHOLDS))
     p.add_argument("--linear-ag-schedules", nargs="*", default=[f"{w},{k}" for w, k in LINEAR_AG_SCHEDULES],
                    help="warm-up,every pairs")
@@ -58,8 +59,9 @@ def main(argv=None) -> int:
     _, calibration_prompts, _ = make_batch(TUNING_SEED + 1, 0, 1, 32)
     bench_args = argparse.Namespace(steps=args.steps, weights=args.weights, seeds=args.seeds)
     candidates = [m.Method("cfg", "CFG", m.pack_cfg(m.CFG), m.CFG)]
-    candidates += [m.Method(f"ag_{t:g}", f"AG {t:g}", m.adaptive(m.pack_cfg(m.CFG), {"threshold": t, "space": "auto"}),
-                            m.CFG) for t in args.ag_thresholds]
+    candidates += [m.Method(f"ag_{t:g}", f"AG {t:g}",
+                            m.adaptive(m.pack_cfg(m.CFG), {"threshold": t, "space": args.ag_space}), m.CFG)
+                   for t in args.ag_thresholds]
     candidates += [m.Method(f"linear_ag_{w}_{k}", f"LinearAG warm-up {w} every {k}",
                             m.linear_ag_with({"warmup_steps": w, "evaluate_every": k}), m.CFG, needs_calibration=True)
                    for w, k in (map(int, pair.split(",")) for pair in args.linear_ag_schedules)]
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
         print(f"{name:22s} NFE {v['nfe_per_image']:5.1f}  adherence {v['adherence']:.3f}{mark}")
     print(json.dumps({"weights": args.weights, "tuning_seed": TUNING_SEED, "choice": choice}))
     if args.out:
-        args.out.write_text(json.dumps({"weights": args.weights, "table": table, "choice": choice}, indent=1))
+        args.out.write_text(json.dumps({"weights": args.weights, "ag_space": args.ag_space, "table": table,
+                                        "choice": choice}, indent=1))
     return 0
 
 
