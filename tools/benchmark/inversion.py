@@ -29,7 +29,8 @@ INVERSION_CFG = 3.0  # EDICT's paper scale, for inverting under the source promp
 # Re-sampling under the edit prompt. Chosen with tune_inversion.py (table in docs/benchmark/) on
 # pairs the benchmark never scores: at the paper's 0.8 / CFG 3 the pixel-space default models
 # keep the source (edits land in ~30% of pairs), since at sigma 0.8 the inverted state still
-# shows the blob's colour and outline; from (nearly) pure noise at CFG 5 they land in ~80%.
+# shows the blob's colour and outline; from (nearly) pure noise at CFG 5 the flow model's land
+# in ~80% (tuned on it; the v-prediction model's in 50%, and its sweep found nothing above 56%).
 EDIT_CFG = 5.0
 STRENGTH = 1.0  # how far back: the last `steps` steps of max(steps + 1, steps / STRENGTH) (never sigma_max)
 MIXING_WEIGHT = 0.93
