@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lora", type=Path, default=None,
                    help="score the model with this Smooth-LoRA applied (does the regulariser keep adherence?)")
+    p.add_argument("--lora-strength", type=float, default=1.0, help="the LoRA's strength (as the loader node's)")
     return p.parse_args(argv)
 
 
@@ -96,12 +97,13 @@ def main(argv=None):
     if args.lora is not None:
         from tools.benchmark.smooth_istd import lora_model
 
-        model = lora_model(model, args.lora)
+        model = lora_model(model, args.lora, args.lora_strength)
     prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
                for b in BACKGROUNDS] * args.repeats
     real, real_prompts, _ = make_batch(args.eval_seed, 0, args.real, 32)
     real_features = scene_features(real)
     results = {"weights": args.weights, "lora": None if args.lora is None else str(args.lora),
+               "lora_strength": args.lora_strength,
                "prompts": len(prompts), "steps": args.steps, "sampler": args.sampler,
                "scheduler": args.scheduler, "seed": args.seed, "eval_seed": args.eval_seed,
                "dataset": {**saturation_stats(real), **label_accuracy(real, real_prompts),
