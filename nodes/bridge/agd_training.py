@@ -50,6 +50,8 @@ def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scal
     def per_sample_cfg(args):
         cond, uncond = args["cond_denoised"], args["uncond_denoised"]
         out = uncond + (cond - uncond) * w.to(cond)
+        # To the host per evaluation: the records go to a memory map, and keeping a chunk's
+        # trajectories on the device would cost steps x the batch's memory (training data, not sampling).
         records.append((args["input"].detach().cpu(), args["sigma"].detach().cpu(), out.detach().cpu()))
         return out
 

@@ -40,6 +40,14 @@ FIRST_PAIR = ("a red circle on a white background", "a blue circle on a white ba
 
 
 @dataclass(frozen=True)
+class EditSettings:
+    """What tune_inversion.py sweeps; the benchmark runs the module's constants."""
+    inversion_cfg: float = INVERSION_CFG
+    edit_cfg: float = EDIT_CFG
+    strength: float = STRENGTH
+
+
+@dataclass(frozen=True)
 class EditPair:
     source: str
     edit: str
@@ -68,7 +76,7 @@ def edit_pairs(count: int, data_seed: int) -> list:
     return pairs
 
 
-def _source_nodes(pair: EditPair, steps: int, weights: str) -> tuple:
+def _source_nodes(pair: EditPair, steps: int, weights: str, strength: float = STRENGTH) -> tuple:
     g = Graph()
     load = g.add("GuidanceLab_DefaultModelLoader", "load", weights=weights)
     model, clip, vae = out(load, 0), out(load, 1), out(load, 2)
@@ -82,9 +90,9 @@ def _source_nodes(pair: EditPair, steps: int, weights: str) -> tuple:
                    latent_image=out(latent), denoise=1.0)
     ids["image"] = out(g.add("VAEDecode", "source_image", samples=out(source), vae=vae))
     ids["encoded"] = out(g.add("VAEEncode", "encode", pixels=ids["image"], vae=vae))
-    # The last `steps` steps of a schedule of steps / STRENGTH, as BasicScheduler's denoise
+    # The last `steps` steps of a schedule of steps / strength, as BasicScheduler's denoise
     # does, but split explicitly: its int() rounding would start a 3-step run at sigma_max.
-    total = max(steps + 1, round(steps / STRENGTH))
+    total = max(steps + 1, round(steps / strength))
     full = g.add("BasicScheduler", "schedule", model=model, scheduler="normal", steps=total, denoise=1.0)
     ids["sigmas"] = out(g.add("SplitSigmas", "sigmas", sigmas=out(full), step=total - steps), 1)
     return g, ids
@@ -96,21 +104,22 @@ def source_graph(pair: EditPair, steps: int, weights: str) -> dict:
     return g.nodes
 
 
-def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: str = "edit") -> dict:
+def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: str = "edit",
+               settings: EditSettings = EditSettings()) -> dict:
     """Invert the source with ``method`` ("edict" or "ddim") and re-sample under ``prompt``
     ("edit", or "positive" for the reconstruction)."""
-    g, ids = _source_nodes(pair, steps, weights)
+    g, ids = _source_nodes(pair, steps, weights, settings.strength)
     guided = {"model": ids["model"], "negative": ids["negative"], "sigmas": ids["sigmas"]}
     # The reconstruction re-samples with the inversion's own scale: that is the exact round trip.
-    resample_cfg = EDIT_CFG if prompt == "edit" else INVERSION_CFG
+    resample_cfg = settings.edit_cfg if prompt == "edit" else settings.inversion_cfg
     if method == "edict":
         inverted = g.add("GuidanceLab_EDICTInvert", "invert", positive=ids["positive"], mixing_weight=MIXING_WEIGHT,
-                         latent_image=ids["encoded"], precision="float64", cfg=INVERSION_CFG, **guided)
+                         latent_image=ids["encoded"], precision="float64", cfg=settings.inversion_cfg, **guided)
         sampled = g.add("GuidanceLab_EDICTSample", "resample", positive=ids[prompt], mixing_weight=MIXING_WEIGHT,
                         edict_latent=out(inverted), cfg=resample_cfg, **guided)
     else:
         inverted = g.add("GuidanceLab_DDIMInvert", "invert", positive=ids["positive"],
-                         latent_image=ids["encoded"], cfg=INVERSION_CFG, **guided)
+                         latent_image=ids["encoded"], cfg=settings.inversion_cfg, **guided)
         sampler = g.add("KSamplerSelect", "sampler", sampler_name="euler")
         sampled = g.add("SamplerCustom", "resample", model=ids["model"], add_noise=False, noise_seed=0,
                         cfg=resample_cfg, positive=ids[prompt], negative=ids["negative"], sampler=out(sampler),

@@ -59,9 +59,10 @@ def main(argv=None) -> int:
 
         sources = [image(inv.source_graph(pair, args.steps, args.weights)) for pair in pairs]
         for setting in args.settings:
-            inv.INVERSION_CFG, inv.EDIT_CFG, inv.STRENGTH = map(float, setting.split(","))
+            settings = inv.EditSettings(*map(float, setting.split(",")))
             for method in args.methods:
-                judged = [inv.judge(pair, source, image(inv.edit_graph(pair, args.steps, args.weights, method)))
+                judged = [inv.judge(pair, source,
+                                    image(inv.edit_graph(pair, args.steps, args.weights, method, settings=settings)))
                           for pair, source in zip(pairs, sources)]
                 row = {"setting": setting, "method": method,
                        **{k: sum(j[k] for j in judged) / len(judged) for k in ("landed", "kept", "both")},
