@@ -301,6 +301,23 @@ def sampled_rmse(model, positive: torch.Tensor, negative: torch.Tensor, adapters
     return (rmse, seconds) if timing else rmse
 
 
+def teacher_forced_rmse(model, store: TrajectoryStore, adapters: AdapterSet, chunk: int = 256) -> list:
+    """Per sampling step, the RMSE of the adapted one-pass output to the stored CFG output on the
+    teacher's own states ([paper: CFG-trajectory training], the training objective without the
+    drift of sampling): where along the trajectory the adapters do or do not imitate CFG."""
+    agd = AGDAdapters(adapters, tuple(store.meta["scale_range"]), "")
+    steps = int(store.meta["steps"])
+    totals, counts = np.zeros(steps), np.zeros(steps)
+    with torch.no_grad():
+        for start in range(0, len(store), chunk):
+            rows = np.arange(start, min(start + chunk, len(store)))
+            x, sigma, context, scale, target = store.batch(rows, "cpu")
+            error = ((adapted_call(model, agd, x, sigma, context, scale) - target) ** 2).flatten(1).mean(1)
+            np.add.at(totals, rows % steps, error.double().numpy())
+            np.add.at(counts, rows % steps, 1)
+    return np.sqrt(totals / np.maximum(counts, 1)).tolist()
+
+
 def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int, training_steps: int,
                    batch_size: int, lr: float, width: int, seed: int, image_size: int):
     """The training node's run: trajectories, then training, in ComfyUI's temporary folder keyed

@@ -24,6 +24,9 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
     # the pack's CFG policy reproduces ComfyUI's CFGGuider image for image
     assert rows["cfg"]["rmse_to_cfg"] == 0.0 and rows["cfg_15"]["rmse_to_cfg"] == 0.0
     assert rows["linear_ag"]["nfe_per_image"] < 6
+    # the switches fixed in advance: CFG for the first round(share * 3) steps, then the prompt alone
+    assert rows["switch_50"]["nfe_per_image"] == 3 + 2 and rows["switch_20"]["nfe_per_image"] == 3 + 1
+    assert 0 < rows["switch_50"]["rmse_to_cfg"] < rows["switch_20"]["rmse_to_cfg"]
     # the stock KSampler, plain and patched with the pack's CFG policy, makes the CFGGuider's images
     assert rows["comfy_ksampler"]["rmse_to_cfg"] == 0.0 and rows["ksampler_patch"]["rmse_to_cfg"] == 0.0
     assert rows["ksampler_patch"]["nfe_per_image"] == 6 and rows["ksampler_patch"]["nfe_counted"]
@@ -52,6 +55,26 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
         grid = Image.open(out / f"grid_{name}.png")
         assert grid.size[0] > 2 * 96
     assert Image.open(out / "comparison.png").size[0] > len(METHODS) * 96
+
+
+def test_inversion_edit_graph_wires_the_edit_negative():
+    from tools.benchmark import inversion as inv
+
+    pair = inv.edit_pairs(1, 0)[0]
+    for method, sampler, negative_key in (("edict", "GuidanceLab_EDICTSample", "negative"),
+                                          ("ddim", "SamplerCustom", "negative")):
+        default = inv.edit_graph(pair, 4, "w.safetensors", method)
+        source = inv.edit_graph(pair, 4, "w.safetensors", method, settings=inv.EditSettings(edit_negative="source"))
+        node = next(n for n in default.values() if n["class_type"] == sampler)
+        swapped = next(n for n in source.values() if n["class_type"] == sampler)
+        positive = next(k for k, n in source.items() if n["class_type"] == "CLIPTextEncode"
+                        and n["inputs"]["text"] == pair.source)
+        assert swapped["inputs"][negative_key][0] == positive != node["inputs"][negative_key][0]
+        # the reconstruction keeps the inversion's negative whatever the edit setting
+        rebuilt = inv.edit_graph(pair, 4, "w.safetensors", method, prompt="positive",
+                                 settings=inv.EditSettings(edit_negative="source"))
+        assert next(n for n in rebuilt.values() if n["class_type"] == sampler)["inputs"][negative_key] == \
+            node["inputs"][negative_key]
 
 
 def judged_full(results) -> set:

@@ -82,6 +82,26 @@ def test_trajectories_are_cfg_outputs_on_cfg_trajectories(trajectories, shapes_m
     torch.testing.assert_close(x1, store.batch(np.array([i + 1]), "cpu")[0], atol=5e-3, rtol=5e-3)
 
 
+def test_teacher_forced_rmse_is_the_per_step_distance_to_the_stored_cfg_outputs(trajectories, shapes_model):
+    from guidance_lab.guiders.agd import AdapterConfig, AdapterSet
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+    from guidance_lab.nodes.bridge.agd import attn2_layout
+    from guidance_lab.nodes.bridge.agd_training import teacher_forced_rmse
+
+    model, _clip = shapes_model
+    store = TrajectoryStore.open(trajectories)
+    zero = AdapterSet(attn2_layout(model), AdapterConfig(width=16, fourier_features=16, mlp_hidden=32,
+                                                         time_features=16))
+    per_step = teacher_forced_rmse(model, store, zero, chunk=5)  # chunks that cut across trajectories
+    assert len(per_step) == 4
+    # zero adapters: the model's own conditional output against the CFG target, step by step
+    x, sigma, context, _scale, target = store.batch(np.arange(len(store)), "cpu")
+    cond = model.model.apply_model(x, sigma, c_crossattn=context)
+    expected = ((cond - target) ** 2).flatten(1).mean(1).reshape(6, 4).mean(0).sqrt()
+    np.testing.assert_allclose(per_step, expected.detach().numpy(), rtol=1e-4)
+    assert all(a > b for a, b in zip(per_step, per_step[1:]))  # CFG's change shrinks with the noise
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint_with_no_lost_steps(trajectories, tmp_path):
     from tools.training.agd import CRASH_AFTER_ENV, parse_args, train
 

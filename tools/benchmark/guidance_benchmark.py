@@ -152,7 +152,10 @@ def measure_overhead(runner, baseline, method, prompt: str, pairs: int) -> dict:
 
 
 def stock_nfe(method, steps: int) -> float:
-    """ComfyUI's CFGGuider evaluates cond and uncond at every step, cond only at CFG 1."""
+    """NFE of a row ComfyUI samples without the pack's record: the row's own count where it
+    has one, else CFGGuider's (cond and uncond at every step, cond only at CFG 1)."""
+    if method.stock_nfe is not None:
+        return method.stock_nfe(steps)
     return float(steps if method.cfg == 1.0 else 2 * steps)
 
 

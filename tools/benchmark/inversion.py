@@ -32,6 +32,7 @@ INVERSION_CFG = 3.0  # EDICT's paper scale, for inverting under the source promp
 # shows the blob's colour and outline; from (nearly) pure noise at CFG 5 the flow model's land
 # in ~80% (tuned on it; the v-prediction model's in 50%, and its sweep found nothing above 56%).
 EDIT_CFG = 5.0
+EDIT_NEGATIVE = "empty"  # the edit's negative prompt: "empty", or "source" (away from the source prompt)
 STRENGTH = 1.0  # how far back: the last `steps` steps of max(steps + 1, steps / STRENGTH) (never sigma_max)
 MIXING_WEIGHT = 0.93
 POSITION_TOLERANCE = 0.10  # blob centre, as a fraction of the image side
@@ -45,6 +46,11 @@ class EditSettings:
     inversion_cfg: float = INVERSION_CFG
     edit_cfg: float = EDIT_CFG
     strength: float = STRENGTH
+    edit_negative: str = EDIT_NEGATIVE  # "empty", or "source": the edit pushes away from the source prompt
+
+    def __post_init__(self):
+        if self.edit_negative not in ("empty", "source"):
+            raise ValueError(f"edit_negative must be 'empty' or 'source', got {self.edit_negative!r}")
 
 
 @dataclass(frozen=True)
@@ -110,19 +116,22 @@ def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: st
     ("edit", or "positive" for the reconstruction)."""
     g, ids = _source_nodes(pair, steps, weights, settings.strength)
     guided = {"model": ids["model"], "negative": ids["negative"], "sigmas": ids["sigmas"]}
+    # The negative only matters where the prompt changes: the reconstruction keeps the inversion's.
+    resample_negative = ids["positive"] if prompt == "edit" and settings.edit_negative == "source" else ids["negative"]
     # The reconstruction re-samples with the inversion's own scale: that is the exact round trip.
     resample_cfg = settings.edit_cfg if prompt == "edit" else settings.inversion_cfg
     if method == "edict":
         inverted = g.add("GuidanceLab_EDICTInvert", "invert", positive=ids["positive"], mixing_weight=MIXING_WEIGHT,
                          latent_image=ids["encoded"], precision="float64", cfg=settings.inversion_cfg, **guided)
         sampled = g.add("GuidanceLab_EDICTSample", "resample", positive=ids[prompt], mixing_weight=MIXING_WEIGHT,
-                        edict_latent=out(inverted), cfg=resample_cfg, **guided)
+                        edict_latent=out(inverted), cfg=resample_cfg,
+                        **{**guided, "negative": resample_negative})
     else:
         inverted = g.add("GuidanceLab_DDIMInvert", "invert", positive=ids["positive"],
                          latent_image=ids["encoded"], cfg=settings.inversion_cfg, **guided)
         sampler = g.add("KSamplerSelect", "sampler", sampler_name="euler")
         sampled = g.add("SamplerCustom", "resample", model=ids["model"], add_noise=False, noise_seed=0,
-                        cfg=resample_cfg, positive=ids[prompt], negative=ids["negative"], sampler=out(sampler),
+                        cfg=resample_cfg, positive=ids[prompt], negative=resample_negative, sampler=out(sampler),
                         sigmas=ids["sigmas"], latent_image=out(inverted))
     decoded = g.add("VAEDecode", "decode", samples=out(sampled), vae=ids["vae"])
     g.add("SaveImage", "save", images=out(decoded), filename_prefix=f"benchmark/inversion/{method}_{prompt}")

@@ -51,6 +51,9 @@ class Method:
     sample: Optional[Callable] = None
     # The row timed back to back against this one, pair by pair, for an overhead target.
     paired_with: Optional[str] = None
+    # NFE per image of a row ComfyUI samples without the pack's record, by construction
+    # (steps -> NFE); unset: CFGGuider's 2 per step (1 at CFG 1).
+    stock_nfe: Optional[Callable] = None
 
 
 def stock_sampler(g: Graph, name: str = "euler") -> list:
@@ -126,6 +129,30 @@ def ksampler(cfg: float, patch: Optional[Callable] = None):
     return sample
 
 
+def guided_steps(steps: int, share: float) -> int:
+    return int(round(steps * share))
+
+
+def cfg_then_unguided(cfg: float, share: float):
+    """ComfyUI's own two-KSamplerAdvanced split: CFG for the first ``share`` of the steps, then
+    CFG 1 (the prompt alone) on the same schedule and noise. A switch fixed in advance, at the
+    NFE an adaptive switch saves: what AG's or LinearAG's adherence is worth against."""
+    def sample(g, ids, ctx):
+        split = guided_steps(ids["steps"], share)
+        common = {"model": ids["model"], "noise_seed": ids["seed"], "steps": ids["steps"], "sampler_name": "euler",
+                  "scheduler": ids["scheduler"], "positive": ids["positive"], "negative": ids["negative"]}
+        guided = g.add("KSamplerAdvanced", "ksampler", add_noise="enable", cfg=cfg, latent_image=ids["latent"],
+                       start_at_step=0, end_at_step=split, return_with_leftover_noise="enable", **common)
+        rest = g.add("KSamplerAdvanced", "ksampler_rest", add_noise="disable", cfg=1.0, latent_image=out(guided),
+                     start_at_step=split, end_at_step=ids["steps"], return_with_leftover_noise="disable", **common)
+        return out(rest)
+    return sample
+
+
+def split_nfe(share: float):
+    return lambda steps: float(steps + guided_steps(steps, share))
+
+
 def linear_ag_with(settings: Optional[dict] = None):
     """LinearAG with ``settings`` or the model's tuned ones (``ctx["linear_ag"]``)."""
     def build(g, ids, ctx):
@@ -151,6 +178,11 @@ METHODS = [
            CFG, "comfy_cfg"),
     Method("linear_ag", f"LinearAG (CFG {CFG:g}, schedule tuned per model)", linear_ag_with(), CFG, "comfy_cfg",
            needs_calibration=True, target=targets.nfe_saving(0.40, 0.05, "cfg")),
+    # AG's and LinearAG's NFE budgets (25 % and 40 % below CFG) spent on a switch fixed in advance.
+    Method("switch_50", f"KSamplerAdvanced x 2: CFG {CFG:g} for the first half of the steps, then CFG 1", None, CFG,
+           "comfy_cfg", sample=cfg_then_unguided(CFG, 0.5), stock_nfe=split_nfe(0.5)),
+    Method("switch_20", f"KSamplerAdvanced x 2: CFG {CFG:g} for the first fifth of the steps, then CFG 1", None,
+           CFG, "comfy_cfg", sample=cfg_then_unguided(CFG, 0.2), stock_nfe=split_nfe(0.2)),
     Method("cfg_pp", f"CFG++ Euler (lambda {CFG_PP_LAMBDA:g})", pack_cfg(CFG_PP_LAMBDA, "euler_cfg_pp"),
            CFG, "comfy_cfg"),
     Method("apg", f"APG, CFG {CFG:g}", pack_apg(CFG), CFG, "comfy_cfg"),

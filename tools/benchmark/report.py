@@ -104,7 +104,7 @@ def markdown(rows: dict, dataset: dict, checks: list, meta: dict) -> str:
         "AG and LinearAG settings for this model (tools/benchmark/tune.py, on prompts and seeds not "
         f"scored here): AG {json.dumps(meta['settings'].get('ag'))}, LinearAG "
         f"{json.dumps(meta['settings'].get('linear_ag'))}.",
-        "† ComfyUI's own guiders are not instrumented: 2 NFE per step by construction (1 at CFG 1).",
+        "† ComfyUI's own samplers are not instrumented: NFE by construction (2 per step at CFG > 1, 1 at CFG 1).",
         "Time: median over prompts of the server's execution time of the whole graph divided by ComfyUI "
         "CFGGuider's on the same prompt and seeds, in this run. Adherence: shape and colour found by "
         "`quality/shapes.py` match the prompt. Saturation: mean chroma (max - min channel; HSV "

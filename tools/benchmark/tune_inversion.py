@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--settings", nargs="+", default=["3,3,0.8", "3,5,1.0"],
-                   help="inversion_cfg,edit_cfg,strength triples")
+                   help="inversion_cfg,edit_cfg,strength[,edit_negative] (edit_negative: empty or source)")
     p.add_argument("--methods", nargs="+", default=["edict", "ddim"], choices=["edict", "ddim"])
     p.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
     return p.parse_args(argv)
@@ -59,7 +59,8 @@ def main(argv=None) -> int:
 
         sources = [image(inv.source_graph(pair, args.steps, args.weights)) for pair in pairs]
         for setting in args.settings:
-            settings = inv.EditSettings(*map(float, setting.split(",")))
+            values = setting.split(",")
+            settings = inv.EditSettings(*map(float, values[:3]), *values[3:])
             for method in args.methods:
                 judged = [inv.judge(pair, source,
                                     image(inv.edit_graph(pair, args.steps, args.weights, method, settings=settings)))

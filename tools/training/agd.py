@@ -91,6 +91,9 @@ def parse_args(argv=None):
     e.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001])
     e.add_argument("--steps", type=int, default=20)
     e.add_argument("--latent-size", type=int, default=32)
+    e.add_argument("--trajectories", type=Path, default=None,
+                   help="also the per-step RMSE to CFG on the teacher's own states of these trajectories "
+                        "(a `generate` folder made with another --seed than the training data's)")
     e.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -265,7 +268,8 @@ def evaluate_command(args) -> dict:
     pack_with_host()
     from guidance_lab.guiders.agd import AdapterSet, adapter_file
     from guidance_lab.nodes.bridge.agd import attn2_layout
-    from guidance_lab.nodes.bridge.agd_training import encode_prompts, sampled_rmse
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+    from guidance_lab.nodes.bridge.agd_training import encode_prompts, sampled_rmse, teacher_forced_rmse
 
     torch.set_num_threads(args.threads)
     model, clip = load_model(args.model)
@@ -289,6 +293,11 @@ def evaluate_command(args) -> dict:
     report = {"adapter": str(args.adapter), "parameters": made.adapters.parameter_count(),
               "percent_of_model": 100 * made.adapters.parameter_count() / max(made.base_parameter_count, 1),
               "prompts": int(positive.shape[0]), "seeds": args.seeds, "steps": args.steps, "rows": rows}
+    if args.trajectories:
+        store = TrajectoryStore.open(args.trajectories)
+        zero, trained = (teacher_forced_rmse(model, store, a) for a in (untrained, made.adapters))
+        report["teacher_forced"] = {"trajectories": str(args.trajectories), "rmse_untrained": zero,
+                                    "rmse_trained": trained, "cut": [z / max(t, 1e-12) for z, t in zip(zero, trained)]}
     print(json.dumps(report, indent=1))
     return report
 
