@@ -12,6 +12,7 @@ On disk (``DIR``), numpy memory maps, so a data set can exceed memory:
   (each prompt's embedding once); ``prompt_index.npy`` [N] int32;
 - ``sigmas.npy``, ``scales.npy`` [N] float32 (per-sample scalars: float16 would move the
   noise level the adapters see away from the one the teacher was evaluated at);
+- samples are trajectory-major: sample ``trajectory * steps + step`` (``TrajectoryStore.row``);
 - ``meta.json``: settings, counts, the model's fingerprint; ``progress.json``: trajectories
   written so far (a killed generation resumes at the next chunk; ``meta.json`` says
   ``complete`` when it is done).
@@ -76,6 +77,14 @@ class TrajectoryStore:
 
     def __len__(self) -> int:
         return int(self.states.shape[0])
+
+    def row(self, trajectory: int, step: int) -> int:
+        """The sample of ``trajectory``'s evaluation at sampling step ``step``."""
+        return trajectory * int(self.meta["steps"]) + step
+
+    def step_of(self, rows: np.ndarray) -> np.ndarray:
+        """The sampling step each sample was evaluated at (the inverse of ``row``'s layout)."""
+        return np.asarray(rows) % int(self.meta["steps"])
 
     def batch(self, indices: np.ndarray, device) -> "tuple[torch.Tensor, ...]":
         """(x, sigma, context, scale, target) of the given samples, float32 on ``device``."""

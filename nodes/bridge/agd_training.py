@@ -108,7 +108,7 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
             raise ValueError(f"sampler {sampler_name!r} made {len(records)} model evaluations for {steps} steps; "
                              "use a sampler with one evaluation per step (euler, ddim, dpmpp_2m ...)")
         for k, (x, sigma, target) in enumerate(records):
-            rows = [i * steps + k for i in ids]
+            rows = [store.row(i, k) for i in ids]
             store.states[rows] = x.numpy().astype(np.float16)
             store.targets[rows] = target.numpy().astype(np.float16)
             store.sigmas[rows] = sigma.reshape(-1).expand(len(ids)).numpy()
@@ -310,11 +310,11 @@ def teacher_forced_rmse(model, store: TrajectoryStore, adapters: AdapterSet, chu
     totals, counts = np.zeros(steps), np.zeros(steps)
     with torch.no_grad():
         for start in range(0, len(store), chunk):
-            rows = np.arange(start, min(start + chunk, len(store)))
+            rows = np.arange(start, min(start + chunk, len(store)))  # sorted: the order batch() reads in
             x, sigma, context, scale, target = store.batch(rows, "cpu")
             error = ((adapted_call(model, agd, x, sigma, context, scale) - target) ** 2).flatten(1).mean(1)
-            np.add.at(totals, rows % steps, error.double().numpy())
-            np.add.at(counts, rows % steps, 1)
+            np.add.at(totals, store.step_of(rows), error.double().numpy())
+            np.add.at(counts, store.step_of(rows), 1)
     return np.sqrt(totals / np.maximum(counts, 1)).tolist()
 
 

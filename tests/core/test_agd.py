@@ -181,7 +181,9 @@ def test_trajectory_store_is_memory_mapped_and_reads_batches(tmp_path):
 
     from guidance_lab.guiders.agd.trajectories import TrajectoryStore
 
-    store = TrajectoryStore.create(tmp_path, {"scale_range": [1, 8]}, 4, (3, 2, 2), (2, 5, 6))
+    store = TrajectoryStore.create(tmp_path, {"scale_range": [1, 8], "steps": 2}, 4, (3, 2, 2), (2, 5, 6))
+    # trajectory-major: trajectory 1's second evaluation is sample 3, and sample 3 is a step-1 sample
+    assert store.row(1, 1) == 3 and store.step_of(np.arange(4)).tolist() == [0, 1, 0, 1]
     store.states[:] = np.arange(48, dtype=np.float16).reshape(4, 3, 2, 2)
     store.targets[:] = 1
     store.sigmas[:] = [14.6, 3.0, 1.0, 0.03]

@@ -61,20 +61,19 @@ def test_inversion_edit_graph_wires_the_edit_negative():
     from tools.benchmark import inversion as inv
 
     pair = inv.edit_pairs(1, 0)[0]
-    for method, sampler, negative_key in (("edict", "GuidanceLab_EDICTSample", "negative"),
-                                          ("ddim", "SamplerCustom", "negative")):
+    for method, sampler in (("edict", "GuidanceLab_EDICTSample"), ("ddim", "SamplerCustom")):
         default = inv.edit_graph(pair, 4, "w.safetensors", method)
         source = inv.edit_graph(pair, 4, "w.safetensors", method, settings=inv.EditSettings(edit_negative="source"))
         node = next(n for n in default.values() if n["class_type"] == sampler)
         swapped = next(n for n in source.values() if n["class_type"] == sampler)
         positive = next(k for k, n in source.items() if n["class_type"] == "CLIPTextEncode"
                         and n["inputs"]["text"] == pair.source)
-        assert swapped["inputs"][negative_key][0] == positive != node["inputs"][negative_key][0]
+        assert swapped["inputs"]["negative"][0] == positive != node["inputs"]["negative"][0]
         # the reconstruction keeps the inversion's negative whatever the edit setting
         rebuilt = inv.edit_graph(pair, 4, "w.safetensors", method, prompt="positive",
                                  settings=inv.EditSettings(edit_negative="source"))
-        assert next(n for n in rebuilt.values() if n["class_type"] == sampler)["inputs"][negative_key] == \
-            node["inputs"][negative_key]
+        assert next(n for n in rebuilt.values() if n["class_type"] == sampler)["inputs"]["negative"] == \
+            node["inputs"]["negative"]
 
 
 def judged_full(results) -> set:

@@ -199,7 +199,7 @@ def markdown(summary: dict) -> str:
     lines = [
         f"Inversion: {s['pairs']} source/edit prompt pairs (half recolour, half reshape) on images the model "
         f"made (KSampler, CFG {SOURCE_CFG:g}); each inverted under the source prompt at CFG {s['cfg']:g} and "
-        f"re-sampled under the edit prompt at CFG {s.get('edit_cfg', s['cfg']):g}, {s['steps']} steps at "
+        f"re-sampled under the edit prompt at CFG {s['edit_cfg']:g}, {s['steps']} steps at "
         f"strength {s['strength']:g}, EDICT (p "
         f"{MIXING_WEIGHT}) beside DDIM inversion + SamplerCustom.",
         "",

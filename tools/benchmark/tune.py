@@ -23,6 +23,7 @@ from tools.bootstrap import import_pack
 
 import_pack()
 from guidance_lab.default_model import DEFAULT_WEIGHTS  # noqa: E402
+from guidance_lab.guiders.adaptive import SPACES  # noqa: E402
 
 TUNING_SEED = 4242  # dataset seed of the tuning prompts; the benchmark scores --eval-seed 777
 AG_THRESHOLDS = (0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995)
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--ag-slack", type=float, default=0.02)
     p.add_argument("--linear-ag-slack", type=float, default=0.05)
-    p.add_argument("--ag-space", default="auto", help="Adaptive Guidance criterion (guiders/adaptive.py SPACES)")
+    p.add_argument("--ag-space", default="auto", choices=SPACES, help="Adaptive Guidance criterion")
     p.add_argument("--ag-thresholds", type=float, nargs="*", default=list(AG_THRESHOLDS))
     p.add_argument("--linear-ag-schedules", nargs="*", default=[f"{w},{k}" for w, k in LINEAR_AG_SCHEDULES],
                    help="warm-up,every pairs")
