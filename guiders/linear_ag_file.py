@@ -1,9 +1,12 @@
-"""LinearAG coefficient files: safetensors with the settings they are valid for.
+"""LinearAG calibration files: safetensors with the settings they are valid for.
 
-Tensors: ``coefficients`` [steps, K] (float64), ``residuals`` [steps] (relative RMS of
-the fit). Metadata (strings): format, features, sampler, sampler_options (JSON: where the
-sampler function comes from and its options, e.g. eta and s_noise), sigmas (JSON, the exact
-schedule), steps, cfg, family, model_fingerprint, ridge, calibration seeds.
+Tensors (float64): the fit's normal equations per step and history lag, ``hth`` [steps,
+lags, K, K], ``hty`` [steps, lags, K], ``yty`` and ``count`` [steps, lags] (the guider
+solves them for its own schedule), and ``residuals`` [steps] (relative RMS of the fit with
+every step evaluated before it, for the report). Metadata (strings): format, features,
+sampler, sampler_options (JSON: where the sampler function comes from and its options, e.g.
+eta and s_noise), sigmas (JSON, the exact schedule), steps, cfg, family, model_fingerprint,
+ridge, calibration seeds.
 """
 
 from __future__ import annotations
@@ -18,26 +21,38 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .linear_ag import FEATURES
+from .linear_ag import FEATURES, NormalEquations, history_lags
 
-FORMAT = "guidance_lab.linear_ag.v1"
+FORMAT = "guidance_lab.linear_ag.v2"
+# v1 files held coefficients fitted on the previous step's history, predicted or not.
+EARLIER_FORMATS = ("guidance_lab.linear_ag.v1",)
+EQUATIONS = ("hth", "hty", "yty", "count")
 
 
 @dataclass
 class Calibration:
-    coefficients: torch.Tensor
+    equations: NormalEquations
     residuals: torch.Tensor
     sampler: str
     sigmas: list
     cfg: float
     family: str
     model_fingerprint: str
+    ridge: float
     extra: dict
     sampler_options: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
+
+    def coefficients(self, evaluate_at, guided_steps: "int | None" = None) -> torch.Tensor:
+        """[steps, K]: each step's fit at the lag since the schedule's last real evaluation
+        (steps at or after ``guided_steps`` are never predicted)."""
+        lags = history_lags(self.steps, evaluate_at)
+        if guided_steps is not None:
+            lags = [lag if t < guided_steps else 1 for t, lag in enumerate(lags)]
+        return self.equations.solve(self.ridge, lags)[0]
 
     def mismatch(self, sampler: str, sigmas: list, model_fingerprint: str,
                  sampler_options: "dict | None" = None) -> "str | None":
@@ -74,20 +89,19 @@ def _flat(options: dict, prefix: str = "") -> dict:
 
 def save(path: Path, cal: Calibration) -> None:
     """Write atomically: a crash never leaves a truncated file under the final name."""
-    if not (torch.isfinite(cal.coefficients).all() and torch.isfinite(cal.residuals).all()
-            and torch.isfinite(torch.tensor(cal.cfg))):
-        raise ValueError("refusing to save a calibration with non-finite coefficients, residuals or cfg")
+    tensors = {**cal.equations.tensors(), "residuals": cal.residuals}
+    if not (all(torch.isfinite(t).all() for t in tensors.values()) and torch.isfinite(torch.tensor(cal.cfg))):
+        raise ValueError("refusing to save a calibration with non-finite sums, residuals or cfg")
     meta = {"format": FORMAT, "features": json.dumps(FEATURES), "sampler": cal.sampler,
             "sigmas": json.dumps(cal.sigmas), "steps": str(cal.steps), "cfg": repr(cal.cfg),
-            "family": cal.family, "model_fingerprint": cal.model_fingerprint,
+            "family": cal.family, "model_fingerprint": cal.model_fingerprint, "ridge": repr(cal.ridge),
             "sampler_options": json.dumps(cal.sampler_options, sort_keys=True),
             **{k: str(v) for k, v in cal.extra.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
-        save_file({"coefficients": cal.coefficients.double().contiguous(),
-                   "residuals": cal.residuals.double().contiguous()}, tmp, metadata=meta)
+        save_file({k: t.double().contiguous() for k, t in tensors.items()}, tmp, metadata=meta)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -103,6 +117,9 @@ def load(path: Path) -> Calibration:
             meta = json.loads(f.read(header_len)).get("__metadata__", {})
     except (OSError, SafetensorError, ValueError) as err:
         raise ValueError(f"cannot read {path}: {err}") from err
+    if meta.get("format") in EARLIER_FORMATS:
+        raise ValueError(f"{path} was made by an earlier version of LinearAG Calibrate (format "
+                         f"{meta['format']!r}, coefficients chained on predicted history); calibrate again")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a Guidance Lab LinearAG file (format {meta.get('format')!r})")
     if json.loads(meta.get("features", "[]")) != list(FEATURES):
@@ -111,16 +128,20 @@ def load(path: Path) -> Calibration:
         raise ValueError(f"{path} was made by an earlier version that did not record the sampler's "
                          f"options (eta, s_noise, ...); calibrate again")
     try:
-        cal = Calibration(tensors["coefficients"], tensors["residuals"], meta["sampler"],
+        cal = Calibration(NormalEquations.from_tensors(tensors), tensors["residuals"], meta["sampler"],
                           json.loads(meta["sigmas"]), float(meta["cfg"]), meta["family"],
-                          meta["model_fingerprint"],
-                          {k: v for k, v in meta.items() if k in ("ridge", "seeds", "runs")},
+                          meta["model_fingerprint"], float(meta["ridge"]),
+                          {k: v for k, v in meta.items() if k in ("seeds", "runs")},
                           json.loads(meta["sampler_options"]))
         if not isinstance(cal.sampler_options, dict):
             raise ValueError("sampler_options is not a JSON object")
     except (KeyError, ValueError) as err:
-        raise ValueError(f"{path} lacks or garbles its metadata: {err}") from err
-    if cal.coefficients.shape != (cal.steps, len(FEATURES)) or not torch.isfinite(cal.coefficients).all():
-        raise ValueError(f"{path}: coefficients of shape {tuple(cal.coefficients.shape)} do not fit "
-                         f"{cal.steps} steps x {len(FEATURES)} features, or are not finite")
+        raise ValueError(f"{path} lacks or garbles its metadata or tensors: {err}") from err
+    eq, k = cal.equations, len(FEATURES)
+    expected = {"hth": (cal.steps, eq.lags, k, k), "hty": (cal.steps, eq.lags, k), "yty": (cal.steps, eq.lags),
+                "count": (cal.steps, eq.lags), "residuals": (cal.steps,)}
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape or not torch.isfinite(tensors[name]).all():
+            raise ValueError(f"{path}: {name} of shape {tuple(tensors[name].shape)} does not fit {cal.steps} "
+                             f"steps x {eq.lags} lags x {k} features, or is not finite")
     return cal

@@ -1,11 +1,12 @@
-"""LinearAG: a calibration node that fits per-step coefficients, and the guider that uses them."""
+"""LinearAG: a calibration node that records the fit's sums, and the guider that solves them for
+its schedule and predicts the unconditional estimate with them."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
 from ..guiders import linear_ag_file
-from ..guiders.linear_ag import LinearAGPolicy, evaluated_steps
+from ..guiders.linear_ag import LinearAGPolicy, evaluated_steps, guided_step_count
 from .bridge.calibration import calibrate_linear_ag
 from .bridge.files import PackFile, find_file, plan_write, relative_to_output
 from .bridge.fingerprint import model_fingerprint
@@ -14,7 +15,8 @@ from .validation import NodeInputError, checks_inputs
 
 FILE_TOOLTIP = ("Coefficient file, relative to ComfyUI's output folder (the calibration node "
                 "saves there) or its input folder, e.g. linear_ag/calibration.safetensors.")
-LINEAR_AG_FILE = PackFile(linear_ag_file.FORMAT, "LinearAG calibration")
+LINEAR_AG_FILE = PackFile(linear_ag_file.FORMAT, "LinearAG calibration",
+                          earlier_formats=linear_ag_file.EARLIER_FORMATS)
 
 
 class LinearAGCalibrateNode(io.ComfyNode):
@@ -27,9 +29,10 @@ class LinearAGCalibrateNode(io.ComfyNode):
             display_name=cls.DISPLAY,
             category="Guidance Lab/guiders",
             is_output_node=True,
-            description="Runs full CFG for a few seeds with this sampler and schedule, fits per-step "
-                        "coefficients that predict the unconditional estimate from quantities the "
-                        "run already has (ridge least squares), and saves them for the LinearAG Guider.",
+            description="Runs full CFG for a few seeds with this sampler and schedule and saves, for "
+                        "the LinearAG Guider, the least-squares sums from which it fits per-step "
+                        "coefficients that predict the unconditional estimate from the current "
+                        "conditional one and the last real evaluation, for whichever steps it evaluates.",
             inputs=[
                 *model_and_prompt_inputs(),
                 io.Sampler.Input("sampler", tooltip="The sampler LinearAG will be used with."),
@@ -55,7 +58,8 @@ class LinearAGCalibrateNode(io.ComfyNode):
             ],
             outputs=[
                 io.String.Output(display_name="coefficients_file", tooltip="The saved file, for the LinearAG Guider."),
-                io.String.Output(display_name="report", tooltip="Fit residual per step."),
+                io.String.Output(display_name="report",
+                                 tooltip="Fit residual per step, each step predicted from the step before."),
             ],
         )
 
@@ -96,13 +100,18 @@ class LinearAGGuiderNode(io.ComfyNode):
                              tooltip="Evaluate uncond for real at the first steps (step 0 always)."),
                 io.Int.Input("evaluate_every", default=5, min=0, max=1000,
                              tooltip="Also evaluate uncond at every n-th step (0: never after warm-up)."),
+                io.Float.Input("guidance_end", default=1.0, min=0.05, max=1.0, step=0.05, optional=True,
+                               tooltip="Guide only this fraction of the steps (1.0: all). The steps after it "
+                                       "are conditional-only: no unconditional evaluation and no estimate, "
+                                       "as the paper pairs LinearAG's first half with AG's truncation."),
             ],
             outputs=[guider_output()],
         )
 
     @classmethod
     @checks_inputs
-    def execute(cls, model, positive, negative, coefficients_file, warmup_steps, evaluate_every) -> io.NodeOutput:
+    def execute(cls, model, positive, negative, coefficients_file, warmup_steps, evaluate_every,
+                guidance_end=1.0) -> io.NodeOutput:
         path = find_file(cls.DISPLAY, "coefficients_file", coefficients_file)
         try:
             cal = linear_ag_file.load(path)
@@ -113,12 +122,17 @@ class LinearAGGuiderNode(io.ComfyNode):
                                  "on another model (weights or prediction type differ); calibrate again "
                                  "with this model")
         evaluate_at = frozenset(evaluated_steps(cal.steps, int(warmup_steps), int(evaluate_every)))
+        guided_steps = guided_step_count(cal.steps, float(guidance_end))
+        try:
+            coefficients = cal.coefficients(evaluate_at, guided_steps)
+        except ValueError as err:
+            raise NodeInputError(cls.DISPLAY, "evaluate_every", str(err)) from err
 
         def fits(sampler, sigmas, options):
             reason = cal.mismatch(sampler, sigmas, cal.model_fingerprint, options)
             return reason and f"input 'coefficients_file' ({coefficients_file!r}): {reason}"
 
         def policy():
-            return LinearAGPolicy(cal.cfg, cal.coefficients, evaluate_at, fits=fits)
+            return LinearAGPolicy(cal.cfg, coefficients, evaluate_at, fits=fits, guided_steps=guided_steps)
 
         return io.NodeOutput(build_guider(cls.DISPLAY, model, positive, negative, policy))

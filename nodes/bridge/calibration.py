@@ -34,6 +34,7 @@ def calibrate_linear_ag(model, positive, negative, sampler, sigmas, latent_image
         guider.sample(noise, latent, sampler, sigmas, callback=lambda *a: bar.update(1),
                       disable_pbar=True, seed=first_seed + run)
     try:
+        # The report's fit: every step predicted from the step before it.
         coefficients, residuals = equations.solve(float(ridge))
     except ValueError as err:
         raise ValueError(f"{node_name}: {err}") from err
@@ -42,7 +43,7 @@ def calibrate_linear_ag(model, positive, negative, sampler, sigmas, latent_image
         raise NodeInputError(node_name, "ridge", f"= {ridge} gave a non-finite fit; raise it (e.g. 1e-4) "
                              "or check that the model's estimates are finite")
     return linear_ag_file.Calibration(
-        coefficients, residuals, sampler_name(sampler), schedule, float(cfg),
-        guider.model_family(), model_fingerprint(model),
-        {"ridge": float(ridge), "seeds": json.dumps([first_seed, first_seed + runs - 1]), "runs": runs},
+        equations, residuals, sampler_name(sampler), schedule, float(cfg),
+        guider.model_family(), model_fingerprint(model), float(ridge),
+        {"seeds": json.dumps([first_seed, first_seed + runs - 1]), "runs": runs},
         sampler_options(sampler))

@@ -46,6 +46,10 @@ class PackFile:
     format: str
     description: str  # for messages, e.g. "LinearAG calibration"
     suffix: str = ".safetensors"
+    earlier_formats: tuple = ()  # the same kind, written by earlier versions: replaceable too
+
+    def is_kind(self, found: Optional[str]) -> bool:
+        return found is not None and (found == self.format or found in self.earlier_formats)
 
 
 def output_root() -> Path:
@@ -164,7 +168,7 @@ class WriteTarget:
         if not path.is_file():
             raise NodeInputError(self.node, self.input_name, f"names {path}, which is not a regular file")
         found = read_format(path)
-        if found != kind.format:
+        if not kind.is_kind(found):
             what = f"a file of format {found!r}" if found else "not a Guidance Lab file"
             raise NodeInputError(self.node, self.input_name, f"names {path}, which is {what}, not a "
                                  f"{kind.description}; the pack never replaces it. Choose another name")
@@ -200,10 +204,10 @@ def plan_write(node: str, input_name: str, name, kind: PackFile, overwrite: bool
                reserve_bytes: int = 1 << 20) -> WriteTarget:
     """Check a name to save to, before any expensive work. Without ``overwrite`` an existing
     pack file of this kind keeps its name and the next free ``<name>_00001`` is used.
-    ``reserve_bytes``: free space the file needs (1 MiB holds a 10000-step calibration)."""
+    ``reserve_bytes``: free space the file needs (the probe writes at most 1 MiB of it)."""
     name = _clean_name(node, input_name, name, kind.suffix)
     path = _inside(node, input_name, output_root(), name, "ComfyUI's output folder")
-    if not overwrite and path.is_file() and read_format(path) == kind.format:
+    if not overwrite and path.is_file() and kind.is_kind(read_format(path)):
         path = _next_numbered(path, kind.suffix)
     target = WriteTarget(node, input_name, path, kind, bool(overwrite))
     target.check()

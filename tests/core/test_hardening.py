@@ -39,7 +39,7 @@ def test_item4_ridge_zero_the_declared_minimum_fits():
 def test_a_positive_ridge_is_the_closed_form_ridge_solution():
     eq, _ = equations_with_empty_history(seed=1)
     coef, _ = eq.solve(1e-3)
-    hth, hty = eq.hth, eq.hty
+    hth, hty = eq.hth[:, 0], eq.hty[:, 0]  # every step at lag 1
     scale = hth.diagonal(dim1=1, dim2=2).mean(dim=1)
     closed = torch.linalg.solve(hth + 1e-3 * scale[:, None, None] * torch.eye(len(FEATURES), dtype=torch.float64),
                                 hty[..., None])[..., 0]
@@ -55,8 +55,9 @@ def test_a_non_finite_or_negative_ridge_is_refused(ridge):
 
 def test_item2_nothing_non_finite_is_saved(tmp_path):
     """Issue 11, item 2: a NaN fit replaced a good calibration with NaN coefficients."""
-    cal = linear_ag_file.Calibration(torch.full((1, len(FEATURES)), math.nan), torch.zeros(1), "euler",
-                                     [1.0, 0.0], 5.0, "eps", "f" * 16, {})
+    eq, _ = equations_with_empty_history(steps=1)
+    eq.hth[0, 0, 0, 0] = math.nan
+    cal = linear_ag_file.Calibration(eq, torch.zeros(1), "euler", [1.0, 0.0], 5.0, "eps", "f" * 16, 1e-4, {})
     with pytest.raises(ValueError, match="non-finite"):
         linear_ag_file.save(tmp_path / "x.safetensors", cal)
     assert list(tmp_path.iterdir()) == []

@@ -76,6 +76,35 @@ def test_inversion_edit_graph_wires_the_edit_negative():
             node["inputs"]["negative"]
 
 
+def test_inversion_settings_per_model_reach_both_edict_nodes():
+    from tools.benchmark import inversion as inv
+
+    pair = inv.edit_pairs(1, 0)[0]
+    settings = inv.EditSettings(edit_cfg=9.0, mixing_weight=0.8)
+    graph = inv.edit_graph(pair, 4, "w.safetensors", "edict", settings=settings)
+    edict = [n["inputs"] for n in graph.values() if n["class_type"].startswith("GuidanceLab_EDICT")]
+    assert [n["mixing_weight"] for n in edict] == [0.8, 0.8]
+    assert [n["cfg"] for n in edict] == [settings.inversion_cfg, 9.0]
+    assert inv.settings_for("not_tuned.safetensors") == inv.EditSettings()
+    for name, tuned in inv.TUNED.items():
+        assert inv.settings_for(f"{name}.safetensors") == tuned
+
+
+def test_inversion_judge_names_each_kept_part():
+    from tools.benchmark import inversion as inv
+    from tools.training.dataset import make_batch
+
+    images, prompts, _ = make_batch(3, 0, 2, 32)
+    image = images[0]
+    pair = inv.EditPair(prompts[0], prompts[0], "colour", 0)
+    same = inv.judge(pair, image, image)
+    assert same["landed"] and same["kept"] and same["moved"] == 0.0
+    assert same["kept_parts"] == {"background": True, "position": True, "shape": True, "area": True}
+    moved = inv.judge(inv.EditPair(prompts[0], prompts[0], "shape", 0), image, np.roll(image, 8, axis=1))
+    assert not moved["kept_parts"]["position"] and not moved["kept"] and set(moved["kept_parts"]) == {
+        "background", "position"}
+
+
 def judged_full(results) -> set:
     return {t["target"].split(":")[0].split(", same")[0] for t in results["targets"]}
 

@@ -83,7 +83,8 @@ def test_refuses_truncated_foreign_missing_and_escaping_files(fixture_model, out
                           ("linear_ag/garbage.safetensors", "cannot read"),
                           ("linear_ag/none.safetensors", "no such file"),
                           ("../../etc/passwd", "outside ComfyUI's output folder")):
-        with pytest.raises(NodeInputError, match=rf"LinearAG Guider \(Guidance Lab\): input 'coefficients_file'.*{message}"):
+        with pytest.raises(NodeInputError,
+                           match=rf"LinearAG Guider \(Guidance Lab\): input 'coefficients_file'.*{message}"):
             LinearAGGuiderNode.execute(model, pos, neg, name, 1, 0)
 
 
@@ -139,3 +140,52 @@ def test_refuses_a_file_that_does_not_record_the_sampler_options(fixture_model, 
     save_file(tensors, str(output_dir / "linear_ag" / "old.safetensors"), metadata=meta)
     with pytest.raises(NodeInputError, match=r"'coefficients_file'.*did not record the sampler's options"):
         LinearAGGuiderNode.execute(model, pos, neg, "linear_ag/old.safetensors", 1, 0)
+
+
+def test_guidance_end_leaves_the_last_steps_conditional_only(fixture_model, output_dir):
+    """guidance_end 0.5 of 6 steps: uncond evaluated at steps 0 and 2 (every 2), estimated at
+    step 1, nothing from step 3 on, as an independent counter of the model's calls sees it."""
+    from .comfy_graph import book_by_sigma, count_model_calls, nfe_by_step
+
+    base, pos, neg = fixture_model
+    model, calls = count_model_calls(base)
+    path, _ = calibrate(model, pos, neg)
+    calls.clear()
+    guider = LinearAGGuiderNode.execute(model, pos, neg, path, 1, 2, guidance_end=0.5).args[0]
+    sample(guider, "euler", STEPS, empty_latent(2), seed=7)
+    steps = book_by_sigma(schedule(model, STEPS), [s for s, _ in calls])
+    assert guider.last_record.nfe_per_step == nfe_by_step(steps, calls, STEPS, 2) == [2, 1, 2, 1, 1, 1]
+    decisions = guider.last_record.decisions
+    assert decisions["guided_steps"] == 3 and decisions["uncond_estimated_evaluations"] == 1
+    with pytest.raises(NodeInputError, match=r"LinearAG Guider \(Guidance Lab\): input 'guidance_end'"):
+        LinearAGGuiderNode.execute(model, pos, neg, path, 1, 2, guidance_end=0.0)
+
+
+def test_a_file_from_the_chained_version_is_refused_and_may_be_overwritten(fixture_model, output_dir):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model, pos, neg = fixture_model
+    path, _ = calibrate(model, pos, neg)
+    with safe_open(str(output_dir / path), "pt") as f:
+        meta = {**f.metadata(), "format": "guidance_lab.linear_ag.v1"}
+    save_file({"coefficients": torch.zeros(STEPS, 5, dtype=torch.float64)},
+              str(output_dir / "linear_ag" / "chained.safetensors"), metadata=meta)
+    with pytest.raises(NodeInputError, match=r"'coefficients_file'.*earlier version.*calibrate again"):
+        LinearAGGuiderNode.execute(model, pos, neg, "linear_ag/chained.safetensors", 1, 0)
+    out = LinearAGCalibrateNode.execute(model, pos, neg, euler(), schedule(model, STEPS), empty_latent(1),
+                                        6.0, 1, 1000, 1e-4, "linear_ag/chained", overwrite=True).args
+    assert out[0] == "linear_ag/chained.safetensors"
+    assert LinearAGGuiderNode.execute(model, pos, neg, out[0], 1, 0).args[0] is not None
+
+
+def test_a_gap_longer_than_the_calibration_recorded_names_evaluate_every(fixture_model, output_dir):
+    from guidance_lab.guiders.linear_ag import MAX_LAG
+
+    model, pos, neg = fixture_model
+    steps = MAX_LAG + 2
+    path = LinearAGCalibrateNode.execute(model, pos, neg, euler(), schedule(model, steps), empty_latent(1),
+                                         6.0, 1, 1000, 1e-4, "linear_ag/long").args[0]
+    assert LinearAGGuiderNode.execute(model, pos, neg, path, 1, MAX_LAG).args[0] is not None
+    with pytest.raises(NodeInputError, match=rf"input 'evaluate_every'.*more than {MAX_LAG} steps after"):
+        LinearAGGuiderNode.execute(model, pos, neg, path, 1, 0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"calibration prompt {calibration_prompts[0]!r} is also a scoring prompt; "
                          "pick another --calibration-seed")
 
-    workdir = args.workdir or Path("/tmp") / f"guidance-lab-benchmark-{int(time.time())}"
+    workdir = args.workdir or Path("/tmp") / f"guidance-lab-benchmark-{int(time.time())}-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     results = {name: {"images": [], "seconds": [], "nfe": [], "nfe_counted": [], "decisions": []} for name in names}
     t_start = time.monotonic()

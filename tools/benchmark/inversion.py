@@ -30,7 +30,7 @@ INVERSION_CFG = 3.0  # EDICT's paper scale, for inverting under the source promp
 # pairs the benchmark never scores: at the paper's 0.8 / CFG 3 the pixel-space default models
 # keep the source (edits land in ~30% of pairs), since at sigma 0.8 the inverted state still
 # shows the blob's colour and outline; from (nearly) pure noise at CFG 5 the flow model's land
-# in ~80% (tuned on it; the v-prediction model's in 50%, and its sweep found nothing above 56%).
+# in ~80% (tuned on it; the v-prediction model's in 50% at p 0.93: its settings are in TUNED).
 EDIT_CFG = 5.0
 EDIT_NEGATIVE = "empty"  # the edit's negative prompt: "empty", or "source" (away from the source prompt)
 STRENGTH = 1.0  # how far back: the last `steps` steps of max(steps + 1, steps / STRENGTH) (never sigma_max)
@@ -38,6 +38,7 @@ MIXING_WEIGHT = 0.93
 POSITION_TOLERANCE = 0.10  # blob centre, as a fraction of the image side
 COVERAGE_TOLERANCE = 1.5  # blob area ratio, colour edits only (a new shape has another area)
 FIRST_PAIR = ("a red circle on a white background", "a blue circle on a white background")
+KEPT_PARTS = ("background", "position", "shape", "area")  # what "rest kept" checks; shape and area: recolouring
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,30 @@ class EditSettings:
     edit_cfg: float = EDIT_CFG
     strength: float = STRENGTH
     edit_negative: str = EDIT_NEGATIVE  # "empty", or "source": the edit pushes away from the source prompt
+    mixing_weight: float = MIXING_WEIGHT  # EDICT's p, for the inversion and the re-sampling alike
 
     def __post_init__(self):
         if self.edit_negative not in ("empty", "source"):
             raise ValueError(f"edit_negative must be 'empty' or 'source', got {self.edit_negative!r}")
+
+
+# Per default model, the settings tune_inversion.py chose on pairs the benchmark never scores
+# (tables in docs/benchmark/<model>/); a model not listed runs EditSettings(), the constants above.
+TUNED = {
+    # Rule: of the settings whose edits land in >= 80 % of 32 tuning pairs, the one that keeps the
+    # rest in the most (tune_inversion_mixing_weight.json). p trades one for the other: the lower
+    # it is, the more of the source the coupled pair carries back (p 0.6-0.7: edits land in 0-28 %,
+    # the rest kept in ~90 %; p 0.93-0.97: the opposite).
+    # At p 0.93 the exact inversion holds on to the source (edits land in 50-56 % at edit CFG 5-8);
+    # p 0.8 with edit CFG 8 lands 81 % and keeps 59 % (edit CFG 12: 84 % and 41 %).
+    "guidance_lab_vpred32": EditSettings(edit_cfg=8.0, mixing_weight=0.8),
+    # p 0.85, edit CFG 8: 84 % and 72 % (the constants, p 0.93 and CFG 5: 81 % and 47 %).
+    "guidance_lab_flow32": EditSettings(edit_cfg=8.0, mixing_weight=0.85),
+}
+
+
+def settings_for(weights: str) -> EditSettings:
+    return TUNED.get(weights.removesuffix(".safetensors"), EditSettings())
 
 
 @dataclass(frozen=True)
@@ -121,9 +142,10 @@ def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: st
     # The reconstruction re-samples with the inversion's own scale: that is the exact round trip.
     resample_cfg = settings.edit_cfg if prompt == "edit" else settings.inversion_cfg
     if method == "edict":
-        inverted = g.add("GuidanceLab_EDICTInvert", "invert", positive=ids["positive"], mixing_weight=MIXING_WEIGHT,
+        p = settings.mixing_weight
+        inverted = g.add("GuidanceLab_EDICTInvert", "invert", positive=ids["positive"], mixing_weight=p,
                          latent_image=ids["encoded"], precision="float64", cfg=settings.inversion_cfg, **guided)
-        sampled = g.add("GuidanceLab_EDICTSample", "resample", positive=ids[prompt], mixing_weight=MIXING_WEIGHT,
+        sampled = g.add("GuidanceLab_EDICTSample", "resample", positive=ids[prompt], mixing_weight=p,
                         edict_latent=out(inverted), cfg=resample_cfg,
                         **{**guided, "negative": resample_negative})
     else:
@@ -144,11 +166,14 @@ def judge(pair: EditPair, source_image: np.ndarray, edited_image: np.ndarray) ->
     before, after = analyse(source_image), analyse(edited_image)
     landed = after.colour == colour if pair.changes == "colour" else after.shape == shape
     moved = float(np.hypot(*(np.subtract(after.centroid, before.centroid))))
-    kept = after.background == before.background and moved <= POSITION_TOLERANCE
+    ratio = (after.coverage + 1e-6) / (before.coverage + 1e-6)
+    parts = {"background": after.background == before.background, "position": moved <= POSITION_TOLERANCE}
     if pair.changes == "colour":
-        ratio = (after.coverage + 1e-6) / (before.coverage + 1e-6)
-        kept = kept and after.shape == before.shape and 1 / COVERAGE_TOLERANCE <= ratio <= COVERAGE_TOLERANCE
-    return {"landed": bool(landed), "kept": bool(kept), "both": bool(landed and kept), "moved": moved}
+        parts["shape"] = after.shape == before.shape
+        parts["area"] = 1 / COVERAGE_TOLERANCE <= ratio <= COVERAGE_TOLERANCE
+    kept = all(parts.values())
+    return {"landed": bool(landed), "kept": bool(kept), "both": bool(landed and kept), "moved": moved,
+            "area_ratio": float(ratio), "kept_parts": {k: bool(v) for k, v in parts.items()}}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -156,8 +181,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def run_section(runner, pairs: list, steps: int, weights: str, log=print) -> dict:
-    """Every pair through both inversions (timed, alternating), plus each one's reconstruction."""
+def run_section(runner, pairs: list, steps: int, weights: str, log=print,
+                settings: "EditSettings | None" = None) -> dict:
+    """Every pair through both inversions (timed, alternating), plus each one's reconstruction,
+    with ``settings`` or the model's tuned ones."""
     from ..image_grid import load_images
     from .guidance_benchmark import execution_seconds
 
@@ -165,30 +192,39 @@ def run_section(runner, pairs: list, steps: int, weights: str, log=print) -> dic
         entry = runner.run(graph)
         return load_images(runner.server.output_images(entry))[0], execution_seconds(entry)
 
+    settings = settings or settings_for(weights)
     results = []
     for k, pair in enumerate(pairs):
         source, _ = images(source_graph(pair, steps, weights))
         row = {"pair": pair.__dict__, "seconds": {}, "judged": {}, "reconstruction_psnr": {}}
         edited = {}
         for method in (("edict", "ddim") if k % 2 == 0 else ("ddim", "edict")):
-            edited[method], row["seconds"][method] = images(edit_graph(pair, steps, weights, method))
+            edited[method], row["seconds"][method] = images(edit_graph(pair, steps, weights, method,
+                                                                       settings=settings))
         for method in ("edict", "ddim"):
             row["judged"][method] = judge(pair, source, edited[method])
-            rebuilt, _ = images(edit_graph(pair, steps, weights, method, prompt="positive"))
+            rebuilt, _ = images(edit_graph(pair, steps, weights, method, prompt="positive", settings=settings))
             row["reconstruction_psnr"][method] = psnr(rebuilt, source)
         row["images"] = {"source": source, **edited}
         results.append(row)
         log(f"[benchmark] inversion pair {k + 1}/{len(pairs)}: {pair.source!r} -> {pair.edit!r}: "
             + ", ".join(f"{m} {'ok' if row['judged'][m]['both'] else 'miss'}" for m in ("edict", "ddim")))
-    return summarise(results, steps)
+    return summarise(results, steps, settings)
 
 
-def summarise(results: list, steps: int) -> dict:
+def summarise(results: list, steps: int, settings: EditSettings = EditSettings()) -> dict:
     ratios = sorted(r["seconds"]["edict"] / r["seconds"]["ddim"] for r in results)
     share = {m: {key: float(np.mean([r["judged"][m][key] for r in results])) for key in ("landed", "kept", "both")}
              for m in ("edict", "ddim")}
+    for m in ("edict", "ddim"):
+        judged = [r["judged"][m] for r in results]
+        share[m]["parts"] = {part: float(np.mean([j["kept_parts"][part] for j in judged if part in j["kept_parts"]]))
+                             for part in KEPT_PARTS if any(part in j["kept_parts"] for j in judged)}
+        share[m]["moved_median"] = float(np.median([j["moved"] for j in judged]))
     recon = {m: float(np.median([min(r["reconstruction_psnr"][m], 99.0) for r in results])) for m in ("edict", "ddim")}
-    return {"pairs": len(results), "steps": steps, "strength": STRENGTH, "cfg": INVERSION_CFG, "edit_cfg": EDIT_CFG,
+    return {"pairs": len(results), "steps": steps, "strength": settings.strength, "cfg": settings.inversion_cfg,
+            "edit_cfg": settings.edit_cfg, "mixing_weight": settings.mixing_weight,
+            "edit_negative": settings.edit_negative,
             "cost_ratio_median": statistics.median(ratios),
             "cost_ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
             "success": share, "reconstruction_psnr_median": recon, "rows": results}
@@ -200,8 +236,8 @@ def markdown(summary: dict) -> str:
         f"Inversion: {s['pairs']} source/edit prompt pairs (half recolour, half reshape) on images the model "
         f"made (KSampler, CFG {SOURCE_CFG:g}); each inverted under the source prompt at CFG {s['cfg']:g} and "
         f"re-sampled under the edit prompt at CFG {s['edit_cfg']:g}, {s['steps']} steps at "
-        f"strength {s['strength']:g}, EDICT (p "
-        f"{MIXING_WEIGHT}) beside DDIM inversion + SamplerCustom.",
+        f"strength {s['strength']:g}, EDICT (p {s.get('mixing_weight', MIXING_WEIGHT):g}) beside DDIM inversion "
+        "+ SamplerCustom (the same settings; tuned per model on other pairs with tune_inversion.py).",
         "",
         "| inversion | edit lands | rest kept | both | reconstruction PSNR (dB, median) | time (EDICT / DDIM, "
         "median of pairs) |",
@@ -216,6 +252,10 @@ def markdown(summary: dict) -> str:
         f"recolouring the same shape and an area within {COVERAGE_TOLERANCE}x. Reconstruction: re-sampled "
         "under the source prompt (PSNR capped at 99 dB for exact round trips).",
     ]
+    if "parts" in e:
+        lines += ["", "Each part of \"rest kept\" on its own (EDICT / DDIM): " + ", ".join(
+            f"{part} {e['parts'][part]:.0%} / {d['parts'][part]:.0%}" for part in e["parts"])
+            + f"; median centre move {e['moved_median']:.3f} / {d['moved_median']:.3f} of the image side."]
     return "\n".join(lines)
 
 

@@ -26,13 +26,15 @@ LINEAR_AG_CALIBRATION = {"runs": 8, "first_seed": 100000}
 TUNED = {
     # tune.py, 12 prompts x 4 seeds: no AG threshold keeps adherence within 2 points at >= 25%
     # fewer NFE (0.99995: 36 NFE, -2.1 points; 0.9995: 29 NFE, -14.6) and no LinearAG schedule
-    # at <= 24 NFE within 5 (2/8: -20.8 points): the best adherence at the targets' NFE.
+    # at <= 24 NFE within 5 (the per-lag fit, tune_linear_ag_per_lag.json: 3/10, -20.8 points): the best
+    # adherence at the targets' NFE.
     "guidance_lab_flow32": {"ag": {"threshold": 0.9995, "space": "auto"},
-                            "linear_ag": {"warmup_steps": 2, "evaluate_every": 8}},
+                            "linear_ag": {"warmup_steps": 3, "evaluate_every": 10}},
     # Tuned on the vz4 export: 0.999: 29.7 NFE at +4.2 points; no LinearAG schedule at <= 24 NFE
-    # within 5 points (2/7: -10.4), so the best adherence at the target's NFE.
+    # within 5 points (per-lag fit: 1/3 guided for the first half, -8.3), so the best adherence at
+    # the target's NFE.
     "guidance_lab_vpred32": {"ag": {"threshold": 0.999, "space": "auto"},
-                             "linear_ag": {"warmup_steps": 2, "evaluate_every": 7}},
+                             "linear_ag": {"warmup_steps": 1, "evaluate_every": 3, "guidance_end": 0.5}},
 }
 APG = {"preset": "custom (use the values below)", "eta": 0.0, "norm_threshold": 6.5, "momentum": -0.5}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -40,10 +41,21 @@ def parse_args(argv=None):
     p.add_argument("--linear-ag-slack", type=float, default=0.05)
     p.add_argument("--ag-space", default="auto", choices=SPACES, help="Adaptive Guidance criterion")
     p.add_argument("--ag-thresholds", type=float, nargs="*", default=list(AG_THRESHOLDS))
-    p.add_argument("--linear-ag-schedules", nargs="*", default=[f"{w},{k}" for w, k in LINEAR_AG_SCHEDULES],
-                   help="warm-up,every pairs")
+    p.add_argument("--linear-ag-schedules", nargs="*", default=[",".join(map(str, s)) for s in LINEAR_AG_SCHEDULES],
+                   help="warm-up,every[,guidance_end] (guidance_end: the fraction of steps guided, default 1)")
     p.add_argument("--out", type=Path, default=None, help="write the tuning table as JSON here")
     return p.parse_args(argv)
+
+
+def linear_ag_candidate(m, schedule: str):
+    """A LinearAG candidate from "warm-up,every[,guidance_end]"."""
+    values = schedule.split(",")
+    settings = {"warmup_steps": int(values[0]), "evaluate_every": int(values[1])}
+    name = f"linear_ag_{values[0]}_{values[1]}"
+    if len(values) > 2:
+        settings["guidance_end"] = float(values[2])
+        name += f"_{float(values[2]):g}"
+    return m.Method(name, f"LinearAG {schedule}", m.linear_ag_with(settings), m.CFG, needs_calibration=True)
 
 
 def main(argv=None) -> int:
@@ -63,10 +75,8 @@ def main(argv=None) -> int:
     candidates += [m.Method(f"ag_{t:g}", f"AG {t:g}",
                             m.adaptive(m.pack_cfg(m.CFG), {"threshold": t, "space": args.ag_space}), m.CFG)
                    for t in args.ag_thresholds]
-    candidates += [m.Method(f"linear_ag_{w}_{k}", f"LinearAG warm-up {w} every {k}",
-                            m.linear_ag_with({"warmup_steps": w, "evaluate_every": k}), m.CFG, needs_calibration=True)
-                   for w, k in (map(int, pair.split(",")) for pair in args.linear_ag_schedules)]
-    workdir = Path("/tmp") / f"guidance-lab-tune-{int(time.time())}"
+    candidates += [linear_ag_candidate(m, schedule) for schedule in args.linear_ag_schedules]
+    workdir = Path("/tmp") / f"guidance-lab-tune-{int(time.time())}-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     rows = {c.name: {"images": [], "nfe": []} for c in candidates}
     with ComfyServer(workdir) as server:

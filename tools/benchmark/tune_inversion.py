@@ -1,22 +1,26 @@
-"""Sweep the inversion section's settings (inversion CFG, edit CFG, strength) on source/edit
-pairs the benchmark never scores, and print how often each edit lands and the rest is kept.
+"""Sweep the inversion section's settings (inversion CFG, edit CFG, strength, the edit's
+negative, EDICT's mixing weight p) on source/edit pairs the benchmark never scores, and print
+how often each edit lands and the rest is kept, part by part.
 
     .host/venv/bin/python -m tools.benchmark.tune_inversion --weights guidance_lab_flow32.safetensors \
-        --settings 3,3,0.8 3,5,1.0 3,7,0.9
+        --settings 3,3,0.8 3,5,1.0 3,7,0.9 3,8,1.0,empty,0.8
 
 The pairs come from dataset seed ``TUNING_SEED`` (the benchmark scores --eval-seed + 3); the
 fixed red-to-blue circle, which every pair list starts with, is left out. The chosen values
-go into inversion.py's INVERSION_CFG, EDIT_CFG and STRENGTH by hand.
+go into inversion.py's TUNED (per model) or its constants (every other model) by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from tools.bootstrap import import_pack
 
@@ -32,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--settings", nargs="+", default=["3,3,0.8", "3,5,1.0"],
-                   help="inversion_cfg,edit_cfg,strength[,edit_negative] (edit_negative: empty or source)")
+                   help="inversion_cfg,edit_cfg,strength[,edit_negative[,mixing_weight]] "
+                        "(edit_negative: empty or source)")
     p.add_argument("--methods", nargs="+", default=["edict", "ddim"], choices=["edict", "ddim"])
     p.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
     return p.parse_args(argv)
@@ -48,7 +53,7 @@ def main(argv=None) -> int:
 
     ensure_host_importable()
     pairs = inv.edit_pairs(args.pairs + 1, TUNING_SEED)[1:]
-    workdir = Path("/tmp") / f"guidance-lab-tune-inversion-{int(time.time())}"
+    workdir = Path("/tmp") / f"guidance-lab-tune-inversion-{int(time.time())}-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     table = []
     with ComfyServer(workdir) as server:
@@ -60,7 +65,7 @@ def main(argv=None) -> int:
         sources = [image(inv.source_graph(pair, args.steps, args.weights)) for pair in pairs]
         for setting in args.settings:
             values = setting.split(",")
-            settings = inv.EditSettings(*map(float, values[:3]), *values[3:])
+            settings = inv.EditSettings(*map(float, values[:3]), *values[3:4], *map(float, values[4:5]))
             for method in args.methods:
                 judged = [inv.judge(pair, source,
                                     image(inv.edit_graph(pair, args.steps, args.weights, method, settings=settings)))
@@ -69,10 +74,15 @@ def main(argv=None) -> int:
                        **{k: sum(j[k] for j in judged) / len(judged) for k in ("landed", "kept", "both")},
                        **{f"landed_{kind}": sum(j["landed"] for p, j in zip(pairs, judged) if p.changes == kind)
                           / max(1, sum(p.changes == kind for p in pairs)) for kind in ("colour", "shape")}}
+                row["kept_parts"] = {part: float(np.mean([j["kept_parts"][part] for j in judged
+                                                          if part in j["kept_parts"]]))
+                                     for part in ("background", "position", "shape", "area")}
+                row["moved_median"] = float(np.median([j["moved"] for j in judged]))
                 table.append(row)
                 print(f"[tune] {setting:12s} {method:5s} lands {row['landed']:.0%} (colour "
                       f"{row['landed_colour']:.0%}, shape {row['landed_shape']:.0%}), kept {row['kept']:.0%}, "
-                      f"both {row['both']:.0%}", flush=True)
+                      f"both {row['both']:.0%}; kept " + ", ".join(f"{k} {v:.0%}" for k, v in row["kept_parts"].items())
+                      + f", median move {row['moved_median']:.3f}", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"weights": args.weights, "tuning_seed": TUNING_SEED,
                                         "pairs": len(pairs), "table": table}, indent=1))
