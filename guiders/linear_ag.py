@@ -124,6 +124,8 @@ class NormalEquations:
     @classmethod
     def from_tensors(cls, tensors: dict) -> "NormalEquations":
         hth = tensors["hth"]
+        if hth.ndim != 4 or min(hth.shape) < 1:
+            raise ValueError(f"hth of shape {tuple(hth.shape)} is not (steps, lags, K, K)")
         eq = cls(hth.shape[0], hth.shape[-1])
         eq.lags = hth.shape[1]
         eq.hth, eq.hty, eq.yty, eq.count = (tensors[n].double() for n in ("hth", "hty", "yty", "count"))

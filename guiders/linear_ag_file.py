@@ -12,6 +12,7 @@ ridge, calibration seeds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -135,6 +136,8 @@ def load(path: Path) -> Calibration:
                           json.loads(meta["sampler_options"]))
         if not isinstance(cal.sampler_options, dict):
             raise ValueError("sampler_options is not a JSON object")
+        if not (math.isfinite(cal.ridge) and cal.ridge >= 0):
+            raise ValueError(f"ridge {cal.ridge!r} is not a finite number >= 0")
     except (KeyError, ValueError) as err:
         raise ValueError(f"{path} lacks or garbles its metadata or tensors: {err}") from err
     eq, k = cal.equations, len(FEATURES)

@@ -73,3 +73,24 @@ def test_item8_ag_inside_ag_reports_its_own_threshold_and_space():
     assert settings["inner_inner"] == "cfg" and settings["scale"] == 4.0
     triple = AdaptivePolicy(threshold=0.99, inner=outer).settings()
     assert (triple["threshold"], triple["inner_threshold"], triple["inner_inner_threshold"]) == (0.99, 0.9, 0.5)
+
+
+@pytest.mark.parametrize("damage", ["flat_hth", "negative_ridge"])
+def test_a_damaged_calibration_file_is_refused_with_a_message(tmp_path, damage):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    eq, _ = equations_with_empty_history(steps=2)
+    path = tmp_path / "cal.safetensors"
+    linear_ag_file.save(path, linear_ag_file.Calibration(eq, torch.zeros(2), "euler", [2.0, 1.0, 0.0], 5.0, "eps",
+                                                         "f" * 16, 1e-4, {}))
+    assert linear_ag_file.load(path).coefficients(frozenset({0})).shape == (2, len(FEATURES))
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    if damage == "flat_hth":
+        tensors["hth"] = tensors["hth"].reshape(-1)
+    else:
+        meta["ridge"] = "-1.0"
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ValueError, match="lacks or garbles"):
+        linear_ag_file.load(path)

@@ -157,6 +157,7 @@ def test_guidance_end_leaves_the_last_steps_conditional_only(fixture_model, outp
     assert guider.last_record.nfe_per_step == nfe_by_step(steps, calls, STEPS, 2) == [2, 1, 2, 1, 1, 1]
     decisions = guider.last_record.decisions
     assert decisions["guided_steps"] == 3 and decisions["uncond_estimated_evaluations"] == 1
+    assert decisions["evaluated_steps"] == [0, 2]  # step 4 is past the guidance's end
     with pytest.raises(NodeInputError, match=r"LinearAG Guider \(Guidance Lab\): input 'guidance_end'"):
         LinearAGGuiderNode.execute(model, pos, neg, path, 1, 2, guidance_end=0.0)
 
