@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                           / max(1, sum(p.changes == kind for p in pairs)) for kind in ("colour", "shape")}}
                 row["kept_parts"] = {part: float(np.mean([j["kept_parts"][part] for j in judged
                                                           if part in j["kept_parts"]]))
-                                     for part in ("background", "position", "shape", "area")}
+                                     for part in inv.KEPT_PARTS if any(part in j["kept_parts"] for j in judged)}
                 row["moved_median"] = float(np.median([j["moved"] for j in judged]))
                 table.append(row)
                 print(f"[tune] {setting:12s} {method:5s} lands {row['landed']:.0%} (colour "
