@@ -132,9 +132,11 @@ class NormalEquations:
         return eq
 
 
-def evaluated_steps(total_steps: int, warmup: int, every: int) -> list:
-    """Steps where uncond is really evaluated: the first ``warmup`` and every ``every``-th."""
-    return [i for i in range(total_steps) if i < warmup or (every > 0 and i % every == 0)]
+def evaluated_steps(total_steps: int, warmup: int, every: int, guided_steps: "Optional[int]" = None) -> list:
+    """Steps where uncond is really evaluated: the first ``warmup`` and every ``every``-th,
+    before ``guided_steps`` (after it a run is conditional-only)."""
+    end = total_steps if guided_steps is None else min(total_steps, guided_steps)
+    return [i for i in range(end) if i < warmup or (every > 0 and i % every == 0)]
 
 
 def guided_step_count(total_steps: int, guidance_end: float) -> "Optional[int]":
@@ -161,10 +163,13 @@ class CalibrationRun(CFGRun):
         eps_u = noise_from_denoised(step.x, uncond, step.sigma, step.family)
         t, eq = step.index, self.equations
         if t < eq.steps:
+            h = features(step.x, step.sigma, eps_c, None, None)  # history columns zero: step 0's
             if t == 0:
-                eq.add(0, features(step.x, step.sigma, eps_c, None, None), eps_u)
+                eq.add(0, h, eps_u)
             for lag in range(1, min(t, eq.lags) + 1):
-                eq.add(t, features(step.x, step.sigma, eps_c, *self.history[t - lag]), eps_u, lag)
+                hist_c, hist_u = self.history[t - lag]
+                h[:, 2], h[:, 3] = hist_c.reshape(-1), hist_u.reshape(-1)  # the step's own columns stay
+                eq.add(t, h, eps_u, lag)
         self.history[t] = (eps_c, eps_u)
         self.history.pop(t - eq.lags - 1, None)
         return super().guide(cond, uncond, step)
@@ -189,6 +194,8 @@ class LinearAGRun(PolicyRun):
         # (eps_c, eps_u) of the last step whose uncond was really evaluated
         self.history: "tuple[Optional[torch.Tensor], Optional[torch.Tensor]]" = (None, None)
         self.estimated = 0
+        self.coefficients: Optional[torch.Tensor] = None  # the policy's, on the model's device
+
 
     def unguided(self, step: StepContext) -> bool:
         return self.policy.guided_steps is not None and step.index >= self.policy.guided_steps
@@ -204,9 +211,10 @@ class LinearAGRun(PolicyRun):
         eps_c = noise_from_denoised(step.x, cond, step.sigma, step.family)
         metrics = {}
         if uncond is None:
-            coef = self.policy.coefficients[step.index].to(device=cond.device, dtype=torch.float64)
+            if self.coefficients is None:  # one copy per run, not one per predicted step
+                self.coefficients = self.policy.coefficients.to(device=cond.device, dtype=torch.float64)
             h = features(step.x, step.sigma, eps_c, *self.history)
-            eps_u = (h @ coef).reshape(cond.shape).to(cond.dtype)
+            eps_u = (h @ self.coefficients[step.index]).reshape(cond.shape).to(cond.dtype)
             uncond = denoised_from_noise(step.x, eps_u, step.sigma, step.family)
             self.estimated += 1
             metrics["uncond_estimated"] = torch.ones(cond.shape[0], device=cond.device)

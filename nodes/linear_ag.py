@@ -122,9 +122,7 @@ class LinearAGGuiderNode(io.ComfyNode):
                                  "on another model (weights or prediction type differ); calibrate again "
                                  "with this model")
         guided_steps = guided_step_count(cal.steps, float(guidance_end))
-        # Steps after the guidance ends are never evaluated: the record lists only real ones.
-        evaluate_at = frozenset(s for s in evaluated_steps(cal.steps, int(warmup_steps), int(evaluate_every))
-                                if guided_steps is None or s < guided_steps)
+        evaluate_at = frozenset(evaluated_steps(cal.steps, int(warmup_steps), int(evaluate_every), guided_steps))
         try:
             coefficients = cal.coefficients(evaluate_at, guided_steps)
         except ValueError as err:

@@ -313,8 +313,9 @@ def teacher_forced_rmse(model, store: TrajectoryStore, adapters: AdapterSet, chu
             rows = np.arange(start, min(start + chunk, len(store)))  # sorted: the order batch() reads in
             x, sigma, context, scale, target = store.batch(rows, "cpu")
             error = ((adapted_call(model, agd, x, sigma, context, scale) - target) ** 2).flatten(1).mean(1)
-            np.add.at(totals, store.step_of(rows), error.double().numpy())
-            np.add.at(counts, store.step_of(rows), 1)
+            at = store.step_of(rows)
+            np.add.at(totals, at, error.double().numpy())
+            np.add.at(counts, at, 1)
     return np.sqrt(totals / np.maximum(counts, 1)).tolist()
 
 

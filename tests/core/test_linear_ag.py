@@ -62,6 +62,7 @@ def test_calibrated_linear_ag_reproduces_cfg_with_fewer_evaluations():
 def test_evaluated_steps_schedule():
     assert evaluated_steps(20, warmup=2, every=5) == [0, 1, 5, 10, 15]
     assert evaluated_steps(4, warmup=1, every=0) == [0]
+    assert evaluated_steps(20, warmup=2, every=5, guided_steps=10) == [0, 1, 5]
 
 
 def test_policy_must_evaluate_the_first_step():

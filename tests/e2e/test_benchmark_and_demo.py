@@ -29,8 +29,8 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
     from tools.benchmark.methods import tuned
 
     schedule = tuned(DEFAULT_WEIGHTS)["linear_ag"]
-    guided = guided_step_count(3, schedule.get("guidance_end", 1.0)) or 3
-    evaluated = [s for s in evaluated_steps(3, schedule["warmup_steps"], schedule["evaluate_every"]) if s < guided]
+    evaluated = evaluated_steps(3, schedule["warmup_steps"], schedule["evaluate_every"],
+                                guided_step_count(3, schedule.get("guidance_end", 1.0)))
     assert rows["linear_ag"]["nfe_per_image"] == 3 + len(evaluated)
     # the switches fixed in advance: CFG for the first round(share * 3) steps, then the prompt alone
     assert rows["switch_50"]["nfe_per_image"] == 3 + 2 and rows["switch_20"]["nfe_per_image"] == 3 + 1

@@ -176,6 +176,13 @@ def judge(pair: EditPair, source_image: np.ndarray, edited_image: np.ndarray) ->
             "area_ratio": float(ratio), "kept_parts": {k: bool(v) for k, v in parts.items()}}
 
 
+def kept_parts(judged: list) -> dict:
+    """How often each part of "rest kept" held over ``judge`` results, and the median centre move."""
+    return {"parts": {part: float(np.mean([j["kept_parts"][part] for j in judged if part in j["kept_parts"]]))
+                      for part in KEPT_PARTS if any(part in j["kept_parts"] for j in judged)},
+            "moved_median": float(np.median([j["moved"] for j in judged]))}
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
@@ -217,10 +224,7 @@ def summarise(results: list, steps: int, settings: EditSettings = EditSettings()
     share = {m: {key: float(np.mean([r["judged"][m][key] for r in results])) for key in ("landed", "kept", "both")}
              for m in ("edict", "ddim")}
     for m in ("edict", "ddim"):
-        judged = [r["judged"][m] for r in results]
-        share[m]["parts"] = {part: float(np.mean([j["kept_parts"][part] for j in judged if part in j["kept_parts"]]))
-                             for part in KEPT_PARTS if any(part in j["kept_parts"] for j in judged)}
-        share[m]["moved_median"] = float(np.median([j["moved"] for j in judged]))
+        share[m].update(kept_parts([r["judged"][m] for r in results]))
     recon = {m: float(np.median([min(r["reconstruction_psnr"][m], 99.0) for r in results])) for m in ("edict", "ddim")}
     return {"pairs": len(results), "steps": steps, "strength": settings.strength, "cfg": settings.inversion_cfg,
             "edit_cfg": settings.edit_cfg, "mixing_weight": settings.mixing_weight,

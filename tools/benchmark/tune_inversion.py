@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from tools.bootstrap import import_pack
 
 import_pack()
@@ -74,10 +72,8 @@ def main(argv=None) -> int:
                        **{k: sum(j[k] for j in judged) / len(judged) for k in ("landed", "kept", "both")},
                        **{f"landed_{kind}": sum(j["landed"] for p, j in zip(pairs, judged) if p.changes == kind)
                           / max(1, sum(p.changes == kind for p in pairs)) for kind in ("colour", "shape")}}
-                row["kept_parts"] = {part: float(np.mean([j["kept_parts"][part] for j in judged
-                                                          if part in j["kept_parts"]]))
-                                     for part in inv.KEPT_PARTS if any(part in j["kept_parts"] for j in judged)}
-                row["moved_median"] = float(np.median([j["moved"] for j in judged]))
+                kept = inv.kept_parts(judged)
+                row["kept_parts"], row["moved_median"] = kept["parts"], kept["moved_median"]
                 table.append(row)
                 print(f"[tune] {setting:12s} {method:5s} lands {row['landed']:.0%} (colour "
                       f"{row['landed_colour']:.0%}, shape {row['landed_shape']:.0%}), kept {row['kept']:.0%}, "
