@@ -9,12 +9,16 @@ from pathlib import Path
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # Companion files trained on the default models: Smooth-LoRAs (listed with ComfyUI's loras).
 LORAS_DIR = WEIGHTS_DIR / "loras"
+# AGD adapters trained on the default models (the AGD Adapter Loader finds them by name).
+AGD_DIR = WEIGHTS_DIR / "agd"
 # Rectified flow on ComfyUI's CONST sampling (shift 1): the family of SD3, Flux and most video models.
 FLOW32 = "guidance_lab_flow32.safetensors"
 # v-prediction on SD's schedule rescaled to zero terminal SNR: the eps family (SD1.x, SD2.x, SDXL).
 VPRED32 = "guidance_lab_vpred32.safetensors"
 SHIPPED = (FLOW32, VPRED32)
+AGD_ADAPTERS = {FLOW32: "guidance_lab_flow32_agd.safetensors", VPRED32: "guidance_lab_vpred32_agd.safetensors"}
 # The one the pack presents first (demo, loader default, benchmark default).
 DEFAULT_WEIGHTS = FLOW32
 
-__all__ = ["WEIGHTS_DIR", "LORAS_DIR", "FLOW32", "VPRED32", "SHIPPED", "DEFAULT_WEIGHTS"]
+__all__ = ["WEIGHTS_DIR", "LORAS_DIR", "AGD_DIR", "FLOW32", "VPRED32", "SHIPPED", "AGD_ADAPTERS",
+           "DEFAULT_WEIGHTS"]

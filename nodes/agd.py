@@ -6,15 +6,25 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
+from ..default_model import AGD_DIR
 from ..guiders.agd import AGDPolicy
 from ..guiders.agd import adapter_file as agd_file
 from .bridge.agd import AGDGuider, apply_adapters, find_adapters
-from .bridge.files import PackFile, find_file, plan_write, relative_to_output
+from .bridge.files import PackFile, find_file, input_root, output_root, plan_write, relative_to_output
 from .guider_common import guider_output
 from .validation import NodeInputError, checks_inputs, require_conditioning
 
 FILE_TOOLTIP = ("AGD adapter file (.safetensors), relative to ComfyUI's output folder (the AGD "
-                "trainer saves there) or its input folder, e.g. agd/adapter.safetensors.")
+                "trainer saves there) or its input folder, e.g. agd/adapter.safetensors; or one the pack "
+                "ships for its default models: guidance_lab_flow32_agd.safetensors, "
+                "guidance_lab_vpred32_agd.safetensors.")
+
+
+def adapter_roots() -> list:
+    """Where the loader looks, in order: ComfyUI's output folder (the trainer's), its input
+    folder, the adapters the pack ships for its default models."""
+    return [("ComfyUI's output folder", output_root()), ("ComfyUI's input folder", input_root()),
+            ("the pack's shipped adapters", AGD_DIR)]
 
 
 class AGDAdapterLoaderNode(io.ComfyNode):
@@ -44,7 +54,7 @@ class AGDAdapterLoaderNode(io.ComfyNode):
     @checks_inputs
     def execute(cls, model, adapter_file) -> io.NodeOutput:
         name = adapter_file
-        path = find_file(cls.DISPLAY, "adapter_file", name)  # output folder, then input folder
+        path = find_file(cls.DISPLAY, "adapter_file", name, roots=adapter_roots())
         try:
             loaded = agd_file.load(path)
             patched = apply_adapters(model, loaded.adapters, loaded.scale_range, loaded.base_fingerprint,

@@ -9,9 +9,14 @@ so ``tools`` is importable and no script edits ``sys.path`` itself.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 from .paths import HOST_DIR, PACK_NAME, REPO
+
+# Set to "gpu" to let ComfyUI pick its device (a CUDA GPU when there is one) for long runs
+# (training, tuning sweeps); tests and CI always run the host on the CPU.
+DEVICE_ENV = "GUIDANCE_LAB_DEVICE"
 
 
 def import_pack(name: str = PACK_NAME):
@@ -26,15 +31,22 @@ def import_pack(name: str = PACK_NAME):
 
 
 def ensure_host_importable():
-    """Put the provisioned ComfyUI on sys.path (CPU mode) without importing its models."""
+    """Put the provisioned ComfyUI on sys.path (CPU mode unless GUIDANCE_LAB_DEVICE=gpu) without
+    importing its models."""
     if not (HOST_DIR / "main.py").exists():
         raise RuntimeError(f"no ComfyUI host at {HOST_DIR}: run `make provision` (make test does)")
     if str(HOST_DIR) not in sys.path:
         sys.path.insert(0, str(HOST_DIR))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = not (os.environ.get(DEVICE_ENV, "cpu").lower() == "gpu" and _cuda_available())
     return HOST_DIR
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def pack_with_host():

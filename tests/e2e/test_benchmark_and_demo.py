@@ -38,6 +38,10 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
     # the stock KSampler, plain and patched with the pack's CFG policy, makes the CFGGuider's images
     assert rows["comfy_ksampler"]["rmse_to_cfg"] == 0.0 and rows["ksampler_patch"]["rmse_to_cfg"] == 0.0
     assert rows["ksampler_patch"]["nfe_per_image"] == 6 and rows["ksampler_patch"]["nfe_counted"]
+    # AGD with the shipped adapters: one model evaluation per step, counted by the pack's record;
+    # CFG 1 is what its zero-initialised adapters would give, so its distance to CFG is AGD's before training
+    assert all(rows[n]["nfe_per_image"] == 3 and rows[n]["nfe_counted"] for n in ("agd", "agd_3"))
+    assert rows["comfy_cfg_3"]["nfe_per_image"] == 6 and rows["comfy_cfg_1"]["rmse_to_cfg"] > 0
     for row in rows.values():
         assert 0 <= row["adherence"] <= 1 and row["time_ratio"] > 0 and np.isfinite(row["scene_distance"])
     # each overhead row timed pair by pair against its baseline
@@ -48,7 +52,7 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
         assert timing["evaluations_per_run"] == 3 and np.isfinite(timing["overhead_us_per_evaluation"])
     # every row that carries a target is judged
     judged = {t["target"].split(":")[0].split(" ")[0] for t in results["targets"]}
-    assert {"cfg", "ksampler_patch", "ag", "linear_ag", "apg_15"} <= judged, judged
+    assert {"cfg", "ksampler_patch", "ag", "linear_ag", "apg_15", "agd", "agd_3"} <= judged, judged
     # the inversion section: both inversions of every pair judged, timed side by side, reconstructed
     inversion = results["inversion"]
     assert inversion["pairs"] == 2 and inversion["cost_ratio_median"] > 0

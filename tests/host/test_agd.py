@@ -126,6 +126,30 @@ def test_adapter_of_another_base_model_is_refused_naming_both(shapes, output_dir
     assert "0123456789abcdef" in str(err.value) and base_model_fingerprint(model) in str(err.value)
 
 
+def test_shipped_adapters_load_by_name_on_their_own_model_only(shapes):
+    """The adapters the pack ships for its default models: found by name (after ComfyUI's
+    output and input folders), applied to their model, refused on the other one."""
+    from comfy_extras import nodes_custom_sampler as cs
+    from guidance_lab.default_model import AGD_ADAPTERS, FLOW32, VPRED32
+    from guidance_lab.nodes.agd import adapter_roots
+    from guidance_lab.nodes.bridge.fingerprint import base_model_fingerprint
+
+    model, positive, negative = shapes
+    assert adapter_roots()[-1][0] == "the pack's shipped adapters"
+    patched, report = node_out(AGDAdapterLoaderNode.execute(model, AGD_ADAPTERS[VPRED32]))
+    assert "trained for scales 1 to 8" in report and "% of the model" in report
+    # trained: one pass per step lands nearer CFG's image than the prompt alone (what the
+    # adapters start from) does, on seeds they never saw
+    _, agd = agd_sample(patched, positive, 5.0, seed=11, steps=10, batch=4)
+    cfg = sample(node_out(cs.CFGGuider.execute(model, positive, negative, 5.0))[0], "euler", 10, latent(4), seed=11)
+    alone = cond_only_sample(model, positive, negative, seed=11, steps=10, batch=4)
+    rmse = lambda a, b: float((a - b).square().mean().sqrt())  # noqa: E731
+    assert rmse(agd, cfg) < rmse(alone, cfg)
+    with pytest.raises(NodeInputError, match=r"AGD Adapter Loader \(Guidance Lab\): input 'adapter_file'") as err:
+        AGDAdapterLoaderNode.execute(model, AGD_ADAPTERS[FLOW32])
+    assert base_model_fingerprint(model) in str(err.value)
+
+
 def test_corrupt_or_missing_file_and_double_loading_are_refused(shapes, output_dir):
     model, _positive, _negative = shapes
     path = save_adapter(model, output_dir / "a.safetensors", trained=False)

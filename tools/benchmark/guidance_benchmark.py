@@ -80,7 +80,8 @@ class Runner:
         from tools.benchmark.methods import tuned
 
         self.server, self.args = server, args
-        self.context = {"linear_ag_file": CALIBRATION_FILE, **tuned(Path(args.weights).name)}
+        self.context = {"linear_ag_file": CALIBRATION_FILE, "agd_adapter": shipped_agd_adapter(args.weights),
+                        **tuned(Path(args.weights).name)}
 
     def graph(self, method, prompt: str, seed: int, batch: int, tag: str) -> dict:
         from tools.benchmark.graph import Scene, base_graph, finish_graph, guided_sample
@@ -127,6 +128,14 @@ class Runner:
                 "decisions": json.loads(decisions.group(1)) if decisions else None}
 
 
+def shipped_agd_adapter(weights: str):
+    """The AGD adapter file the pack ships for the default model ``weights``, or None."""
+    from guidance_lab.default_model import AGD_ADAPTERS, AGD_DIR
+
+    name = AGD_ADAPTERS.get(Path(weights).name)
+    return name if name and (AGD_DIR / name).is_file() else None
+
+
 def measure_overhead(runner, baseline, method, prompt: str, pairs: int) -> dict:
     """Seconds of ``baseline`` and ``method`` run back to back on one prompt (its encoding is
     cached after the first run) with a fresh seed per pair, alternating which runs first."""
@@ -171,6 +180,8 @@ def main(argv=None) -> int:
 
     ensure_host_importable()
     methods = [BY_NAME[n] for n in args.methods] if args.methods else list(METHODS)
+    if shipped_agd_adapter(args.weights) is None:  # no adapters for this model: no AGD rows
+        methods = [m for m in methods if not m.needs_agd]
     names = {m.name for m in methods}
     # A row's reference and the time baseline always run: they are what the row is compared to.
     for extra in sorted({BASELINE} | {m.reference for m in methods if m.reference}):

@@ -16,6 +16,7 @@ from .graph import Graph, out
 # Settings of the rows, chosen once for the default model and kept here, in one place.
 CFG = 5.0  # the default model's usual scale; README and demo use it too
 HIGH_CFG = 15.0  # where over-saturation shows, and what APG exists for
+LOW_CFG = 3.0  # AGD's second scale of its trained range (1-8)
 AG = {"threshold": 0.995, "space": "auto"}  # the family's default criterion (guiders/adaptive.py)
 AG_EPS = {"threshold": 0.999, "space": "eps"}  # the paper's reading, kept to show why it is not the default
 CFG_PP_LAMBDA = 0.6
@@ -51,6 +52,8 @@ class Method:
     # Rows that sample without a GUIDER (the stock KSampler) build their sampling node here:
     # (graph, ids, context) -> the LATENT output; ``build`` is then unused.
     sample: Optional[Callable] = None
+    # Runs only on a default model the pack ships AGD adapters for (``ctx["agd_adapter"]``).
+    needs_agd: bool = False
     # The row timed back to back against this one, pair by pair, for an overhead target.
     paired_with: Optional[str] = None
     # NFE per image of a row ComfyUI samples without the pack's record, by construction
@@ -164,8 +167,20 @@ def linear_ag_with(settings: Optional[dict] = None):
     return build
 
 
+def agd(scale: float):
+    """The shipped AGD adapters on the model, the AGD Guider at ``scale``: 1 NFE per step."""
+    def build(g, ids, ctx):
+        loaded = g.add("GuidanceLab_AGDAdapterLoader", "agd_loader", model=ids["model"],
+                       adapter_file=ctx["agd_adapter"])
+        guider = g.add("GuidanceLab_AGDGuider", "guider", model=out(loaded), positive=ids["positive"], scale=scale)
+        return out(guider), stock_sampler(g), True
+    return build
+
+
 METHODS = [
-    Method("comfy_cfg_1", "ComfyUI CFGGuider, CFG 1 (no guidance)", comfy_cfg(1.0), 1.0),
+    # Its distance to CFG is also AGD's before training: zero-initialised adapters leave the
+    # model as it is, and one conditional pass per step is CFG 1.
+    Method("comfy_cfg_1", "ComfyUI CFGGuider, CFG 1 (no guidance)", comfy_cfg(1.0), 1.0, "comfy_cfg"),
     Method("comfy_cfg", f"ComfyUI CFGGuider, CFG {CFG:g}", comfy_cfg(CFG), CFG,
            target=targets.guidance_matters(0.25, "comfy_cfg_1")),
     Method("cfg", f"Guidance Lab CFG, CFG {CFG:g}", pack_cfg(CFG), CFG, "comfy_cfg",
@@ -188,6 +203,11 @@ METHODS = [
     Method("cfg_pp", f"CFG++ Euler (lambda {CFG_PP_LAMBDA:g})", pack_cfg(CFG_PP_LAMBDA, "euler_cfg_pp"),
            CFG, "comfy_cfg"),
     Method("apg", f"APG, CFG {CFG:g}", pack_apg(CFG), CFG, "comfy_cfg"),
+    Method("agd", f"AGD (shipped adapters), scale {CFG:g}", agd(CFG), CFG, "comfy_cfg", needs_agd=True,
+           target=targets.distilled("comfy_cfg", "comfy_cfg_1")),
+    Method("comfy_cfg_3", f"ComfyUI CFGGuider, CFG {LOW_CFG:g}", comfy_cfg(LOW_CFG), LOW_CFG, needs_agd=True),
+    Method("agd_3", f"AGD (shipped adapters), scale {LOW_CFG:g}", agd(LOW_CFG), LOW_CFG, "comfy_cfg_3",
+           needs_agd=True, target=targets.distilled("comfy_cfg_3")),
     Method("comfy_cfg_15", f"ComfyUI CFGGuider, CFG {HIGH_CFG:g}", comfy_cfg(HIGH_CFG), HIGH_CFG,
            target=targets.oversaturates),
     Method("cfg_15", f"Guidance Lab CFG, CFG {HIGH_CFG:g}", pack_cfg(HIGH_CFG), HIGH_CFG, "comfy_cfg_15"),
