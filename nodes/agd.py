@@ -4,9 +4,11 @@ training in ``bridge/agd_training.py``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from comfy_api.latest import io, ui
 
-from ..default_model import AGD_DIR
+from ..default_model import AGD_ADAPTERS, AGD_DIR
 from ..guiders.agd import AGDPolicy
 from ..guiders.agd import adapter_file as agd_file
 from .bridge.agd import AGDGuider, apply_adapters, find_adapters
@@ -16,8 +18,7 @@ from .validation import NodeInputError, checks_inputs, require_conditioning
 
 FILE_TOOLTIP = ("AGD adapter file (.safetensors), relative to ComfyUI's output folder (the AGD "
                 "trainer saves there) or its input folder, e.g. agd/adapter.safetensors; or one the pack "
-                "ships for its default models: guidance_lab_flow32_agd.safetensors, "
-                "guidance_lab_vpred32_agd.safetensors.")
+                f"ships for its default models: {', '.join(AGD_ADAPTERS.values())}.")
 
 
 def adapter_roots() -> list:
@@ -54,7 +55,10 @@ class AGDAdapterLoaderNode(io.ComfyNode):
     @checks_inputs
     def execute(cls, model, adapter_file) -> io.NodeOutput:
         name = adapter_file
-        path = find_file(cls.DISPLAY, "adapter_file", name, roots=adapter_roots())
+        roots = adapter_roots()
+        path = find_file(cls.DISPLAY, "adapter_file", name, roots=roots)
+        # A file of the same name in an earlier folder wins: the report says which one it was.
+        where = next((label for label, root in roots if path.is_relative_to(Path(root).resolve())), roots[0][0])
         try:
             loaded = agd_file.load(path)
             patched = apply_adapters(model, loaded.adapters, loaded.scale_range, loaded.base_fingerprint,
@@ -65,7 +69,7 @@ class AGDAdapterLoaderNode(io.ComfyNode):
         count = loaded.adapters.parameter_count()
         base = loaded.base_parameter_count
         share = f" ({100 * count / base:.1f}% of the model)" if base else ""
-        report = (f"{name}: {len(loaded.adapters.layout)} adapters, {count} parameters{share}; "
+        report = (f"{name} (from {where}): {len(loaded.adapters.layout)} adapters, {count} parameters{share}; "
                   f"trained for scales {lo:g} to {hi:g}")
         return io.NodeOutput(patched, report, ui=ui.PreviewText(report))
 

@@ -14,8 +14,9 @@ import sys
 
 from .paths import HOST_DIR, PACK_NAME, REPO
 
-# Set to "gpu" to let ComfyUI pick its device (a CUDA GPU when there is one) for long runs
-# (training, tuning sweeps); tests and CI always run the host on the CPU.
+# "gpu": the in-process tools (trainers, evaluate, smooth_istd) let ComfyUI put its models on a
+# CUDA GPU when there is one. Only ``pack_with_host`` reads it: the tests, which call
+# ``ensure_host_importable`` themselves, and the server-based tools (``--cpu``) stay on the CPU.
 DEVICE_ENV = "GUIDANCE_LAB_DEVICE"
 
 
@@ -30,29 +31,34 @@ def import_pack(name: str = PACK_NAME):
     return sys.modules[name]
 
 
-def ensure_host_importable():
-    """Put the provisioned ComfyUI on sys.path (CPU mode unless GUIDANCE_LAB_DEVICE=gpu) without
-    importing its models."""
+def ensure_host_importable(allow_gpu: bool = False):
+    """Put the provisioned ComfyUI on sys.path without importing its models: in CPU mode, unless
+    ``allow_gpu`` and GUIDANCE_LAB_DEVICE=gpu and a CUDA GPU is there."""
     if not (HOST_DIR / "main.py").exists():
         raise RuntimeError(f"no ComfyUI host at {HOST_DIR}: run `make provision` (make test does)")
     if str(HOST_DIR) not in sys.path:
         sys.path.insert(0, str(HOST_DIR))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = not (os.environ.get(DEVICE_ENV, "cpu").lower() == "gpu" and _cuda_available())
+    comfy.cli_args.args.cpu = not (allow_gpu and _wants_gpu())
     return HOST_DIR
 
 
-def _cuda_available() -> bool:
+def _wants_gpu() -> bool:
+    if os.environ.get(DEVICE_ENV, "cpu").lower() != "gpu":
+        return False
     import torch
 
-    return torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        print(f"{DEVICE_ENV}=gpu but torch sees no CUDA GPU: running on the CPU", file=sys.stderr)
+        return False
+    return True
 
 
 def pack_with_host():
     """The pack and the host, ready for in-process ComfyUI work (training, evaluation)."""
     pack = import_pack()
-    ensure_host_importable()
+    ensure_host_importable(allow_gpu=True)
     import comfy.model_management  # noqa: F401  (after args.cpu)
 
     return pack

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -25,6 +26,10 @@ def test_only_up_is_scaled_and_the_strength_is_recorded(tmp_path):
     assert torch.equal(baked[f"{key}.up.weight"], tensors[f"{key}.up.weight"] * 0.5 * 0.5)
     assert float(meta["strength_baked"]) == 0.25 and meta["rank"] == "4"
     assert [h["strength"] for h in json.loads(meta["history"])] == [0.5, 0.5]
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            bake(tmp_path / "a.safetensors", tmp_path / "c.safetensors", bad)
+    assert not (tmp_path / "c.safetensors").exists()
 
 
 def test_the_shipped_v_prediction_smooth_lora_carries_its_measured_strength():

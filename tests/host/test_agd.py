@@ -131,13 +131,11 @@ def test_shipped_adapters_load_by_name_on_their_own_model_only(shapes):
     output and input folders), applied to their model, refused on the other one."""
     from comfy_extras import nodes_custom_sampler as cs
     from guidance_lab.default_model import AGD_ADAPTERS, FLOW32, VPRED32
-    from guidance_lab.nodes.agd import adapter_roots
     from guidance_lab.nodes.bridge.fingerprint import base_model_fingerprint
 
     model, positive, negative = shapes
-    assert adapter_roots()[-1][0] == "the pack's shipped adapters"
     patched, report = node_out(AGDAdapterLoaderNode.execute(model, AGD_ADAPTERS[VPRED32]))
-    assert "trained for scales 1 to 8" in report and "% of the model" in report
+    assert "(from the pack's shipped adapters)" in report and "trained for scales 1 to 8" in report
     # trained: one pass per step lands nearer CFG's image than the prompt alone (what the
     # adapters start from) does, on seeds they never saw
     _, agd = agd_sample(patched, positive, 5.0, seed=11, steps=10, batch=4)

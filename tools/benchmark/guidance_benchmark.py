@@ -180,7 +180,10 @@ def main(argv=None) -> int:
 
     ensure_host_importable()
     methods = [BY_NAME[n] for n in args.methods] if args.methods else list(METHODS)
-    if shipped_agd_adapter(args.weights) is None:  # no adapters for this model: no AGD rows
+    if shipped_agd_adapter(args.weights) is None:
+        asked = [m.name for m in methods if m.needs_agd and args.methods]
+        if asked:
+            raise SystemExit(f"{', '.join(asked)}: the pack ships no AGD adapters for {args.weights}")
         methods = [m for m in methods if not m.needs_agd]
     names = {m.name for m in methods}
     # A row's reference and the time baseline always run: they are what the row is compared to.

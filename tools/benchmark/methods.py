@@ -2,7 +2,8 @@
 
 Each row builds its guider (and picks its sampler) on top of ``graph.base_graph``; all rows
 share prompts, seeds, steps and schedule. ``reference`` names the row whose images the
-row's "distance to CFG" is measured against (ComfyUI's CFG at the same scale).
+row's "distance to CFG" is measured against (ComfyUI's CFG at the same scale; for CFG 1, at
+CFG's usual scale, which makes it AGD's distance before training).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .graph import Graph, out
 # Settings of the rows, chosen once for the default model and kept here, in one place.
 CFG = 5.0  # the default model's usual scale; README and demo use it too
 HIGH_CFG = 15.0  # where over-saturation shows, and what APG exists for
-LOW_CFG = 3.0  # AGD's second scale of its trained range (1-8)
+LOW_CFG = 3.0  # AGD's second scale: the issue asks for two inside its trained range (1-8)
 AG = {"threshold": 0.995, "space": "auto"}  # the family's default criterion (guiders/adaptive.py)
 AG_EPS = {"threshold": 0.999, "space": "eps"}  # the paper's reading, kept to show why it is not the default
 CFG_PP_LAMBDA = 0.6
@@ -52,7 +53,8 @@ class Method:
     # Rows that sample without a GUIDER (the stock KSampler) build their sampling node here:
     # (graph, ids, context) -> the LATENT output; ``build`` is then unused.
     sample: Optional[Callable] = None
-    # Runs only on a default model the pack ships AGD adapters for (``ctx["agd_adapter"]``).
+    # AGD's rows and their CFG 3 reference: only on a default model the pack ships AGD adapters
+    # for (``ctx["agd_adapter"]``); elsewhere CFG 3 would be a row nothing is compared with.
     needs_agd: bool = False
     # The row timed back to back against this one, pair by pair, for an overhead target.
     paired_with: Optional[str] = None

@@ -14,7 +14,7 @@ import numpy as np
 from ..image_grid import image_grid
 from ..quality.metrics import SCENE_FEATURES, distance_to_reference, diversity, scene_distance, scene_features
 from ..quality.shapes import label_accuracy, saturation_stats
-from .methods import BASELINE, METHODS
+from .methods import BASELINE, CFG, METHODS
 
 COLUMNS = [  # (key, heading, format)
     ("nfe_per_image", "NFE / image", "{:.1f}"),
@@ -110,8 +110,8 @@ def markdown(rows: dict, dataset: dict, checks: list, meta: dict) -> str:
         "`quality/shapes.py` match the prompt. Saturation: mean chroma (max - min channel; HSV "
         "saturation, in results.json, is inflated by noise on dark pixels); clipped: share of "
         "channel values at 0 or 255. Diversity: mean pairwise RMSE between the seeds of one prompt. "
-        "RMSE/PSNR: against ComfyUI CFG at the same scale and seeds (CFG 1: against CFG 5, which is "
-        "also AGD's distance before training). Scene distance: Fréchet distance "
+        f"RMSE/PSNR: against ComfyUI CFG at the same scale and seeds (CFG 1: against CFG {CFG:g}, which "
+        "is also AGD's distance before training). Scene distance: Fréchet distance "
         f"to {meta['real_count']} real dataset images on standardised scene features "
         f"({', '.join(SCENE_FEATURES)}); see `quality/metrics.py`.",
         "",

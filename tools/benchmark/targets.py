@@ -47,8 +47,9 @@ def nfe_saving(saving: float, slack: float, against: str) -> Target:
 def distilled(against: str, untrained: Optional[str] = None, nfe: float = 0.5, wall: float = 0.6,
               slack: float = 0.03, cut: float = 5.0) -> Target:
     """AGD against CFG at the same scale (``against``): ``nfe`` of its NFE, at most ``wall`` of
-    the baseline's wall time, adherence within ``slack``; with ``untrained`` (the row AGD's
-    zero-initialised adapters give, CFG 1), its distance to CFG cut at least ``cut`` times."""
+    the time baseline's (ComfyUI's CFG, the same NFE as ``against``), adherence within
+    ``slack``; with ``untrained`` (the row AGD's zero-initialised adapters give, CFG 1), its
+    distance to CFG cut at least ``cut`` times."""
     def check(name, rows, dataset, timing):
         if against not in rows or (untrained and untrained not in rows):
             return None
@@ -58,12 +59,12 @@ def distilled(against: str, untrained: Optional[str] = None, nfe: float = 0.5, w
         met = ratio <= nfe and row["time_ratio"] <= wall and gap <= slack
         numbers = (f"NFE {row['nfe_per_image']:.1f} vs {ref['nfe_per_image']:.1f}; time {row['time_ratio']:.3f}; "
                    f"adherence {row['adherence']:.3f} vs {ref['adherence']:.3f} ({-gap * 100:+.1f} points)")
-        wanted = (f"{name}: <= {nfe:.0%} of {against}'s NFE, <= {wall:g}x the time, adherence within "
+        wanted = (f"{name}: <= {nfe:.0%} of {against}'s NFE, <= {wall:g}x ComfyUI CFG's time, adherence within "
                   f"{slack * 100:.0f} points")
         if untrained:
             before, after = rows[untrained]["rmse_to_cfg"], row["rmse_to_cfg"]
             met = met and before >= cut * after
-            numbers += f"; RMSE to CFG {before:.4f} untrained -> {after:.4f} ({before / after:.2f}x)"
+            numbers += f"; RMSE to CFG {before:.4f} untrained -> {after:.4f} ({before / max(after, 1e-12):.2f}x)"
             wanted += f", RMSE to CFG cut >= {cut:g}x"
         return wanted, met, numbers
     return check

@@ -18,20 +18,24 @@ import sys
 from pathlib import Path
 
 
-def bake(source: Path, out: Path, strength: float) -> dict:
+def bake(source: Path, out: Path, strength: float, command: str = "") -> dict:
     """Write ``source`` with every ``*.up.weight`` times ``strength``; returns the new metadata."""
+    import math
+
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    if not (math.isfinite(strength) and strength > 0):
+        raise ValueError(f"strength must be a positive number, got {strength!r}")
     with safe_open(str(source), framework="pt", device="cpu") as f:
         metadata = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if not any(k.endswith(".up.weight") for k in tensors):
-        raise SystemExit(f"{source}: no '*.up.weight' tensors: not a LoRA in the diffusers layout")
+        raise ValueError(f"{source}: no '*.up.weight' tensors: not a LoRA in the diffusers layout")
     scaled = {k: (v * strength if k.endswith(".up.weight") else v).contiguous() for k, v in tensors.items()}
     previous = float(metadata.get("strength_baked", "1"))
     history = json.loads(metadata.get("history", "[]"))
-    history.append({"command": "bake_lora_strength.py " + shlex.join(sys.argv[1:]), "strength": strength})
+    history.append({"command": command, "strength": strength})
     metadata.update(strength_baked=repr(previous * strength), history=json.dumps(history))
     tmp = out.with_name(f".{out.name}.tmp")
     save_file(scaled, str(tmp), metadata=metadata)
@@ -45,7 +49,11 @@ def main(argv=None):
     p.add_argument("--strength", required=True, type=float)
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
-    meta = bake(args.lora, args.out, args.strength)
+    try:
+        meta = bake(args.lora, args.out, args.strength,
+                    "bake_lora_strength.py " + shlex.join(sys.argv[1:] if argv is None else argv))
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     print(f"wrote {args.out}: strength {meta['strength_baked']} baked in")
 
 
