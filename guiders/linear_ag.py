@@ -196,7 +196,6 @@ class LinearAGRun(PolicyRun):
         self.estimated = 0
         self.coefficients: Optional[torch.Tensor] = None  # the policy's, on the model's device
 
-
     def unguided(self, step: StepContext) -> bool:
         return self.policy.guided_steps is not None and step.index >= self.policy.guided_steps
 

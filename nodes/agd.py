@@ -12,7 +12,7 @@ from ..default_model import AGD_ADAPTERS, AGD_DIR
 from ..guiders.agd import AGDPolicy
 from ..guiders.agd import adapter_file as agd_file
 from .bridge.agd import AGDGuider, apply_adapters, find_adapters
-from .bridge.files import PackFile, find_file, input_root, output_root, plan_write, relative_to_output
+from .bridge.files import PackFile, find_file, plan_write, read_roots, relative_to_output
 from .guider_common import guider_output
 from .validation import NodeInputError, checks_inputs, require_conditioning
 
@@ -24,8 +24,7 @@ FILE_TOOLTIP = ("AGD adapter file (.safetensors), relative to ComfyUI's output f
 def adapter_roots() -> list:
     """Where the loader looks, in order: ComfyUI's output folder (the trainer's), its input
     folder, the adapters the pack ships for its default models."""
-    return [("ComfyUI's output folder", output_root()), ("ComfyUI's input folder", input_root()),
-            ("the pack's shipped adapters", AGD_DIR)]
+    return [*read_roots(), ("the pack's shipped adapters", AGD_DIR)]
 
 
 class AGDAdapterLoaderNode(io.ComfyNode):

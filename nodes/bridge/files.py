@@ -60,6 +60,11 @@ def input_root() -> Path:
     return Path(folder_paths.get_input_directory()).resolve()
 
 
+def read_roots() -> list:
+    """The folders a node reads a named file from, in order, as (label, folder) pairs."""
+    return [("ComfyUI's output folder", output_root()), ("ComfyUI's input folder", input_root())]
+
+
 def relative_to_output(path: Path) -> str:
     return Path(path).relative_to(output_root()).as_posix()
 
@@ -123,7 +128,7 @@ def find_file(node: str, input_name: str, name, suffix: str = ".safetensors",
     """An existing file ``name`` under the first of ``roots`` ((label, folder) pairs; default
     ComfyUI's output, then input folder) that has it."""
     name = _clean_name(node, input_name, name, suffix)
-    roots = roots or [("ComfyUI's output folder", output_root()), ("ComfyUI's input folder", input_root())]
+    roots = roots or read_roots()
     for label, root in roots:
         path = _inside(node, input_name, Path(root).resolve(), name, label)
         if path.is_dir():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.bootstrap import import_pack
-from tools.paths import BENCHMARK_RESULTS, REPO
+from tools.paths import BENCHMARK_RESULTS, REPO, run_workdir
 
 import_pack()
 from guidance_lab.default_model import DEFAULT_WEIGHTS as WEIGHTS  # noqa: E402
@@ -198,7 +197,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"calibration prompt {calibration_prompts[0]!r} is also a scoring prompt; "
                          "pick another --calibration-seed")
 
-    workdir = args.workdir or Path("/tmp") / f"guidance-lab-benchmark-{int(time.time())}-{os.getpid()}"
+    workdir = args.workdir or run_workdir("benchmark")
     shutil.rmtree(workdir, ignore_errors=True)
     results = {name: {"images": [], "seconds": [], "nfe": [], "nfe_counted": [], "decisions": []} for name in names}
     t_start = time.monotonic()

@@ -219,7 +219,7 @@ def run_section(runner, pairs: list, steps: int, weights: str, log=print,
     return summarise(results, steps, settings)
 
 
-def summarise(results: list, steps: int, settings: EditSettings = EditSettings()) -> dict:
+def summarise(results: list, steps: int, settings: EditSettings) -> dict:
     ratios = sorted(r["seconds"]["edict"] / r["seconds"]["ddim"] for r in results)
     share = {m: {key: float(np.mean([r["judged"][m][key] for r in results])) for key in ("landed", "kept", "both")}
              for m in ("edict", "ddim")}
@@ -240,7 +240,7 @@ def markdown(summary: dict) -> str:
         f"Inversion: {s['pairs']} source/edit prompt pairs (half recolour, half reshape) on images the model "
         f"made (KSampler, CFG {SOURCE_CFG:g}); each inverted under the source prompt at CFG {s['cfg']:g} and "
         f"re-sampled under the edit prompt at CFG {s['edit_cfg']:g}, {s['steps']} steps at "
-        f"strength {s['strength']:g}, EDICT (p {s.get('mixing_weight', MIXING_WEIGHT):g}) beside DDIM inversion "
+        f"strength {s['strength']:g}, EDICT (p {s['mixing_weight']:g}) beside DDIM inversion "
         "+ SamplerCustom (the same settings; tuned per model on other pairs with tune_inversion.py).",
         "",
         "| inversion | edit lands | rest kept | both | reconstruction PSNR (dB, median) | time (EDICT / DDIM, "
@@ -255,11 +255,11 @@ def markdown(summary: dict) -> str:
         f"Rest kept: same backdrop, blob centre within {POSITION_TOLERANCE:.0%} of the image, and for "
         f"recolouring the same shape and an area within {COVERAGE_TOLERANCE}x. Reconstruction: re-sampled "
         "under the source prompt (PSNR capped at 99 dB for exact round trips).",
-    ]
-    if "parts" in e:
-        lines += ["", "Each part of \"rest kept\" on its own (EDICT / DDIM): " + ", ".join(
+        "",
+        "Each part of \"rest kept\" on its own (EDICT / DDIM): " + ", ".join(
             f"{part} {e['parts'][part]:.0%} / {d['parts'][part]:.0%}" for part in e["parts"])
-            + f"; median centre move {e['moved_median']:.3f} / {d['moved_median']:.3f} of the image side."]
+        + f"; median centre move {e['moved_median']:.3f} / {d['moved_median']:.3f} of the image side.",
+    ]
     return "\n".join(lines)
 
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from tools.bootstrap import import_pack
+from tools.paths import run_workdir
 
 import_pack()
 from guidance_lab.default_model import DEFAULT_WEIGHTS  # noqa: E402
@@ -76,7 +75,7 @@ def main(argv=None) -> int:
                             m.adaptive(m.pack_cfg(m.CFG), {"threshold": t, "space": args.ag_space}), m.CFG)
                    for t in args.ag_thresholds]
     candidates += [linear_ag_candidate(m, schedule) for schedule in args.linear_ag_schedules]
-    workdir = Path("/tmp") / f"guidance-lab-tune-{int(time.time())}-{os.getpid()}"
+    workdir = run_workdir("tune")
     shutil.rmtree(workdir, ignore_errors=True)
     rows = {c.name: {"images": [], "nfe": []} for c in candidates}
     with ComfyServer(workdir) as server:

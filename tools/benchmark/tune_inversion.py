@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from tools.bootstrap import import_pack
+from tools.paths import run_workdir
 
 import_pack()
 from guidance_lab.default_model import DEFAULT_WEIGHTS  # noqa: E402
@@ -51,7 +50,7 @@ def main(argv=None) -> int:
 
     ensure_host_importable()
     pairs = inv.edit_pairs(args.pairs + 1, TUNING_SEED)[1:]
-    workdir = Path("/tmp") / f"guidance-lab-tune-inversion-{int(time.time())}-{os.getpid()}"
+    workdir = run_workdir("tune-inversion")
     shutil.rmtree(workdir, ignore_errors=True)
     table = []
     with ComfyServer(workdir) as server:
