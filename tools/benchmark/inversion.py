@@ -63,10 +63,12 @@ TUNED = {
     # it is, the more of the source the coupled pair carries back (p 0.6-0.7: edits land in 0-28 %,
     # the rest kept in ~90 %; p 0.93-0.97: the opposite).
     # At p 0.93 the exact inversion holds on to the source (edits land in 50-56 % at edit CFG 5-8);
-    # p 0.8 with edit CFG 8 lands 81 % and keeps 59 % (edit CFG 12: 84 % and 41 %).
+    # p 0.8 with edit CFG 8 lands 81 % and keeps 59 % (edit CFG 12: 84 % and 41 %). On 48 pairs
+    # (tune_inversion_edit_cfg.json) edit CFG 10-15 or p 0.82 land 81-88 % but keep 38-48 %.
     "guidance_lab_vpred32": EditSettings(edit_cfg=8.0, mixing_weight=0.8),
-    # p 0.85, edit CFG 8: 84 % and 72 % (the constants, p 0.93 and CFG 5: 81 % and 47 %).
-    "guidance_lab_flow32": EditSettings(edit_cfg=8.0, mixing_weight=0.85),
+    # p 0.85, edit CFG 8: 84 % and 72 % (the constants, p 0.93 and CFG 5: 81 % and 47 %). On 48
+    # pairs (tune_inversion_edit_cfg.json), edit CFG 12 lands 92 % and keeps 69 % (CFG 8: 85 %, 71 %).
+    "guidance_lab_flow32": EditSettings(edit_cfg=12.0, mixing_weight=0.85),
 }
 
 
