@@ -4,15 +4,13 @@ training in ``bridge/agd_training.py``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from comfy_api.latest import io, ui
 
 from ..default_model import AGD_ADAPTERS, AGD_DIR
 from ..guiders.agd import AGDPolicy
 from ..guiders.agd import adapter_file as agd_file
 from .bridge.agd import AGDGuider, apply_adapters, find_adapters
-from .bridge.files import PackFile, find_file, plan_write, read_roots, relative_to_output
+from .bridge.files import PackFile, locate_file, plan_write, read_roots, relative_to_output
 from .guider_common import guider_output
 from .validation import NodeInputError, checks_inputs, require_conditioning
 
@@ -54,10 +52,8 @@ class AGDAdapterLoaderNode(io.ComfyNode):
     @checks_inputs
     def execute(cls, model, adapter_file) -> io.NodeOutput:
         name = adapter_file
-        roots = adapter_roots()
-        path = find_file(cls.DISPLAY, "adapter_file", name, roots=roots)
         # A file of the same name in an earlier folder wins: the report says which one it was.
-        where = next((label for label, root in roots if path.is_relative_to(Path(root).resolve())), roots[0][0])
+        where, path = locate_file(cls.DISPLAY, "adapter_file", name, roots=adapter_roots())
         try:
             loaded = agd_file.load(path)
             patched = apply_adapters(model, loaded.adapters, loaded.scale_range, loaded.base_fingerprint,

@@ -20,14 +20,6 @@ HOST_PYTHON = VENV_LINK / "bin" / "python"
 HOST_FILES = REPO / "tools" / "host"  # host.lock, requirements.txt
 
 # Caches shared by every checkout on the machine.
-def run_workdir(kind: str) -> Path:
-    """A scratch folder for one run of a server-based tool: the process id keeps runs started
-    in the same second apart."""
-    import time
-
-    return Path("/tmp") / f"guidance-lab-{kind}-{int(time.time())}-{os.getpid()}"
-
-
 CACHE = Path(os.environ.get("GUIDANCE_LAB_CACHE") or Path.home() / ".cache" / "guidance-lab")
 FIXTURE_CACHE = CACHE / "fixtures"
 TRAINING_CACHE = CACHE / "training"
@@ -37,3 +29,11 @@ API_WORKFLOWS = WORKFLOWS / "api"
 DOCS = REPO / "docs"
 BENCHMARK_RESULTS = DOCS / "benchmark"
 README = REPO / "README.md"
+
+
+def run_workdir(kind: str) -> Path:
+    """A scratch folder for one run of a server-based tool: the process id keeps runs started
+    in the same second apart."""
+    import time
+
+    return Path("/tmp") / f"guidance-lab-{kind}-{int(time.time())}-{os.getpid()}"

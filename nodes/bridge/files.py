@@ -123,10 +123,10 @@ def _inside(node: str, input_name: str, root: Path, name: str, where: str) -> Pa
     return path
 
 
-def find_file(node: str, input_name: str, name, suffix: str = ".safetensors",
-              roots: Optional[list] = None) -> Path:
-    """An existing file ``name`` under the first of ``roots`` ((label, folder) pairs; default
-    ComfyUI's output, then input folder) that has it."""
+def locate_file(node: str, input_name: str, name, suffix: str = ".safetensors",
+                roots: Optional[list] = None) -> tuple:
+    """(label, path) of an existing file ``name`` under the first of ``roots`` ((label, folder)
+    pairs; default ComfyUI's output, then input folder) that has it."""
     name = _clean_name(node, input_name, name, suffix)
     roots = roots or read_roots()
     for label, root in roots:
@@ -134,9 +134,15 @@ def find_file(node: str, input_name: str, name, suffix: str = ".safetensors",
         if path.is_dir():
             raise NodeInputError(node, input_name, f"{name!r} is a folder in {label}; give a file name")
         if path.is_file():
-            return path
+            return label, path
     where = " or ".join(f"{label} ({root})" for label, root in roots)
     raise NodeInputError(node, input_name, f"{name!r}: no such file in {where}")
+
+
+def find_file(node: str, input_name: str, name, suffix: str = ".safetensors",
+              roots: Optional[list] = None) -> Path:
+    """The path ``locate_file`` finds."""
+    return locate_file(node, input_name, name, suffix, roots)[1]
 
 
 def find_model_file(node: str, input_name: str, folder_name: str, name) -> Path:
