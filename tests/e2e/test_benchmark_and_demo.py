@@ -4,6 +4,7 @@ import importlib
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -86,6 +87,37 @@ def test_inversion_edit_graph_wires_the_edit_negative():
                                  settings=inv.EditSettings(edit_negative="source"))
         assert next(n for n in rebuilt.values() if n["class_type"] == sampler)["inputs"]["negative"] == \
             node["inputs"]["negative"]
+
+
+def test_inversion_under_the_empty_prompt_reconstructs_under_it_and_edits_under_the_edit_prompt():
+    from tools.benchmark import inversion as inv
+
+    pair = inv.edit_pairs(1, 0)[0]
+    settings = inv.EditSettings(inversion_prompt="empty", steps=7)
+    for method, invert, sampler in (("edict", "GuidanceLab_EDICTInvert", "GuidanceLab_EDICTSample"),
+                                    ("ddim", "GuidanceLab_DDIMInvert", "SamplerCustom")):
+        for prompt, text in (("edit", pair.edit), ("positive", "")):
+            graph = inv.edit_graph(pair, 4, "w.safetensors", method, prompt=prompt, settings=settings)
+            texts = {k: n["inputs"]["text"] for k, n in graph.items() if n["class_type"] == "CLIPTextEncode"}
+            node = {n["class_type"]: n["inputs"] for n in graph.values()}
+            assert texts[node[invert]["positive"][0]] == ""
+            assert texts[node[sampler]["positive"][0]] == text
+            assert node["BasicScheduler"]["steps"] == 8 and node["KSampler"]["steps"] == 4
+    with pytest.raises(ValueError, match="inversion_prompt"):
+        inv.EditSettings(inversion_prompt="edit")
+
+
+def test_inversion_edit_pairs_change_one_attribute_in_the_datasets_own_wording():
+    from tools.benchmark import inversion as inv
+    from tools.training.dataset import parse_prompt, prompt_of
+
+    pairs = inv.edit_pairs(49, 4242)
+    assert any(p.changes == "shape" and p.edit.startswith("an orange ") for p in pairs)
+    for pair in pairs:
+        before, after = parse_prompt(pair.source), parse_prompt(pair.edit)
+        changed = {name for name, a, b in zip(("shape", "colour", "background"), before, after) if a != b}
+        assert changed == {pair.changes}
+        assert pair.edit == prompt_of(*after)  # "an orange star", never "a orange star"
 
 
 def test_inversion_settings_per_model_reach_both_edict_nodes():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..quality.shapes import analyse
-from ..training.dataset import COLOURS, SHAPES, make_batch, parse_prompt
+from ..training.dataset import COLOURS, SHAPES, make_batch, parse_prompt, prompt_of
 from .graph import Graph, out
 
 SOURCE_CFG = 5.0
@@ -49,10 +49,14 @@ class EditSettings:
     strength: float = STRENGTH
     edit_negative: str = EDIT_NEGATIVE  # "empty", or "source": the edit pushes away from the source prompt
     mixing_weight: float = MIXING_WEIGHT  # EDICT's p, for the inversion and the re-sampling alike
+    steps: int = 0  # inversion and re-sampling steps; 0: the benchmark's (the source image always uses those)
+    inversion_prompt: str = "source"  # what the inversion is conditioned on: "source", or "empty" (the null prompt)
 
     def __post_init__(self):
         if self.edit_negative not in ("empty", "source"):
             raise ValueError(f"edit_negative must be 'empty' or 'source', got {self.edit_negative!r}")
+        if self.inversion_prompt not in ("empty", "source"):
+            raise ValueError(f"inversion_prompt must be 'empty' or 'source', got {self.inversion_prompt!r}")
 
 
 # Per default model, the settings tune_inversion.py chose on pairs the benchmark never scores
@@ -64,7 +68,9 @@ TUNED = {
     # the rest kept in ~90 %; p 0.93-0.97: the opposite).
     # At p 0.93 the exact inversion holds on to the source (edits land in 50-56 % at edit CFG 5-8);
     # p 0.8 with edit CFG 8 lands 81 % and keeps 59 % (edit CFG 12: 84 % and 41 %). On 48 pairs
-    # (tune_inversion_edit_cfg.json) edit CFG 10-15 or p 0.82 land 81-88 % but keep 38-48 %.
+    # (tune_inversion_edit_cfg.json) edit CFG 10-15 or p 0.82 land 81-88 % but keep 38-48 %; other
+    # steps at the same p^(2 steps), other inversion CFGs and the empty prompt for the inversion
+    # land no more (tune_inversion_coupling.json).
     "guidance_lab_vpred32": EditSettings(edit_cfg=8.0, mixing_weight=0.8),
     # p 0.85, edit CFG 8: 84 % and 72 % (the constants, p 0.93 and CFG 5: 81 % and 47 %). On 48
     # pairs (tune_inversion_edit_cfg.json), edit CFG 12 lands 92 % and keeps 69 % (CFG 8: 85 %, 71 %).
@@ -92,20 +98,18 @@ def edit_pairs(count: int, data_seed: int) -> list:
     for i, prompt in enumerate(prompts[:count - 1], start=1):
         shape, colour, background = parse_prompt(prompt)
         if i % 2:
-            new = colours[(colours.index(colour) + 1 + i % (len(colours) - 1)) % len(colours)]
-            edit, changes = prompt.replace(f" {colour} ", f" {new} ", 1), "colour"
+            colour = colours[(colours.index(colour) + 1 + i % (len(colours) - 1)) % len(colours)]
+            changes = "colour"
         else:
-            new = SHAPES[(SHAPES.index(shape) + 1 + i % (len(SHAPES) - 1)) % len(SHAPES)]
-            edit, changes = prompt.replace(f" {shape} ", f" {new} ", 1), "shape"
-        if edit.startswith("a ") and new[0] in "aeiou":
-            edit = "an " + edit[2:]
-        elif edit.startswith("an ") and new[0] not in "aeiou":
-            edit = "a " + edit[3:]
+            shape = SHAPES[(SHAPES.index(shape) + 1 + i % (len(SHAPES) - 1)) % len(SHAPES)]
+            changes = "shape"
+        # From the template, so the article fits the colour ("an orange star", never "a orange").
+        edit = prompt_of(shape, colour, background)
         pairs.append(EditPair(prompt, edit, changes, i))
     return pairs
 
 
-def _source_nodes(pair: EditPair, steps: int, weights: str, strength: float = STRENGTH) -> tuple:
+def _source_nodes(pair: EditPair, steps: int, weights: str, strength: float = STRENGTH, edit_steps: int = 0) -> tuple:
     g = Graph()
     load = g.add("GuidanceLab_DefaultModelLoader", "load", weights=weights)
     model, clip, vae = out(load, 0), out(load, 1), out(load, 2)
@@ -119,11 +123,12 @@ def _source_nodes(pair: EditPair, steps: int, weights: str, strength: float = ST
                    latent_image=out(latent), denoise=1.0)
     ids["image"] = out(g.add("VAEDecode", "source_image", samples=out(source), vae=vae))
     ids["encoded"] = out(g.add("VAEEncode", "encode", pixels=ids["image"], vae=vae))
-    # The last `steps` steps of a schedule of steps / strength, as BasicScheduler's denoise
-    # does, but split explicitly: its int() rounding would start a 3-step run at sigma_max.
-    total = max(steps + 1, round(steps / strength))
+    # The last `edit_steps` steps of a schedule of edit_steps / strength, as BasicScheduler's
+    # denoise does, but split explicitly: its int() rounding would start a 3-step run at sigma_max.
+    edit_steps = edit_steps or steps
+    total = max(edit_steps + 1, round(edit_steps / strength))
     full = g.add("BasicScheduler", "schedule", model=model, scheduler="normal", steps=total, denoise=1.0)
-    ids["sigmas"] = out(g.add("SplitSigmas", "sigmas", sigmas=out(full), step=total - steps), 1)
+    ids["sigmas"] = out(g.add("SplitSigmas", "sigmas", sigmas=out(full), step=total - edit_steps), 1)
     return g, ids
 
 
@@ -136,26 +141,28 @@ def source_graph(pair: EditPair, steps: int, weights: str) -> dict:
 def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: str = "edit",
                settings: EditSettings = EditSettings()) -> dict:
     """Invert the source with ``method`` ("edict" or "ddim") and re-sample under ``prompt``
-    ("edit", or "positive" for the reconstruction)."""
-    g, ids = _source_nodes(pair, steps, weights, settings.strength)
+    ("edit", or "positive" for the reconstruction: the inversion's own prompt and scale)."""
+    g, ids = _source_nodes(pair, steps, weights, settings.strength, settings.steps)
     guided = {"model": ids["model"], "negative": ids["negative"], "sigmas": ids["sigmas"]}
+    inversion_positive = ids["negative"] if settings.inversion_prompt == "empty" else ids["positive"]
+    resample_positive = ids["edit"] if prompt == "edit" else inversion_positive
     # The negative only matters where the prompt changes: the reconstruction keeps the inversion's.
     resample_negative = ids["positive"] if prompt == "edit" and settings.edit_negative == "source" else ids["negative"]
     # The reconstruction re-samples with the inversion's own scale: that is the exact round trip.
     resample_cfg = settings.edit_cfg if prompt == "edit" else settings.inversion_cfg
     if method == "edict":
         p = settings.mixing_weight
-        inverted = g.add("GuidanceLab_EDICTInvert", "invert", positive=ids["positive"], mixing_weight=p,
+        inverted = g.add("GuidanceLab_EDICTInvert", "invert", positive=inversion_positive, mixing_weight=p,
                          latent_image=ids["encoded"], precision="float64", cfg=settings.inversion_cfg, **guided)
-        sampled = g.add("GuidanceLab_EDICTSample", "resample", positive=ids[prompt], mixing_weight=p,
+        sampled = g.add("GuidanceLab_EDICTSample", "resample", positive=resample_positive, mixing_weight=p,
                         edict_latent=out(inverted), cfg=resample_cfg,
                         **{**guided, "negative": resample_negative})
     else:
-        inverted = g.add("GuidanceLab_DDIMInvert", "invert", positive=ids["positive"],
+        inverted = g.add("GuidanceLab_DDIMInvert", "invert", positive=inversion_positive,
                          latent_image=ids["encoded"], cfg=settings.inversion_cfg, **guided)
         sampler = g.add("KSamplerSelect", "sampler", sampler_name="euler")
         sampled = g.add("SamplerCustom", "resample", model=ids["model"], add_noise=False, noise_seed=0,
-                        cfg=resample_cfg, positive=ids[prompt], negative=resample_negative, sampler=out(sampler),
+                        cfg=resample_cfg, positive=resample_positive, negative=resample_negative, sampler=out(sampler),
                         sigmas=ids["sigmas"], latent_image=out(inverted))
     decoded = g.add("VAEDecode", "decode", samples=out(sampled), vae=ids["vae"])
     g.add("SaveImage", "save", images=out(decoded), filename_prefix=f"benchmark/inversion/{method}_{prompt}")
@@ -228,9 +235,9 @@ def summarise(results: list, steps: int, settings: EditSettings) -> dict:
     for m in ("edict", "ddim"):
         share[m].update(kept_parts([r["judged"][m] for r in results]))
     recon = {m: float(np.median([min(r["reconstruction_psnr"][m], 99.0) for r in results])) for m in ("edict", "ddim")}
-    return {"pairs": len(results), "steps": steps, "strength": settings.strength, "cfg": settings.inversion_cfg,
-            "edit_cfg": settings.edit_cfg, "mixing_weight": settings.mixing_weight,
-            "edit_negative": settings.edit_negative,
+    return {"pairs": len(results), "steps": settings.steps or steps, "strength": settings.strength,
+            "cfg": settings.inversion_cfg, "edit_cfg": settings.edit_cfg, "mixing_weight": settings.mixing_weight,
+            "edit_negative": settings.edit_negative, "inversion_prompt": settings.inversion_prompt,
             "cost_ratio_median": statistics.median(ratios),
             "cost_ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
             "success": share, "reconstruction_psnr_median": recon, "rows": results}

@@ -1,9 +1,9 @@
 """Sweep the inversion section's settings (inversion CFG, edit CFG, strength, the edit's
-negative, EDICT's mixing weight p) on source/edit pairs the benchmark never scores, and print
-how often each edit lands and the rest is kept, part by part.
+negative, EDICT's mixing weight p, steps, the inversion's prompt) on source/edit pairs the
+benchmark never scores, and print how often each edit lands and the rest is kept, part by part.
 
     .host/venv/bin/python -m tools.benchmark.tune_inversion --weights guidance_lab_flow32.safetensors \
-        --settings 3,3,0.8 3,5,1.0 3,7,0.9 3,8,1.0,empty,0.8
+        --settings 3,3,0.8 3,5,1.0 3,7,0.9 3,8,1.0,empty,0.8 3,8,1.0,empty,0.86,30 1,8,1.0,empty,0.8,0,empty
 
 The pairs come from dataset seed ``TUNING_SEED`` (the benchmark scores --eval-seed + 3); the
 fixed red-to-blue circle, which every pair list starts with, is left out. The chosen values
@@ -33,8 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--settings", nargs="+", default=["3,3,0.8", "3,5,1.0"],
-                   help="inversion_cfg,edit_cfg,strength[,edit_negative[,mixing_weight]] "
-                        "(edit_negative: empty or source)")
+                   help="inversion_cfg,edit_cfg,strength[,edit_negative[,mixing_weight[,steps[,inversion_prompt]]]] "
+                        "(edit_negative and inversion_prompt: empty or source; steps: of the inversion and "
+                        "re-sampling, 0 for --steps)")
     p.add_argument("--methods", nargs="+", default=["edict", "ddim"], choices=["edict", "ddim"])
     p.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
     return p.parse_args(argv)
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
         sources = [image(inv.source_graph(pair, args.steps, args.weights)) for pair in pairs]
         for setting in args.settings:
             values = setting.split(",")
-            settings = inv.EditSettings(*map(float, values[:3]), *values[3:4], *map(float, values[4:5]))
+            settings = inv.EditSettings(*map(float, values[:3]), *values[3:4], *map(float, values[4:5]),
+                                        *map(int, values[5:6]), *values[6:7])
             for method in args.methods:
                 judged = [inv.judge(pair, source,
                                     image(inv.edit_graph(pair, args.steps, args.weights, method, settings=settings)))

@@ -64,10 +64,14 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def prompt_of(shape: str, colour: str, background: str) -> str:
+    """The dataset's prompt template, e.g. "a red circle on a white background"."""
+    return f"{_article(colour)} {colour} {shape} on {_article(background)} {background} background"
+
+
 def prompt_for(scene: Scene) -> str:
-    """The prompt describing a scene, e.g. "a red circle on a white background"."""
-    return (f"{_article(scene.colour)} {scene.colour} {scene.shape} on "
-            f"{_article(scene.background)} {scene.background} background")
+    """The prompt describing a scene."""
+    return prompt_of(scene.shape, scene.colour, scene.background)
 
 
 def parse_prompt(text: str) -> tuple:
