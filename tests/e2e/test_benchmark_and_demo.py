@@ -90,10 +90,11 @@ def test_inversion_edit_graph_wires_the_edit_negative():
 
 
 def test_inversion_under_the_empty_prompt_reconstructs_under_it_and_edits_under_the_edit_prompt():
+    """... on the setting's own steps and scheduler, while the source image keeps the benchmark's."""
     from tools.benchmark import inversion as inv
 
     pair = inv.edit_pairs(1, 0)[0]
-    settings = inv.EditSettings(inversion_prompt="empty", steps=7)
+    settings = inv.EditSettings(inversion_prompt="empty", steps=7, scheduler="beta")
     for method, invert, sampler in (("edict", "GuidanceLab_EDICTInvert", "GuidanceLab_EDICTSample"),
                                     ("ddim", "GuidanceLab_DDIMInvert", "SamplerCustom")):
         for prompt, text in (("edit", pair.edit), ("positive", "")):
@@ -103,6 +104,7 @@ def test_inversion_under_the_empty_prompt_reconstructs_under_it_and_edits_under_
             assert texts[node[invert]["positive"][0]] == ""
             assert texts[node[sampler]["positive"][0]] == text
             assert node["BasicScheduler"]["steps"] == 8 and node["KSampler"]["steps"] == 4
+            assert node["BasicScheduler"]["scheduler"] == "beta" and node["KSampler"]["scheduler"] == "normal"
     with pytest.raises(ValueError, match="inversion_prompt"):
         inv.EditSettings(inversion_prompt="edit")
 

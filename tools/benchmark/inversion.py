@@ -51,6 +51,7 @@ class EditSettings:
     mixing_weight: float = MIXING_WEIGHT  # EDICT's p, for the inversion and the re-sampling alike
     steps: int = 0  # inversion and re-sampling steps; 0: the benchmark's (the source image always uses those)
     inversion_prompt: str = "source"  # what the inversion is conditioned on: "source", or "empty" (the null prompt)
+    scheduler: str = "normal"  # ComfyUI scheduler of the inversion and re-sampling sigmas (the source uses "normal")
 
     def __post_init__(self):
         if self.edit_negative not in ("empty", "source"):
@@ -69,8 +70,8 @@ TUNED = {
     # At p 0.93 the exact inversion holds on to the source (edits land in 50-56 % at edit CFG 5-8);
     # p 0.8 with edit CFG 8 lands 81 % and keeps 59 % (edit CFG 12: 84 % and 41 %). On 48 pairs
     # (tune_inversion_edit_cfg.json) edit CFG 10-15 or p 0.82 land 81-88 % but keep 38-48 %; other
-    # steps at the same p^(2 steps), other inversion CFGs and the empty prompt for the inversion
-    # land no more (tune_inversion_coupling.json).
+    # steps at the same p^(2 steps), other inversion CFGs, the empty prompt for the inversion and
+    # other schedulers land no more (tune_inversion_coupling.json).
     "guidance_lab_vpred32": EditSettings(edit_cfg=8.0, mixing_weight=0.8),
     # p 0.85, edit CFG 8: 84 % and 72 % (the constants, p 0.93 and CFG 5: 81 % and 47 %). On 48
     # pairs (tune_inversion_edit_cfg.json), edit CFG 12 lands 92 % and keeps 69 % (CFG 8: 85 %, 71 %).
@@ -109,7 +110,8 @@ def edit_pairs(count: int, data_seed: int) -> list:
     return pairs
 
 
-def _source_nodes(pair: EditPair, steps: int, weights: str, strength: float = STRENGTH, edit_steps: int = 0) -> tuple:
+def _source_nodes(pair: EditPair, steps: int, weights: str, strength: float = STRENGTH, edit_steps: int = 0,
+                  scheduler: str = "normal") -> tuple:
     g = Graph()
     load = g.add("GuidanceLab_DefaultModelLoader", "load", weights=weights)
     model, clip, vae = out(load, 0), out(load, 1), out(load, 2)
@@ -127,7 +129,7 @@ def _source_nodes(pair: EditPair, steps: int, weights: str, strength: float = ST
     # denoise does, but split explicitly: its int() rounding would start a 3-step run at sigma_max.
     edit_steps = edit_steps or steps
     total = max(edit_steps + 1, round(edit_steps / strength))
-    full = g.add("BasicScheduler", "schedule", model=model, scheduler="normal", steps=total, denoise=1.0)
+    full = g.add("BasicScheduler", "schedule", model=model, scheduler=scheduler, steps=total, denoise=1.0)
     ids["sigmas"] = out(g.add("SplitSigmas", "sigmas", sigmas=out(full), step=total - edit_steps), 1)
     return g, ids
 
@@ -142,7 +144,7 @@ def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: st
                settings: EditSettings = EditSettings()) -> dict:
     """Invert the source with ``method`` ("edict" or "ddim") and re-sample under ``prompt``
     ("edit", or "positive" for the reconstruction: the inversion's own prompt and scale)."""
-    g, ids = _source_nodes(pair, steps, weights, settings.strength, settings.steps)
+    g, ids = _source_nodes(pair, steps, weights, settings.strength, settings.steps, settings.scheduler)
     guided = {"model": ids["model"], "negative": ids["negative"], "sigmas": ids["sigmas"]}
     inversion_positive = ids["negative"] if settings.inversion_prompt == "empty" else ids["positive"]
     resample_positive = ids["edit"] if prompt == "edit" else inversion_positive

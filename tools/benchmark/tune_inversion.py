@@ -33,9 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--settings", nargs="+", default=["3,3,0.8", "3,5,1.0"],
-                   help="inversion_cfg,edit_cfg,strength[,edit_negative[,mixing_weight[,steps[,inversion_prompt]]]] "
-                        "(edit_negative and inversion_prompt: empty or source; steps: of the inversion and "
-                        "re-sampling, 0 for --steps)")
+                   help="inversion_cfg,edit_cfg,strength[,edit_negative[,mixing_weight[,steps[,inversion_prompt"
+                        "[,scheduler]]]]] (edit_negative and inversion_prompt: empty or source; steps: of the "
+                        "inversion and re-sampling, 0 for --steps; scheduler: ComfyUI's, default normal)")
     p.add_argument("--methods", nargs="+", default=["edict", "ddim"], choices=["edict", "ddim"])
     p.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
     return p.parse_args(argv)
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         for setting in args.settings:
             values = setting.split(",")
             settings = inv.EditSettings(*map(float, values[:3]), *values[3:4], *map(float, values[4:5]),
-                                        *map(int, values[5:6]), *values[6:7])
+                                        *map(int, values[5:6]), *values[6:8])
             for method in args.methods:
                 judged = [inv.judge(pair, source,
                                     image(inv.edit_graph(pair, args.steps, args.weights, method, settings=settings)))
