@@ -240,6 +240,7 @@ def summarise(results: list, steps: int, settings: EditSettings) -> dict:
     return {"pairs": len(results), "steps": settings.steps or steps, "strength": settings.strength,
             "cfg": settings.inversion_cfg, "edit_cfg": settings.edit_cfg, "mixing_weight": settings.mixing_weight,
             "edit_negative": settings.edit_negative, "inversion_prompt": settings.inversion_prompt,
+            "scheduler": settings.scheduler,
             "cost_ratio_median": statistics.median(ratios),
             "cost_ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
             "success": share, "reconstruction_psnr_median": recon, "rows": results}
@@ -249,9 +250,10 @@ def markdown(summary: dict) -> str:
     s, e, d = summary, summary["success"]["edict"], summary["success"]["ddim"]
     lines = [
         f"Inversion: {s['pairs']} source/edit prompt pairs (half recolour, half reshape) on images the model "
-        f"made (KSampler, CFG {SOURCE_CFG:g}); each inverted under the source prompt at CFG {s['cfg']:g} and "
-        f"re-sampled under the edit prompt at CFG {s['edit_cfg']:g}, {s['steps']} steps at "
-        f"strength {s['strength']:g}, EDICT (p {s['mixing_weight']:g}) beside DDIM inversion "
+        f"made (KSampler, CFG {SOURCE_CFG:g}); each inverted under the {s['inversion_prompt']} prompt at CFG "
+        f"{s['cfg']:g} and re-sampled under the edit prompt at CFG {s['edit_cfg']:g}, {s['steps']} steps "
+        f"({s['scheduler']} schedule) at strength {s['strength']:g}, EDICT (p {s['mixing_weight']:g}) beside DDIM "
+        "inversion "
         "+ SamplerCustom (the same settings; tuned per model on other pairs with tune_inversion.py).",
         "",
         "| inversion | edit lands | rest kept | both | reconstruction PSNR (dB, median) | time (EDICT / DDIM, "

@@ -1,9 +1,11 @@
 """Sweep the inversion section's settings (inversion CFG, edit CFG, strength, the edit's
-negative, EDICT's mixing weight p, steps, the inversion's prompt) on source/edit pairs the
-benchmark never scores, and print how often each edit lands and the rest is kept, part by part.
+negative, EDICT's mixing weight p, steps, the inversion's prompt, the scheduler) on source/edit
+pairs the benchmark never scores, and print how often each edit lands and the rest is kept, part
+by part.
 
     .host/venv/bin/python -m tools.benchmark.tune_inversion --weights guidance_lab_flow32.safetensors \
-        --settings 3,3,0.8 3,5,1.0 3,7,0.9 3,8,1.0,empty,0.8 3,8,1.0,empty,0.86,30 1,8,1.0,empty,0.8,0,empty
+        --settings 3,3,0.8 3,5,1.0 3,7,0.9 3,8,1.0,empty,0.8 3,8,1.0,empty,0.86,30 1,8,1.0,empty,0.8,0,empty \
+        3,8,1.0,empty,0.8,0,source,beta
 
 The pairs come from dataset seed ``TUNING_SEED`` (the benchmark scores --eval-seed + 3); the
 fixed red-to-blue circle, which every pair list starts with, is left out. The chosen values
