@@ -209,9 +209,9 @@ def test_node_search_box_finds_the_pack_nodes(page):
     canvas = page.locator("#graph-canvas")
     box = canvas.bounding_box()
     search = page.get_by_placeholder("Search Nodes...")
-    # LiteGraph tells a double click from two clicks by the events' timestamps; on a loaded
-    # machine the page can stamp the second one late (CI once saw no search box in 60 s), so
-    # the gesture is repeated, as a user would, before the test gives up.
+    # A fresh-clone CI run once saw no search box in 60 s after one double click. LiteGraph
+    # tells a double click from two clicks by the events' timestamps, which a busy page can
+    # stamp apart; so the gesture is repeated, as a user would, before the test gives up.
     for attempt in range(3):
         canvas.dblclick(position={"x": box["width"] * 0.5, "y": box["height"] * 0.6})
         try:
