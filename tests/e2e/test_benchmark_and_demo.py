@@ -107,6 +107,12 @@ def test_inversion_under_the_empty_prompt_reconstructs_under_it_and_edits_under_
             assert node["BasicScheduler"]["scheduler"] == "beta" and node["KSampler"]["scheduler"] == "normal"
     with pytest.raises(ValueError, match="inversion_prompt"):
         inv.EditSettings(inversion_prompt="edit")
+    # tune_inversion's --settings text, in field order
+    assert inv.EditSettings.parse("3,5,1.0,empty,0.93,7,empty,beta") == inv.EditSettings(
+        inversion_cfg=3.0, inversion_prompt="empty", steps=7, scheduler="beta")
+    assert inv.EditSettings.parse("3,8,0.9") == inv.EditSettings(inversion_cfg=3.0, edit_cfg=8.0, strength=0.9)
+    with pytest.raises(ValueError, match="at most 8 values"):
+        inv.EditSettings.parse("3,5,1.0,empty,0.93,7,empty,beta,9")
 
 
 def test_inversion_edit_pairs_change_one_attribute_in_the_datasets_own_wording():

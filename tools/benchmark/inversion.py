@@ -16,7 +16,7 @@ what it should when the backdrop is the source's, the blob's centre moved at mos
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -58,6 +58,15 @@ class EditSettings:
             raise ValueError(f"edit_negative must be 'empty' or 'source', got {self.edit_negative!r}")
         if self.inversion_prompt not in ("empty", "source"):
             raise ValueError(f"inversion_prompt must be 'empty' or 'source', got {self.inversion_prompt!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "EditSettings":
+        """Comma-separated values in field order, the rest left at their defaults:
+        ``"3,8,1.0,empty,0.8"``, ``"3,8,1.0,empty,0.86,30"``, ``"1,8,1.0,empty,0.8,0,empty,beta"``."""
+        values, names = text.split(","), fields(cls)
+        if len(values) > len(names):
+            raise ValueError(f"{text!r}: at most {len(names)} values ({', '.join(f.name for f in names)})")
+        return cls(**{f.name: type(f.default)(v) for f, v in zip(names, values)})
 
 
 # Per default model, the settings tune_inversion.py chose on pairs the benchmark never scores
@@ -110,8 +119,7 @@ def edit_pairs(count: int, data_seed: int) -> list:
     return pairs
 
 
-def _source_nodes(pair: EditPair, steps: int, weights: str, strength: float = STRENGTH, edit_steps: int = 0,
-                  scheduler: str = "normal") -> tuple:
+def _source_nodes(pair: EditPair, steps: int, weights: str, settings: "EditSettings" = EditSettings()) -> tuple:
     g = Graph()
     load = g.add("GuidanceLab_DefaultModelLoader", "load", weights=weights)
     model, clip, vae = out(load, 0), out(load, 1), out(load, 2)
@@ -127,9 +135,9 @@ def _source_nodes(pair: EditPair, steps: int, weights: str, strength: float = ST
     ids["encoded"] = out(g.add("VAEEncode", "encode", pixels=ids["image"], vae=vae))
     # The last `edit_steps` steps of a schedule of edit_steps / strength, as BasicScheduler's
     # denoise does, but split explicitly: its int() rounding would start a 3-step run at sigma_max.
-    edit_steps = edit_steps or steps
-    total = max(edit_steps + 1, round(edit_steps / strength))
-    full = g.add("BasicScheduler", "schedule", model=model, scheduler=scheduler, steps=total, denoise=1.0)
+    edit_steps = settings.steps or steps
+    total = max(edit_steps + 1, round(edit_steps / settings.strength))
+    full = g.add("BasicScheduler", "schedule", model=model, scheduler=settings.scheduler, steps=total, denoise=1.0)
     ids["sigmas"] = out(g.add("SplitSigmas", "sigmas", sigmas=out(full), step=total - edit_steps), 1)
     return g, ids
 
@@ -144,7 +152,7 @@ def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: st
                settings: EditSettings = EditSettings()) -> dict:
     """Invert the source with ``method`` ("edict" or "ddim") and re-sample under ``prompt``
     ("edit", or "positive" for the reconstruction: the inversion's own prompt and scale)."""
-    g, ids = _source_nodes(pair, steps, weights, settings.strength, settings.steps, settings.scheduler)
+    g, ids = _source_nodes(pair, steps, weights, settings)
     guided = {"model": ids["model"], "negative": ids["negative"], "sigmas": ids["sigmas"]}
     inversion_positive = ids["negative"] if settings.inversion_prompt == "empty" else ids["positive"]
     resample_positive = ids["edit"] if prompt == "edit" else inversion_positive

@@ -64,9 +64,7 @@ def main(argv=None) -> int:
 
         sources = [image(inv.source_graph(pair, args.steps, args.weights)) for pair in pairs]
         for setting in args.settings:
-            values = setting.split(",")
-            settings = inv.EditSettings(*map(float, values[:3]), *values[3:4], *map(float, values[4:5]),
-                                        *map(int, values[5:6]), *values[6:8])
+            settings = inv.EditSettings.parse(setting)
             for method in args.methods:
                 judged = [inv.judge(pair, source,
                                     image(inv.edit_graph(pair, args.steps, args.weights, method, settings=settings)))
