@@ -111,8 +111,30 @@ def test_inversion_under_the_empty_prompt_reconstructs_under_it_and_edits_under_
     assert inv.EditSettings.parse("3,5,1.0,empty,0.93,7,empty,beta") == inv.EditSettings(
         inversion_cfg=3.0, inversion_prompt="empty", steps=7, scheduler="beta")
     assert inv.EditSettings.parse("3,8,0.9") == inv.EditSettings(inversion_cfg=3.0, edit_cfg=8.0, strength=0.9)
-    with pytest.raises(ValueError, match="at most 8 values"):
-        inv.EditSettings.parse("3,5,1.0,empty,0.93,7,empty,beta,9")
+    assert inv.EditSettings.parse("3,12,1.0,empty,0.8,0,source,normal,apg,0,5") == inv.EditSettings(
+        inversion_cfg=3.0, edit_cfg=12.0, mixing_weight=0.8, edit_guidance="apg", apg_norm_threshold=5.0)
+    with pytest.raises(ValueError, match="at most 11 values"):
+        inv.EditSettings.parse("3,5,1.0,empty,0.93,7,empty,beta,cfg,0,0,9")
+
+
+def test_inversion_apg_edit_guidance_reaches_both_re_samplings_and_not_the_reconstruction():
+    from tools.benchmark import inversion as inv
+
+    pair = inv.edit_pairs(1, 0)[0]
+    settings = inv.EditSettings(edit_cfg=12.0, edit_guidance="apg", apg_eta=0.5, apg_norm_threshold=5.0)
+    for method, sampler in (("edict", "GuidanceLab_EDICTSample"), ("ddim", "SamplerCustomAdvanced")):
+        graph = inv.edit_graph(pair, 4, "w.safetensors", method, settings=settings)
+        apg = next(k for k, n in graph.items() if n["class_type"] == "GuidanceLab_APGGuider")
+        node = {n["class_type"]: n["inputs"] for n in graph.values()}
+        assert node[sampler]["guidance" if method == "edict" else "guider"][0] == apg
+        assert {k: node["GuidanceLab_APGGuider"][k] for k in ("cfg", "eta", "norm_threshold", "momentum")} == \
+            {"cfg": 12.0, "eta": 0.5, "norm_threshold": 5.0, "momentum": 0.0}  # momentum 0: EDICT can invert it
+        texts = {k: n["inputs"]["text"] for k, n in graph.items() if n["class_type"] == "CLIPTextEncode"}
+        assert texts[node["GuidanceLab_APGGuider"]["positive"][0]] == pair.edit
+        rebuilt = inv.edit_graph(pair, 4, "w.safetensors", method, prompt="positive", settings=settings)
+        assert not any(n["class_type"] == "GuidanceLab_APGGuider" for n in rebuilt.values())
+    with pytest.raises(ValueError, match="edit_guidance"):
+        inv.EditSettings(edit_guidance="cfg++")
 
 
 def test_inversion_edit_pairs_change_one_attribute_in_the_datasets_own_wording():

@@ -52,17 +52,25 @@ class EditSettings:
     steps: int = 0  # inversion and re-sampling steps; 0: the benchmark's (the source image always uses those)
     inversion_prompt: str = "source"  # what the inversion is conditioned on: "source", or "empty" (the null prompt)
     scheduler: str = "normal"  # ComfyUI scheduler of the inversion and re-sampling sigmas (the source uses "normal")
+    # The edit's guidance at edit_cfg: "cfg", or "apg" (APG Guider, momentum 0 so EDICT can run it, with
+    # the two values below); the inversion and the reconstruction always use CFG.
+    edit_guidance: str = "cfg"
+    apg_eta: float = 0.0
+    apg_norm_threshold: float = 0.0
 
     def __post_init__(self):
         if self.edit_negative not in ("empty", "source"):
             raise ValueError(f"edit_negative must be 'empty' or 'source', got {self.edit_negative!r}")
         if self.inversion_prompt not in ("empty", "source"):
             raise ValueError(f"inversion_prompt must be 'empty' or 'source', got {self.inversion_prompt!r}")
+        if self.edit_guidance not in ("cfg", "apg"):
+            raise ValueError(f"edit_guidance must be 'cfg' or 'apg', got {self.edit_guidance!r}")
 
     @classmethod
     def parse(cls, text: str) -> "EditSettings":
         """Comma-separated values in field order, the rest left at their defaults:
-        ``"3,8,1.0,empty,0.8"``, ``"3,8,1.0,empty,0.86,30"``, ``"1,8,1.0,empty,0.8,0,empty,beta"``."""
+        ``"3,8,1.0,empty,0.8"``, ``"3,8,1.0,empty,0.86,30"``, ``"1,8,1.0,empty,0.8,0,empty,beta"``,
+        ``"3,12,1.0,empty,0.8,0,source,normal,apg,0,4"``."""
         values, names = text.split(","), fields(cls)
         if len(values) > len(names):
             raise ValueError(f"{text!r}: at most {len(names)} values ({', '.join(f.name for f in names)})")
@@ -80,7 +88,8 @@ TUNED = {
     # p 0.8 with edit CFG 8 lands 81 % and keeps 59 % (edit CFG 12: 84 % and 41 %). On 48 pairs
     # (tune_inversion_edit_cfg.json) edit CFG 10-15 or p 0.82 land 81-88 % but keep 38-48 %; other
     # steps at the same p^(2 steps), other inversion CFGs, the empty prompt for the inversion and
-    # other schedulers land no more (tune_inversion_coupling.json).
+    # other schedulers land no more (tune_inversion_coupling.json), nor APG as the edit's guidance at
+    # 8-20 (tune_inversion_edit_guidance.json: 77-83 %, both 29-40 %).
     "guidance_lab_vpred32": EditSettings(edit_cfg=8.0, mixing_weight=0.8),
     # p 0.85, edit CFG 8: 84 % and 72 % (the constants, p 0.93 and CFG 5: 81 % and 47 %). On 48
     # pairs (tune_inversion_edit_cfg.json), edit CFG 12 lands 92 % and keeps 69 % (CFG 8: 85 %, 71 %).
@@ -160,20 +169,31 @@ def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: st
     resample_negative = ids["positive"] if prompt == "edit" and settings.edit_negative == "source" else ids["negative"]
     # The reconstruction re-samples with the inversion's own scale: that is the exact round trip.
     resample_cfg = settings.edit_cfg if prompt == "edit" else settings.inversion_cfg
+    apg = prompt == "edit" and settings.edit_guidance == "apg"
+    if apg:
+        ids["guidance"] = out(g.add("GuidanceLab_APGGuider", "edit_guidance", model=ids["model"],
+                                    positive=resample_positive, negative=resample_negative, cfg=resample_cfg,
+                                    preset="custom (use the values below)", eta=settings.apg_eta,
+                                    norm_threshold=settings.apg_norm_threshold, momentum=0.0))
     if method == "edict":
         p = settings.mixing_weight
         inverted = g.add("GuidanceLab_EDICTInvert", "invert", positive=inversion_positive, mixing_weight=p,
                          latent_image=ids["encoded"], precision="float64", cfg=settings.inversion_cfg, **guided)
         sampled = g.add("GuidanceLab_EDICTSample", "resample", positive=resample_positive, mixing_weight=p,
                         edict_latent=out(inverted), cfg=resample_cfg,
-                        **{**guided, "negative": resample_negative})
+                        **{**guided, "negative": resample_negative}, **({"guidance": ids["guidance"]} if apg else {}))
     else:
         inverted = g.add("GuidanceLab_DDIMInvert", "invert", positive=inversion_positive,
                          latent_image=ids["encoded"], cfg=settings.inversion_cfg, **guided)
         sampler = g.add("KSamplerSelect", "sampler", sampler_name="euler")
-        sampled = g.add("SamplerCustom", "resample", model=ids["model"], add_noise=False, noise_seed=0,
-                        cfg=resample_cfg, positive=resample_positive, negative=resample_negative, sampler=out(sampler),
-                        sigmas=ids["sigmas"], latent_image=out(inverted))
+        if apg:  # the same APG guider, noise off: DDIM's re-sampling under the edit's guidance
+            noise = g.add("DisableNoise", "noise")
+            sampled = g.add("SamplerCustomAdvanced", "resample", noise=out(noise), guider=ids["guidance"],
+                            sampler=out(sampler), sigmas=ids["sigmas"], latent_image=out(inverted))
+        else:
+            sampled = g.add("SamplerCustom", "resample", model=ids["model"], add_noise=False, noise_seed=0,
+                            cfg=resample_cfg, positive=resample_positive, negative=resample_negative,
+                            sampler=out(sampler), sigmas=ids["sigmas"], latent_image=out(inverted))
     decoded = g.add("VAEDecode", "decode", samples=out(sampled), vae=ids["vae"])
     g.add("SaveImage", "save", images=out(decoded), filename_prefix=f"benchmark/inversion/{method}_{prompt}")
     return g.nodes
@@ -248,10 +268,18 @@ def summarise(results: list, steps: int, settings: EditSettings) -> dict:
     return {"pairs": len(results), "steps": settings.steps or steps, "strength": settings.strength,
             "cfg": settings.inversion_cfg, "edit_cfg": settings.edit_cfg, "mixing_weight": settings.mixing_weight,
             "edit_negative": settings.edit_negative, "inversion_prompt": settings.inversion_prompt,
-            "scheduler": settings.scheduler,
+            "scheduler": settings.scheduler, "edit_guidance": settings.edit_guidance,
+            "apg_eta": settings.apg_eta, "apg_norm_threshold": settings.apg_norm_threshold,
             "cost_ratio_median": statistics.median(ratios),
             "cost_ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
             "success": share, "reconstruction_psnr_median": recon, "rows": results}
+
+
+def _edit_guidance(s: dict) -> str:
+    if s.get("edit_guidance", "cfg") == "cfg":
+        return f"CFG {s['edit_cfg']:g}"
+    return (f"APG {s['edit_cfg']:g} (eta {s['apg_eta']:g}, norm threshold {s['apg_norm_threshold']:g}, "
+            "momentum 0)")
 
 
 def markdown(summary: dict) -> str:
@@ -259,10 +287,10 @@ def markdown(summary: dict) -> str:
     lines = [
         f"Inversion: {s['pairs']} source/edit prompt pairs (half recolour, half reshape) on images the model "
         f"made (KSampler, CFG {SOURCE_CFG:g}); each inverted under the {s['inversion_prompt']} prompt at CFG "
-        f"{s['cfg']:g} and re-sampled under the edit prompt at CFG {s['edit_cfg']:g}, {s['steps']} steps "
+        f"{s['cfg']:g} and re-sampled under the edit prompt at {_edit_guidance(s)}, {s['steps']} steps "
         f"({s['scheduler']} schedule) at strength {s['strength']:g}, EDICT (p {s['mixing_weight']:g}) beside DDIM "
-        "inversion "
-        "+ SamplerCustom (the same settings; tuned per model on other pairs with tune_inversion.py).",
+        "inversion + SamplerCustom, or SamplerCustomAdvanced for APG (the same settings; tuned per model on "
+        "other pairs with tune_inversion.py).",
         "",
         "| inversion | edit lands | rest kept | both | reconstruction PSNR (dB, median) | time (EDICT / DDIM, "
         "median of pairs) |",

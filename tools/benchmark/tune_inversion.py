@@ -1,11 +1,11 @@
 """Sweep the inversion section's settings (inversion CFG, edit CFG, strength, the edit's
-negative, EDICT's mixing weight p, steps, the inversion's prompt, the scheduler) on source/edit
-pairs the benchmark never scores, and print how often each edit lands and the rest is kept, part
-by part.
+negative, EDICT's mixing weight p, steps, the inversion's prompt, the scheduler, the edit's
+guidance: CFG or APG) on source/edit pairs the benchmark never scores, and print how often
+each edit lands and the rest is kept, part by part.
 
     .host/venv/bin/python -m tools.benchmark.tune_inversion --weights guidance_lab_flow32.safetensors \
         --settings 3,3,0.8 3,5,1.0 3,7,0.9 3,8,1.0,empty,0.8 3,8,1.0,empty,0.86,30 1,8,1.0,empty,0.8,0,empty \
-        3,8,1.0,empty,0.8,0,source,beta
+        3,8,1.0,empty,0.8,0,source,beta 3,12,1.0,empty,0.8,0,source,normal,apg,0,5
 
 The pairs come from dataset seed ``TUNING_SEED`` (the benchmark scores --eval-seed + 3); the
 fixed red-to-blue circle, which every pair list starts with, is left out. The chosen values
@@ -36,8 +36,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--settings", nargs="+", default=["3,3,0.8", "3,5,1.0"],
                    help="inversion_cfg,edit_cfg,strength[,edit_negative[,mixing_weight[,steps[,inversion_prompt"
-                        "[,scheduler]]]]] (edit_negative and inversion_prompt: empty or source; steps: of the "
-                        "inversion and re-sampling, 0 for --steps; scheduler: ComfyUI's, default normal)")
+                        "[,scheduler[,edit_guidance[,apg_eta[,apg_norm_threshold]]]]]]]]] (edit_negative and "
+                        "inversion_prompt: empty or source; steps: of the inversion and re-sampling, 0 for --steps; "
+                        "scheduler: ComfyUI's, default normal; edit_guidance: cfg or apg, momentum 0)")
     p.add_argument("--methods", nargs="+", default=["edict", "ddim"], choices=["edict", "ddim"])
     p.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
     return p.parse_args(argv)
