@@ -266,12 +266,22 @@ def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, ste
     return adapters, losses
 
 
+def resume_from(state: torch.Tensor, sigmas: torch.Tensor, step: int) -> "tuple[torch.Tensor, torch.Tensor]":
+    """(noise, sigmas) that make a guider's ``sample`` with a zero latent continue a run from
+    ``state``, its sampling state entering ``step`` (k > 0): below sigma_max every family starts
+    at sigma * noise (no max-denoise scaling), so noise = state / sigma_k."""
+    rest = sigmas[step:]
+    return state / rest[0], rest
+
+
 def sampled_rmse(model, positive: torch.Tensor, negative: torch.Tensor, adapters: AdapterSet, scale_range,
                  scale: float, seeds, steps: int = 20, sampler_name: str = "euler", latent_shape=(3, 32, 32),
-                 timing: bool = False):
+                 timing: bool = False, teacher_steps: int = 0):
     """RMSE between AGD's sampled latents (1 NFE per step) and CFG's (empty negative, 2 NFE per
     step) at the same scale, prompts ([P, L, D] embeddings) and seeds: fidelity to the teacher.
-    ``timing``: also the seconds each method's sampling took, side by side ((rmse, {cfg, agd}))."""
+    ``timing``: also the seconds each method's sampling took, side by side ((rmse, {cfg, agd})).
+    ``teacher_steps`` k > 0 is a diagnosis, not AGD: the student starts from the teacher's own
+    state after k steps, so the result bounds what any fix of the first k steps could give."""
     import time
 
     import comfy.samplers
@@ -280,6 +290,8 @@ def sampled_rmse(model, positive: torch.Tensor, negative: torch.Tensor, adapters
     count = positive.shape[0]
     negative = negative.expand(count, -1, -1).contiguous()
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps).cpu()
+    if not 0 <= teacher_steps < steps:
+        raise ValueError(f"teacher_steps must lie in [0, {steps}), got {teacher_steps}")
     sampler = comfy.samplers.sampler_object(sampler_name)
     errors, seconds = [], {"cfg": 0.0, "agd": 0.0}
     for seed in seeds:
@@ -288,13 +300,21 @@ def sampled_rmse(model, positive: torch.Tensor, negative: torch.Tensor, adapters
         cfg = comfy.samplers.CFGGuider(model)
         cfg.set_conds([[positive, {}]], [[negative, {}]])
         cfg.set_cfg(scale)
+        states = {}
+
+        def keep_state(i, _denoised, x, _total):
+            if i == teacher_steps:  # the state entering step i: the teacher's after i steps
+                states["x"] = x.clone()
+
         started = time.perf_counter()
-        teacher = cfg.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=int(seed))
+        teacher = cfg.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=int(seed), callback=keep_state)
         seconds["cfg"] += time.perf_counter() - started
         agd = AGDGuider(patched, AGDPolicy(scale, tuple(scale_range)))
         agd.set_positive([[positive, {}]])
+        start_noise, start_sigmas = (resume_from(states["x"], sigmas, teacher_steps) if teacher_steps
+                                     else (noise, sigmas))
         started = time.perf_counter()
-        student = agd.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=int(seed))
+        student = agd.sample(start_noise, latent, sampler, start_sigmas, disable_pbar=True, seed=int(seed))
         seconds["agd"] += time.perf_counter() - started
         errors.append(((student - teacher) ** 2).mean())
     rmse = float(torch.stack(errors).mean().sqrt())

@@ -207,3 +207,35 @@ def test_an_interrupted_generation_resumes_and_writes_what_an_uninterrupted_one_
         assert np.array_equal(np.asarray(getattr(resumed, name)), np.asarray(getattr(whole, name))), name
     with pytest.raises(ValueError, match="other settings"):
         generate(model, clip, tmp_path / "data", default_prompts(6), (2.0, 7.0), 4, **kwargs)
+
+
+@pytest.mark.parametrize("weights", ["guidance_lab_vpred32.safetensors", "guidance_lab_flow32.safetensors"])
+def test_a_cfg_run_resumed_from_its_own_state_reproduces_the_whole_run(weights):
+    """``resume_from``, which ``evaluate --teacher-steps`` relies on: continuing a run from its
+    state after k steps gives the run's own result, on the v-prediction (zero terminal SNR) and
+    the flow model alike."""
+    import comfy.samplers
+
+    from guidance_lab.default_model import WEIGHTS_DIR
+    from guidance_lab.nodes.bridge.agd_training import encode_prompts, resume_from
+    from tools.training.agd import default_prompts, load_model
+
+    torch.set_num_threads(1)
+    model, clip = load_model(WEIGHTS_DIR / weights)
+    positive, negative = encode_prompts(clip, default_prompts(2)), encode_prompts(clip, [""]).expand(2, -1, -1)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 6).cpu()
+    sampler = comfy.samplers.sampler_object("euler")
+    noise = torch.randn((2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+
+    def run(start_noise, start_sigmas, callback=None):
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds([[positive, {}]], [[negative.contiguous(), {}]])
+        guider.set_cfg(4.0)
+        return guider.sample(start_noise, torch.zeros_like(noise), sampler, start_sigmas, disable_pbar=True, seed=0,
+                             callback=callback)
+
+    states = {}
+    whole = run(noise, sigmas, lambda i, _d, x, _t: states.setdefault(i, x.clone()))
+    for k in (1, 3, 5):
+        resumed = run(*resume_from(states[k], sigmas, k))
+        assert torch.allclose(resumed, whole, atol=1e-4), (k, (resumed - whole).abs().max())

@@ -94,6 +94,9 @@ def parse_args(argv=None):
     e.add_argument("--trajectories", type=Path, default=None,
                    help="also the per-step RMSE to CFG on the teacher's own states of these trajectories "
                         "(a `generate` folder made with another --seed than the training data's)")
+    e.add_argument("--teacher-steps", type=int, nargs="+", default=[],
+                   help="diagnosis: also the RMSE when AGD starts from CFG's own state after each of these "
+                        "numbers of steps (what a perfect fix of the first steps could give at most)")
     e.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -290,6 +293,11 @@ def evaluate_command(args) -> dict:
                      "seconds_cfg": timing["cfg"], "seconds_agd": timing["agd"],
                      "wall_ratio": timing["agd"] / timing["cfg"], "nfe_per_step_cfg": 2, "nfe_per_step_agd": 1,
                      "seconds_total": time.perf_counter() - started})
+        if args.teacher_steps:
+            oracle = {k: sampled_rmse(model, positive, negative, made.adapters, made.scale_range, scale, args.seeds,
+                                      args.steps, latent_shape=shape, teacher_steps=k) for k in args.teacher_steps}
+            rows[-1].update(rmse_after_teacher_steps=oracle,
+                            cut_after_teacher_steps={k: before / v for k, v in oracle.items()})
     report = {"adapter": str(args.adapter), "parameters": made.adapters.parameter_count(),
               "percent_of_model": 100 * made.adapters.parameter_count() / max(made.base_parameter_count, 1),
               "prompts": int(positive.shape[0]), "seeds": args.seeds, "steps": args.steps, "rows": rows}
