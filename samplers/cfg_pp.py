@@ -40,6 +40,18 @@ def uncond_tap(extra_args: dict) -> "tuple[dict, dict]":
     return {**extra_args, "model_options": options}, seen
 
 
+def guided_and_uncond(denoise, x, sigma, tap: dict) -> "tuple[torch.Tensor, torch.Tensor]":
+    """(D_guided, D_u) of one evaluation; D_u must come from this evaluation's post-CFG hook,
+    never from an earlier step's."""
+    tap.pop("uncond", None)
+    denoised = denoise(x, sigma)
+    if "uncond" not in tap:
+        raise RuntimeError("CFG++: the guider did not hand over the unconditional estimate (ComfyUI's "
+                           "sampler_post_cfg_function hook); use a guider that calls it, such as ComfyUI's "
+                           "CFGGuider or a Guidance Lab guider")
+    return denoised, tap.pop("uncond")
+
+
 def ancestral_split(sigma: float, sigma_next: float, a: float, a_next: float, eta: float) -> "tuple[float, float]":
     """(sigma_down, sigma_up) of an ancestral step, taken in the alpha-free coordinates
     sigma / alpha so that flow models get the right noise levels."""
@@ -69,8 +81,7 @@ def make_cfg_pp_step(family: str, eta: float = 0.0, s_noise: float = 1.0, noise=
     def step(denoise, x, sigma, sigma_next, state):
         i, sig = state["i"], state["sigmas"]
         s, s_next = sig[i], sig[i + 1]
-        denoised = denoise(x, sigma)
-        uncond = state["tap"]["uncond"]
+        denoised, uncond = guided_and_uncond(denoise, x, sigma, state["tap"])
         eps_u = noise_from_denoised(x, uncond, sigma, family)
         if s_next == 0:
             x_next = denoised
@@ -81,8 +92,9 @@ def make_cfg_pp_step(family: str, eta: float = 0.0, s_noise: float = 1.0, noise=
             if order == 2 and "old_uncond" in state:
                 h = half_log_snr(s_next, family) - half_log_snr(s, family)
                 h_last = half_log_snr(s, family) - half_log_snr(sig[i - 1], family)
-                r = h_last / h
-                x_next = x_next + a_next * (-math.expm1(-h)) / (2 * r) * (denoised - state["old_uncond"])
+                if h != 0 and h_last != 0:  # a repeated sigma has no slope to extrapolate: first order there
+                    r = h_last / h
+                    x_next = x_next + a_next * (-math.expm1(-h)) / (2 * r) * (denoised - state["old_uncond"])
             if up > 0 and s_noise > 0:
                 x_next = x_next + noise(x) * s_noise * up  # up already carries alpha'
         state["old_uncond"] = uncond
@@ -93,14 +105,25 @@ def make_cfg_pp_step(family: str, eta: float = 0.0, s_noise: float = 1.0, noise=
 
 def make_inversion_step(family: str):
     """CFG++ DDIM inversion (sigma ascending): x' = alpha' D_u + sigma' eps_lam, the
-    mirror of the sampling step: denoise with uncond, re-noise with the guided noise."""
+    mirror of the sampling step: denoise with uncond, re-noise with the guided noise.
+
+    The model is evaluated at the step's own (lower) sigma, as the sampling step is. A
+    schedule that keeps its 0 (ComfyUI's FlipSigmas turns it into 1e-4) has no noise
+    estimate there: that first step takes x itself as x0 (exact at sigma 0) and eps_lam from
+    an evaluation at sigma', as DDIM inversion does (with cond == uncond on an eps model it
+    is DDIM inversion's first step)."""
 
     def step(denoise, x, sigma, sigma_next, state):
         i, sig = state["i"], state["sigmas"]
-        denoised = denoise(x, sigma)
-        uncond = state["tap"]["uncond"]
-        eps_guided = noise_from_denoised(x, denoised, sigma, family)
-        return alpha(sig[i + 1], family) * uncond + sig[i + 1] * eps_guided, denoised
+        if sig[i] > 0:
+            denoised, uncond = guided_and_uncond(denoise, x, sigma, state["tap"])
+            eps_guided = noise_from_denoised(x, denoised, sigma, family)
+            x0 = uncond
+        else:
+            denoised, _ = guided_and_uncond(denoise, x, sigma_next, state["tap"])
+            eps_guided = noise_from_denoised(x, denoised, sigma_next, family)
+            x0 = x
+        return alpha(sig[i + 1], family) * x0 + sig[i + 1] * eps_guided, denoised
 
     return step
 

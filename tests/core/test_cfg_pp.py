@@ -92,3 +92,42 @@ def test_ancestral_cfg_pp_starts_from_sigma_one_on_flow_models():
     sigmas = torch.linspace(1.0, 0.0, 11)
     out = SAMPLERS["euler_ancestral_cfg_pp"](model, x, sigmas, {"seed": 1}, disable=True, family="flow")
     assert torch.isfinite(out).all() and abs(out.mean().item() - 1.0) < 0.5
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_inversion_from_a_schedule_that_keeps_its_zero_is_finite_and_starts_like_ddim_inversion(family):
+    """An ascending schedule starting at sigma 0 (not FlipSigmas' 1e-4): the first step has no
+    noise estimate at 0, so it takes x as x0 and the noise from sigma'; with cond == uncond on
+    an eps model that is DDIM inversion's first step."""
+    model = ToyGuider(0.0, cond_mean=0.3, uncond_mean=0.3, family=family)
+    s = sigmas_for(family).flip(0)
+    x0 = torch.full((2, 1, 2, 2), 0.3) + 0.01 * torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    noise = SAMPLERS["ddim_cfg_pp_inversion"](model, x0.clone(), s, {}, disable=True, family=family)
+    assert torch.isfinite(noise).all()
+    if family == "eps":
+        first = SAMPLERS["ddim_cfg_pp_inversion"](model, x0.clone(), s[:2], {}, disable=True, family=family)
+        assert torch.allclose(first, SAMPLERS["ddim_inversion"](model, x0.clone(), s[:2], {}, disable=True),
+                              atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_dpmpp_2m_cfg_pp_takes_a_first_order_step_at_a_repeated_sigma(family):
+    model = ToyGuider(0.8, cond_mean=1.0, uncond_mean=1.0, family=family)
+    s = sigmas_for(family)
+    for repeated in (torch.cat([s[:2], s[1:]]), torch.cat([s[:3], s[2:]])):  # h = 0, then h_last = 0
+        out = SAMPLERS["dpmpp_2m_cfg_pp"](model, start(family), repeated, {}, disable=True, family=family)
+        assert torch.isfinite(out).all()
+
+
+def test_a_guider_that_skips_the_post_cfg_hook_is_refused_not_served_a_stale_uncond():
+    class SkipsSecondHook(ToyGuider):
+        calls = 0
+
+        def __call__(self, x, sigma, model_options=None, **extra):
+            self.calls += 1
+            return super().__call__(x, sigma, model_options if self.calls == 1 else {}, **extra)
+
+    for name in ("euler_cfg_pp", "ddim_cfg_pp_inversion"):
+        sigmas = SIGMAS_EPS if name == "euler_cfg_pp" else SIGMAS_EPS[:-1].flip(0)
+        with pytest.raises(RuntimeError, match="unconditional estimate"):
+            SAMPLERS[name](SkipsSecondHook(0.6), start("eps"), sigmas, {}, disable=True)
