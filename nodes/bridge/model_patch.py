@@ -151,8 +151,13 @@ def _install(guider, run: GuidedRun) -> None:
         conds = [args["conds"][0], negative if need else None]
         pending[:] = [step, need]
         if previous_batch is not None:
-            return previous_batch({**args, "conds": conds})
-        return comfy.samplers.calc_cond_batch(args["model"], conds, x, sigma, model_options)
+            out = previous_batch({**args, "conds": conds})
+        else:
+            out = comfy.samplers.calc_cond_batch(args["model"], conds, x, sigma, model_options)
+        # A skipped uncond comes back as ComfyUI's zero placeholder, which every post-CFG hook
+        # would read, including those a sampler adds after this patch (CFG++ re-noises with it):
+        # hand on D_c instead, as Guided.renoise_uncond does on the guider path.
+        return out if need else [out[0], out[0]]
 
     def post_cfg(args):
         step, need = pending

@@ -109,6 +109,24 @@ def test_sampler_custom_with_patch_equals_the_guider_path(fixture_model):
     assert (out["samples"] - expected).abs().max().item() == 0.0
 
 
+@pytest.mark.parametrize("sampler_name", ["euler_cfg_pp", "guidance_lab_euler_cfg_pp"])
+def test_cfg_pp_samplers_after_the_switch_equal_the_guider_path(fixture_model, sampler_name):
+    """Once AG skips uncond, a CFG++ sampler (ComfyUI's, or the pack's) re-noises with D_c, not
+    with ComfyUI's zero placeholder for the skipped estimate (which fries the image)."""
+    from comfy_extras import nodes_custom_sampler as cs
+
+    from guidance_lab.nodes.bridge.samplers import pack_sampler
+
+    model, pos, neg = fixture_model
+    sampler = (pack_sampler("euler_cfg_pp") if sampler_name.startswith("guidance_lab")
+               else node_out(cs.KSamplerSelect.execute(sampler_name))[0])
+    ag = AdaptivePolicy(threshold=0.0, inner=CFGPolicy(0.8))  # threshold 0: conditional-only from step 1
+    expected = sample(guider(model, pos, neg, ag), None, 5, empty_latent(1), seed=2, sampler=sampler)
+    stock = node_out(cs.CFGGuider.execute(patched(model, pos, neg, ag), pos, neg, 0.8))[0]
+    got = sample(stock, None, 5, empty_latent(1), seed=2, sampler=sampler)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
 def stacked(model):
     """A LoRA-like weight patch and a post-CFG patch (CFGNorm) under the pack's patch."""
     from comfy_extras.nodes_cfg import CFGNorm
