@@ -12,7 +12,7 @@ from ..samplers.edict import DEFAULT_P, check_invertible, check_mixing_weight, c
 from .bridge.fingerprint import model_fingerprint
 from .bridge.inversion import EdictLatent, edict_invert, edict_sample, model_latent, to_latent_space
 from .bridge.policy_guider import PolicyGuider
-from .guider_common import build_guider, cfg_input, model_and_prompt_inputs
+from .guider_common import build_guider, cfg_input, model_and_prompt_inputs, require_policy_fits
 from .validation import NodeInputError, checks_inputs
 
 EDICT_LATENT = io.Custom("EDICT_LATENT")
@@ -53,8 +53,9 @@ def checked_p(node: str, p: float) -> float:
         raise NodeInputError(node, "mixing_weight", f"is not usable: {err}") from err
 
 
-def edict_policy(node: str, cfg: float, guidance) -> GuidancePolicy:
-    """Plain CFG at ``cfg``, or the connected guider's policy, refused if it keeps state."""
+def edict_policy(node: str, cfg: float, guidance, model) -> GuidancePolicy:
+    """Plain CFG at ``cfg``, or the connected guider's policy, refused if it keeps state or is
+    tied to another model than ``model``."""
     if guidance is None:
         return CFGPolicy(scale=float(cfg))
     if not isinstance(guidance, PolicyGuider):
@@ -64,7 +65,7 @@ def edict_policy(node: str, cfg: float, guidance) -> GuidancePolicy:
         check_invertible(guidance.policy)
     except ValueError as err:
         raise NodeInputError(node, "guidance", f"cannot be inverted: {err}") from err
-    return guidance.policy
+    return require_policy_fits(node, "guidance", guidance, model)
 
 
 def conditioning_rows(conditioning) -> int:
@@ -122,7 +123,7 @@ class EdictInvertNode(io.ComfyNode):
         state_dtype = PRECISIONS[precision]
         if state_dtype == torch.float64 and comfy.model_management.get_torch_device().type == "mps":
             raise NodeInputError(node, "precision", "is float64, which this device (MPS) lacks; choose float32")
-        policy = edict_policy(node, cfg, guidance)
+        policy = edict_policy(node, cfg, guidance, model)
         guider = build_guider(node, model, positive, negative, lambda: policy)
         latent = model_latent(model, latent_image)
         if getattr(latent, "is_nested", False):
@@ -171,7 +172,7 @@ class EdictSampleNode(io.ComfyNode):
         problem = edict_latent.mismatch(schedule, p, model_fingerprint(model), channels)
         if problem:
             raise NodeInputError(node, "edict_latent", problem)
-        policy = edict_policy(node, cfg, guidance)
+        policy = edict_policy(node, cfg, guidance, model)
         guider = build_guider(node, model, positive, negative, lambda: policy)
         chunks = edict_latent.chunks()
         if len(chunks) > 1 and conditioning_rows(positive) not in (1, edict_latent.shape[0]):

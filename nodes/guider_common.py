@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from .bridge.agd import find_adapters
+from .bridge.fingerprint import model_fingerprint
 from .bridge.policy_guider import PolicyGuider
 from ..guiders import GuidancePolicy
+from ..guiders.agd import AGDPolicy
+from ..guiders.linear_ag import LinearAGPolicy
 from .validation import NodeInputError, require_conditioning
 
 
@@ -45,3 +49,33 @@ def require_pack_guider(node: str, input_name: str, guider) -> PolicyGuider:
         raise NodeInputError(node, input_name, f"must come from a Guidance Lab guider node, got "
                                                f"{type(guider).__name__}")
     return guider
+
+
+def _nested(policy: GuidancePolicy):
+    """The policy and the policies it wraps (Adaptive Guidance's inner)."""
+    while policy is not None:
+        yield policy
+        policy = getattr(policy, "inner", None)
+
+
+def require_policy_fits(node: str, input_name: str, guider: PolicyGuider, model) -> GuidancePolicy:
+    """The guider's policy, for use on ``model`` (another node's MODEL input), refused where it is
+    tied to the guider's own model: LinearAG's coefficients were calibrated on that model, and
+    AGD needs the adapters that model carries (on a model without them it would sample with no
+    guidance at all)."""
+    for policy in _nested(guider.policy):
+        if isinstance(policy, AGDPolicy):
+            adapters = find_adapters(model)
+            if adapters is None:
+                raise NodeInputError(node, input_name, "runs AGD, which needs a model with AGD adapters: "
+                                     "connect the MODEL from AGD Adapter Loader to 'model'")
+            if tuple(adapters.scale_range) != tuple(policy.scale_range):
+                raise NodeInputError(node, input_name, f"runs AGD with adapters trained for scales "
+                                     f"{list(policy.scale_range)}, but the model's adapters were trained for "
+                                     f"{list(adapters.scale_range)}: connect the same adapters to both")
+        if isinstance(policy, LinearAGPolicy) and model is not guider.model_patcher \
+                and model_fingerprint(model) != model_fingerprint(guider.model_patcher):
+            raise NodeInputError(node, input_name, "runs LinearAG with coefficients calibrated on the guider's "
+                                 "model, and 'model' is another (weights, patches or prediction type differ): "
+                                 "connect the same model to both")
+    return guider.policy

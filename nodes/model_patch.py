@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from .bridge.model_patch import patch_model, patched_policy, run_record
-from .guider_common import require_pack_guider
+from .guider_common import require_pack_guider, require_policy_fits
 from .validation import NodeInputError, checks_inputs
 
 
@@ -35,7 +35,7 @@ class GuidanceModelPatchNode(io.ComfyNode):
     @classmethod
     @checks_inputs
     def execute(cls, model, guider) -> io.NodeOutput:
-        policy = require_pack_guider(cls.DISPLAY, "guider", guider).policy
+        policy = require_policy_fits(cls.DISPLAY, "guider", require_pack_guider(cls.DISPLAY, "guider", guider), model)
         existing = patched_policy(model)
         if existing is not None:
             # Two policies cannot both decide the guided estimate; nesting them silently would

@@ -77,7 +77,7 @@ def measure(base, pos, neg, family, batch, steps, p=0.93, precision="float64", d
     if latent is None:
         latent = {"samples": 4.0 * torch.randn(batch, 4, 6, 10, generator=torch.Generator().manual_seed(0))}
     edict = out(EdictInvertNode.execute(model, pos, neg, CFG, sigmas, p, latent, precision))[0]
-    guider = build_guider("tool", model, pos, neg, lambda: edict_policy("tool", CFG, None))
+    guider = build_guider("tool", model, pos, neg, lambda: edict_policy("tool", CFG, None, model))
     _, pair = edict_sample(guider, edict, edict.schedule)
     start = model.get_model_object("latent_format").process_in(latent["samples"]).double()
     state = max((t.cpu().double() - start).abs().max().item() for t in pair)

@@ -274,6 +274,31 @@ def test_edict_inverts_exactly_with_agd_as_its_guidance(shapes, output_dir):
     assert (plain.x - edict.x).abs().max() > 1e-3  # cond-only CFG at 1 vs AGD at 4: the adapters ran
 
 
+def test_the_agd_policy_is_refused_on_a_model_without_its_adapters(shapes, output_dir):
+    """Guidance Model Patch and EDICT's guidance input take the guider's policy to another MODEL
+    input: without adapters AGD would sample with no guidance at all, so it is refused there."""
+    from comfy_extras import nodes_custom_sampler as cs
+
+    from guidance_lab.nodes.edict import EdictInvertNode
+    from guidance_lab.nodes.model_patch import GuidanceModelPatchNode
+    from guidance_lab.nodes.validation import NodeInputError
+
+    model, positive, negative = shapes
+    save_adapter(model, output_dir / "trained.safetensors", trained=True)
+    save_adapter(model, output_dir / "narrow.safetensors", trained=True, scale_range=(2.0, 5.0))
+    patched = node_out(AGDAdapterLoaderNode.execute(model, "trained.safetensors"))[0]
+    narrow = node_out(AGDAdapterLoaderNode.execute(model, "narrow.safetensors"))[0]
+    agd = node_out(AGDGuiderNode.execute(patched, positive, 4.0))[0]
+    with pytest.raises(NodeInputError, match=r"Guidance Model Patch.*input 'guider'.*AGD Adapter Loader"):
+        GuidanceModelPatchNode.execute(model, agd)
+    with pytest.raises(NodeInputError, match=r"input 'guider'.*trained for scales \[1.0, 8.0\]"):
+        GuidanceModelPatchNode.execute(narrow, agd)
+    sigmas = node_out(cs.BasicScheduler.execute(model, "normal", 3, 1.0))[0]
+    with pytest.raises(NodeInputError, match=r"EDICT Invert.*input 'guidance'.*AGD adapters"):
+        EdictInvertNode.execute(model, positive, negative, 3.0, sigmas, 0.93, latent(), "float64", agd)
+    node_out(GuidanceModelPatchNode.execute(patched, agd))  # its own adapters: accepted
+
+
 @pytest.mark.parametrize("family", ["eps", "flow"])
 def test_sd15_layout_in_both_families_zero_adapters_change_nothing(fixture_model, family):
     """The SD1.x UNet layout (the tiny fixture checkpoint), as loaded (eps) and patched to flow

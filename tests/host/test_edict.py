@@ -69,7 +69,7 @@ def test_round_trip_is_exact_and_far_below_ddim(fixture_model, families, family,
     assert edict.x.dtype == torch.float64 and edict.shape == (batch, 4, 6, 10)
     assert preview["samples"].shape == latent["samples"].shape and torch.isfinite(preview["samples"]).all()
     # The float64 pair, in the model's latent space, against the start ComfyUI gave the sampler.
-    guider = build_guider(SAMPLE, model, pos, neg, lambda: edict_policy(SAMPLE, CFG, None))
+    guider = build_guider(SAMPLE, model, pos, neg, lambda: edict_policy(SAMPLE, CFG, None, model))
     _, pair = edict_sample(guider, edict, edict.schedule)
     start = model.get_model_object("latent_format").process_in(latent["samples"]).double()
     state_err = max((t.cpu() - start).abs().max().item() for t in pair)

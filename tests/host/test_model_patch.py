@@ -213,3 +213,21 @@ def test_a_pack_guider_on_a_patched_model_runs_its_own_policy(fixture_model):
 def test_report_without_a_record_says_what_to_connect():
     text, record = report(empty_latent(1))[:2]
     assert "no Guidance Lab record" in text and record == "{}"
+
+
+def test_linear_ag_coefficients_are_refused_on_another_model(fixture_model, output_dir):
+    """Through the patch the guider's policy meets the patch node's MODEL: coefficients
+    calibrated on the guider's model must not run on a different one."""
+    from guidance_lab.nodes.linear_ag import LinearAGGuiderNode
+
+    from .test_linear_ag import calibrate
+
+    model, pos, neg = fixture_model
+    path, _ = calibrate(model, pos, neg)
+    linear_ag = LinearAGGuiderNode.execute(model, pos, neg, path, 1, 0).args[0]
+    other = model.clone()
+    key = next(k for k in other.model_state_dict() if k.endswith("input_blocks.1.0.in_layers.2.weight"))
+    other.add_patches({key: (torch.full_like(other.model_state_dict()[key], 0.01),)}, 1.0)  # a LoRA, say
+    with pytest.raises(NodeInputError, match=r"input 'guider' runs LinearAG.*'model' is another"):
+        GuidanceModelPatchNode.execute(other, linear_ag)
+    node_out(GuidanceModelPatchNode.execute(model, linear_ag))  # its own model: accepted
