@@ -10,7 +10,7 @@ from ..default_model import AGD_ADAPTERS, AGD_DIR
 from ..guiders.agd import AGDPolicy
 from ..guiders.agd import adapter_file as agd_file
 from .bridge.agd import AGDGuider, apply_adapters, find_adapters
-from .bridge.files import PackFile, locate_file, plan_write, read_roots, relative_to_output
+from .bridge.files import PackFile, file_stamp, locate_file, plan_write, read_roots, relative_to_output
 from .guider_common import guider_output
 from .validation import NodeInputError, checks_inputs, require_conditioning
 
@@ -47,6 +47,10 @@ class AGDAdapterLoaderNode(io.ComfyNode):
                 io.String.Output(display_name="report", tooltip="Trained scale range, adapter size, blocks."),
             ],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, adapter_file=None, **_):
+        return file_stamp(lambda: locate_file(cls.DISPLAY, "adapter_file", adapter_file, roots=adapter_roots())[1])
 
     @classmethod
     @checks_inputs

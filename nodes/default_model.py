@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..default_model import DEFAULT_WEIGHTS, WEIGHTS_DIR
 from .bridge.default_model import WeightsError, load_default_model
-from .bridge.files import find_file
+from .bridge.files import file_stamp, find_file
 from .validation import NodeInputError, checks_inputs
 
 
@@ -41,6 +41,11 @@ class DefaultModelLoaderNode(io.ComfyNode):
                               "the image in [-1, 1]."),
             ],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, weights=None, **_):
+        return file_stamp(lambda: find_file(cls.DISPLAY, "weights", weights,
+                                            roots=[("the pack's weights folder", WEIGHTS_DIR)]))
 
     @classmethod
     @checks_inputs

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..guiders import linear_ag_file
 from ..guiders.linear_ag import LinearAGPolicy, evaluated_steps, guided_step_count
 from .bridge.calibration import calibrate_linear_ag
-from .bridge.files import PackFile, find_file, plan_write, relative_to_output
+from .bridge.files import PackFile, file_stamp, find_file, plan_write, relative_to_output
 from .bridge.fingerprint import model_fingerprint
 from .guider_common import build_guider, guider_output, model_and_prompt_inputs
 from .validation import NodeInputError, checks_inputs
@@ -109,6 +109,10 @@ class LinearAGGuiderNode(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, coefficients_file=None, **_):
+        return file_stamp(lambda: find_file(cls.DISPLAY, "coefficients_file", coefficients_file))
+
+    @classmethod
     @checks_inputs
     def execute(cls, model, positive, negative, coefficients_file, warmup_steps, evaluate_every,
                 guidance_end=1.0) -> io.NodeOutput:
@@ -129,6 +133,8 @@ class LinearAGGuiderNode(io.ComfyNode):
             raise NodeInputError(cls.DISPLAY, "evaluate_every", str(err)) from err
 
         def fits(sampler, sigmas, options):
+            # The model is checked above and wherever the policy meets another MODEL input
+            # (guider_common.require_policy_fits); a run checks sampler, schedule and options.
             reason = cal.mismatch(sampler, sigmas, cal.model_fingerprint, options)
             return reason and f"input 'coefficients_file' ({coefficients_file!r}): {reason}"
 

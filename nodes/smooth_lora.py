@@ -5,7 +5,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io, ui
 
-from .bridge.files import find_model_file
+from .bridge.files import file_stamp, find_model_file
 from .bridge.lora import LoraFileError, apply_lora, plan_lora
 from .validation import NodeInputError, checks_inputs
 
@@ -46,6 +46,10 @@ class SmoothLoraLoaderNode(io.ComfyNode):
                 io.String.Output(display_name="report", tooltip="Layers applied, rank, and any the model lacks."),
             ],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, lora_name=None, **_):
+        return file_stamp(lambda: find_model_file(cls.DISPLAY, "lora_name", "loras", lora_name))
 
     @classmethod
     @checks_inputs

@@ -145,6 +145,19 @@ def find_file(node: str, input_name: str, name, suffix: str = ".safetensors",
     return locate_file(node, input_name, name, suffix, roots)[1]
 
 
+def file_stamp(locate: Callable[[], Path]) -> str:
+    """What a file-reading node's ``fingerprint_inputs`` hands ComfyUI's cache: the inode, size
+    and modification time of the file ``locate`` finds, so a file rewritten under the same name
+    (a calibration or an adapter trained again with ``overwrite``; the pack's atomic writes
+    always make a new inode) is read again instead of served from the cache; "" where the name
+    does not resolve (``execute`` then says why)."""
+    try:
+        stat = locate().stat()
+    except (NodeInputError, OSError):
+        return ""
+    return f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def find_model_file(node: str, input_name: str, folder_name: str, name) -> Path:
     """A file in one of ComfyUI's model folders ("loras", "checkpoints" ...) by the name its
     list shows. ComfyUI's own look-up normalises the name against the folder, so ".." cannot

@@ -274,6 +274,27 @@ def test_edict_inverts_exactly_with_agd_as_its_guidance(shapes, output_dir):
     assert (plain.x - edict.x).abs().max() > 1e-3  # cond-only CFG at 1 vs AGD at 4: the adapters ran
 
 
+def test_file_reading_nodes_fingerprint_the_file_so_a_rewritten_one_is_read_again(shapes, output_dir):
+    """ComfyUI caches a node's output by its inputs; a file trained again under the same name
+    must not be served from that cache (``fingerprint_inputs``: the file's inode, size, mtime)."""
+    from comfy_api.internal import first_real_override  # what ComfyUI checks before calling it
+
+    from guidance_lab.nodes.default_model import DefaultModelLoaderNode
+    from guidance_lab.nodes.linear_ag import LinearAGGuiderNode
+    from guidance_lab.nodes.smooth_lora import SmoothLoraLoaderNode
+
+    model = shapes[0]
+    save_adapter(model, output_dir / "stamped.safetensors", trained=False)
+    first = AGDAdapterLoaderNode.fingerprint_inputs(adapter_file="stamped.safetensors")
+    assert first and AGDAdapterLoaderNode.fingerprint_inputs(adapter_file="stamped.safetensors") == first
+    save_adapter(model, output_dir / "stamped.safetensors", trained=True)
+    assert AGDAdapterLoaderNode.fingerprint_inputs(adapter_file="stamped.safetensors") not in ("", first)
+    assert AGDAdapterLoaderNode.fingerprint_inputs(adapter_file="missing.safetensors") == ""
+    assert DefaultModelLoaderNode.fingerprint_inputs(weights=VPRED32_FILE)
+    for node in (AGDAdapterLoaderNode, DefaultModelLoaderNode, LinearAGGuiderNode, SmoothLoraLoaderNode):
+        assert first_real_override(node, "fingerprint_inputs") is not None, node
+
+
 def test_the_agd_policy_is_refused_on_a_model_without_its_adapters(shapes, output_dir):
     """Guidance Model Patch and EDICT's guidance input take the guider's policy to another MODEL
     input: without adapters AGD would sample with no guidance at all, so it is refused there."""
