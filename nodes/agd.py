@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 from ..default_model import AGD_ADAPTERS, AGD_DIR
 from ..guiders.agd import AGDPolicy
 from ..guiders.agd import adapter_file as agd_file
-from .bridge.agd import AGDGuider, apply_adapters, find_adapters
+from .bridge.agd import AGDGuider, apply_adapters, attn2_layout, find_adapters
 from .bridge.files import PackFile, file_stamp, locate_file, plan_write, read_roots, relative_to_output
 from .guider_common import guider_output
 from .validation import NodeInputError, checks_inputs, require_conditioning
@@ -118,6 +118,21 @@ MAX_PROMPTS = 4096
 AGD_FILE = PackFile(agd_file.FORMAT, "AGD adapter")
 
 
+def trainable_problem(model) -> str:
+    """Why the trainer cannot train adapters for ``model`` ("" if it can), before any sampling."""
+    if any(key.startswith("diffusion_model.") for key in model.patches):
+        # The trajectories would come from the patched model and the training copy is the base.
+        return ("carries weight patches (a LoRA, say): adapters are trained for the base model and then "
+                "combine with its LoRAs; connect the model as the checkpoint loader gives it")
+    if not attn2_layout(model):
+        return (f"({type(model.model.diffusion_model).__name__}) has no cross-attention blocks, which AGD's "
+                "adapters sit beside: SD1.x/SD2.x-style UNets and the pack's default models have them")
+    if getattr(model.model, "adm_channels", 0):
+        return ("is conditioned on a pooled text embedding as well (SDXL-style), which the trainer does not "
+                "pass on: it trains SD1.x/SD2.x-style models and the pack's default models")
+    return ""
+
+
 class AGDTrainNode(io.ComfyNode):
     DISPLAY = "AGD Train Adapter (Guidance Lab)"
 
@@ -195,6 +210,9 @@ class AGDTrainNode(io.ComfyNode):
             raise NodeInputError(cls.DISPLAY, "scale_max", f"is {scale_max}, below scale_min {scale_min}")
         if find_adapters(model) is not None:
             raise NodeInputError(cls.DISPLAY, "model", "already has AGD adapters; connect the base model")
+        problem = trainable_problem(model)
+        if problem:
+            raise NodeInputError(cls.DISPLAY, "model", problem)
         target = plan_write(cls.DISPLAY, "filename", filename, AGD_FILE, overwrite)
         try:
             made, losses = train_in_graph(model, clip, texts, (scale_min, scale_max), sampling_steps, training_steps,

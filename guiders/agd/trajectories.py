@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ import torch
 
 ARRAYS = ("states", "targets", "sigmas", "scales", "prompt_index")
 FORMAT = "guidance_lab.agd_trajectories.v1"
+# Left free beside the data: the memory maps are sparse files, so a disk that fills while they
+# are written fails a write into a mapped page (SIGBUS, the process dies), not a Python call.
+DISK_RESERVE = 256 * 2**20
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -54,12 +58,18 @@ class TrajectoryStore:
 
     @classmethod
     def create(cls, root: Path, meta: dict, samples: int, state_shape, prompt_shape):
-        root.mkdir(parents=True, exist_ok=True)
-        mm = np.lib.format.open_memmap
         shapes = {"states": ((samples, *state_shape), np.float16),
                   "targets": ((samples, *state_shape), np.float16),
                   "sigmas": ((samples,), np.float32), "scales": ((samples,), np.float32),
                   "prompt_index": ((samples,), np.int32), "prompts": (tuple(prompt_shape), np.float16)}
+        needed = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
+        existing = next((parent for parent in (root, *root.parents) if parent.exists()), Path("."))
+        free = shutil.disk_usage(existing).free
+        if needed + DISK_RESERVE > free:
+            raise ValueError(f"the trajectories need {needed / 2**30:.2f} GiB in {root}, which has "
+                             f"{free / 2**30:.2f} GiB free; use fewer prompts, sampling steps or a smaller image")
+        root.mkdir(parents=True, exist_ok=True)
+        mm = np.lib.format.open_memmap
         arrays = {name: mm(root / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
                   for name, (shape, dtype) in shapes.items()}
         write_json(root / "meta.json", {**meta, "complete": False})

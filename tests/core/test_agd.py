@@ -200,3 +200,14 @@ def test_trajectory_store_is_memory_mapped_and_reads_batches(tmp_path):
     assert context[:, 0, 0].tolist() == [0.0, 1.0] and scale.tolist() == [4.5, 4.5]
     with pytest.raises(FileNotFoundError, match="run `generate` first"):
         TrajectoryStore.open(tmp_path / "nothing")
+
+
+def test_a_data_set_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_path):
+    """Sparse memory maps would fill the disk mid-run and kill the process (SIGBUS); the size
+    is checked against the free space first."""
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+
+    root = tmp_path / "data"
+    with pytest.raises(ValueError, match=r"need .* GiB .* free; use fewer prompts"):
+        TrajectoryStore.create(root, {"steps": 20}, samples=10**12, state_shape=(3, 32, 32), prompt_shape=(4, 8, 16))
+    assert not root.exists()

@@ -1,5 +1,7 @@
 """AGD in ComfyUI: adapters injected through attention patches on the pack's default model."""
 
+import copy
+
 import pytest
 import torch
 
@@ -293,6 +295,24 @@ def test_file_reading_nodes_fingerprint_the_file_so_a_rewritten_one_is_read_agai
     assert DefaultModelLoaderNode.fingerprint_inputs(weights=VPRED32_FILE)
     for node in (AGDAdapterLoaderNode, DefaultModelLoaderNode, LinearAGGuiderNode, SmoothLoraLoaderNode):
         assert first_real_override(node, "fingerprint_inputs") is not None, node
+
+
+def test_training_refuses_a_model_it_cannot_train_before_sampling_anything(shapes, output_dir):
+    from guidance_lab.nodes.agd import AGDTrainNode, trainable_problem
+
+    model = shapes[0]
+    assert trainable_problem(model) == ""
+    lora = model.clone()
+    key = next(k for k in lora.model_state_dict() if k.startswith("diffusion_model.") and k.endswith(".weight"))
+    lora.add_patches({key: (torch.full_like(lora.model_state_dict()[key], 0.01),)}, 1.0)
+    with pytest.raises(NodeInputError, match=r"AGD Train.*input 'model' carries weight patches"):
+        clip = node_out(DefaultModelLoaderNode.execute(VPRED32_FILE))[1]
+        AGDTrainNode.execute(lora, clip, "a red circle", 1.0, 8.0, 4, 2, 2, 1e-3, 8, 32, 0, "never_written")
+    assert not list(output_dir.glob("never_written*"))
+    pooled = model.clone()
+    pooled.model = copy.copy(model.model)  # the fixture's model object stays as it is
+    pooled.model.adm_channels = 2816  # SDXL's pooled text embedding and size conditioning
+    assert "pooled text embedding" in trainable_problem(pooled)
 
 
 def test_the_agd_policy_is_refused_on_a_model_without_its_adapters(shapes, output_dir):
