@@ -18,13 +18,14 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ...guiders import training_checkpoint
 from ...guiders.agd import AdapterConfig, AdapterSet, AGDPolicy
 from ...guiders.agd.trajectories import FORMAT, TrajectoryStore, write_json
 from ...guiders.agd.training import agd_loss, batch_indices, lr_at
 from .agd import AGDAdapters, AGDGuider, adapted_call, apply_adapters, attn2_layout
 from .fingerprint import base_model_fingerprint
 
-CHECKPOINT = "agd_checkpoint.pt"
+CHECKPOINT = "agd_checkpoint.safetensors"
 LOSS_LOG = "agd_loss.jsonl"
 # Settings a resumed run must share with its checkpoint (the step count may change).
 RESUME_SETTINGS = ("batch_size", "lr", "warmup_frac", "seed", "loss_space", "adapter_config")
@@ -189,13 +190,9 @@ def training_copy(model):
 
 
 def save_checkpoint(path: Path, adapters: AdapterSet, optimizer, step: int, settings: dict) -> None:
-    """Atomically: a kill mid-write leaves the previous checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"adapters": adapters.flat_state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "settings": settings}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomically, as safetensors: a kill mid-write leaves the previous checkpoint."""
+    training_checkpoint.save(path, {"adapters": adapters.flat_state_dict(), "optimizer": optimizer.state_dict(),
+                                    "step": step, "settings": settings})
 
 
 def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, steps: int, batch_size: int = 64,
@@ -222,7 +219,7 @@ def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, ste
     checkpoint, log_path = run_dir / CHECKPOINT, run_dir / LOSS_LOG
     step, losses = 0, []
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = training_checkpoint.load(checkpoint)
         changed = sorted(k for k in RESUME_SETTINGS if state["settings"].get(k) != settings.get(k))
         if changed:
             raise ValueError(f"checkpoint {checkpoint} was made with other settings {changed}; use another "

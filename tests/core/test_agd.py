@@ -211,3 +211,33 @@ def test_a_data_set_the_disk_cannot_hold_is_refused_before_anything_is_written(t
     with pytest.raises(ValueError, match=r"need .* GiB .* free; use fewer prompts"):
         TrajectoryStore.create(root, {"steps": 20}, samples=10**12, state_shape=(3, 32, 32), prompt_shape=(4, 8, 16))
     assert not root.exists()
+
+
+def test_training_checkpoints_round_trip_an_optimizer_and_refuse_other_files(tmp_path):
+    """Checkpoints are safetensors (nothing unpickled) that give back the same types: integer
+    optimizer state keys (which ``load_state_dict`` matches to parameters), tuples, plain values."""
+    from guidance_lab.guiders import training_checkpoint
+
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-3, betas=(0.9, 0.99))
+    layer(torch.randn(4, 3)).square().mean().backward()
+    optimizer.step()
+    state = {"adapters": layer.state_dict(), "optimizer": optimizer.state_dict(), "step": 7,
+             "settings": {"lr": 1e-3, "ok": True, "name": None, "shape": (3, 2)}}
+    path = tmp_path / "checkpoint.safetensors"
+    training_checkpoint.save(path, state)
+    back = training_checkpoint.load(path)
+    assert back["step"] == 7 and back["settings"] == state["settings"]
+    assert list(back["optimizer"]["state"]) == [0, 1] and back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
+    fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters())
+    fresh.load_state_dict(back["optimizer"])
+    for old, new in zip(optimizer.state.values(), fresh.state.values()):
+        assert torch.equal(old["exp_avg"], new["exp_avg"]) and torch.equal(old["step"], new["step"])
+    assert all(torch.equal(v, back["adapters"][k]) for k, v in layer.state_dict().items())
+    (tmp_path / "other.safetensors").write_bytes(b"not a checkpoint")
+    adapter_file_path = tmp_path / "weights.safetensors"
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(1)}, str(adapter_file_path))
+    for bad in ("other.safetensors", "weights.safetensors", "missing.safetensors"):
+        with pytest.raises(ValueError, match="training checkpoint"):
+            training_checkpoint.load(tmp_path / bad)

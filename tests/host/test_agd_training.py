@@ -47,7 +47,9 @@ def train_args(data, run_dir, steps, *extra):
 
 
 def trained_weights(run_dir):
-    return torch.load(run_dir / "agd_checkpoint.pt", map_location="cpu", weights_only=True)["adapters"]
+    from guidance_lab.guiders import training_checkpoint
+
+    return training_checkpoint.load(run_dir / "agd_checkpoint.safetensors")["adapters"]
 
 
 def run_cli(argv, env=None, launcher=None):
@@ -103,12 +105,13 @@ def test_teacher_forced_rmse_is_the_per_step_distance_to_the_stored_cfg_outputs(
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_with_no_lost_steps(trajectories, tmp_path):
+    from guidance_lab.guiders import training_checkpoint
     from tools.training.agd import CRASH_AFTER_ENV, parse_args, train
 
     train(parse_args(train_args(trajectories, tmp_path / "whole", 6)), log=lambda *_: None)
     killed = run_cli(train_args(trajectories, tmp_path / "killed", 6), env={CRASH_AFTER_ENV: "5"})
     assert killed.returncode == 137, killed.stderr[-2000:]
-    assert torch.load(tmp_path / "killed" / "agd_checkpoint.pt", weights_only=True)["step"] == 4
+    assert training_checkpoint.load(tmp_path / "killed" / "agd_checkpoint.safetensors")["step"] == 4
     resumed = run_cli(train_args(trajectories, tmp_path / "killed", 6))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "at step 4" in resumed.stdout

@@ -17,7 +17,7 @@ alone and is split evenly over the processes, so N processes under torchrun (DDP
 averaged; gloo on CPU, nccl on GPU) train the same adapters as one process with the same
 global batch, and a resumed run continues exactly where it was. Checkpoints (adapters,
 optimizer, step, settings) are written atomically every ``--checkpoint-every`` steps to
-``~/.cache/guidance-lab/training/<run-name>/agd_checkpoint.pt``; rerunning the command
+``~/.cache/guidance-lab/training/<run-name>/agd_checkpoint.safetensors``; rerunning the command
 resumes from the last one (refused if the settings differ); the loss log is
 ``agd_loss.jsonl`` beside it. ``--out`` writes the adapter file: safetensors with the base
 model's fingerprint, architecture, scale range, adapter and training settings, parameter

@@ -49,7 +49,7 @@ weight, steps, the commands that trained it and the final losses.
 Reproducible from ``--seed`` / ``--data-seed``: batch k's data, noise and levels come from
 ``train.training_batch`` and y from a generator seeded by (seed, k), so a run continues
 exactly where its last checkpoint (written atomically to
-``~/.cache/guidance-lab/training/<run-name>/checkpoint.pt``, with the LoRA, the optimizer,
+``~/.cache/guidance-lab/training/<run-name>/checkpoint.safetensors``, with the LoRA, the optimizer,
 the step and the running average) left it. The attention inside the UNet is ComfyUI's plain
 ``attention_basic`` while training: the fused kernels (PyTorch SDPA on a GPU) have no double
 backward.
@@ -370,14 +370,16 @@ class SmoothLoraTrainer:
                 "history": json.dumps(self.history), "last": json.dumps(self.last)}
 
     def save(self, path: Path):
+        from guidance_lab.guiders import training_checkpoint
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        self.torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        training_checkpoint.save(path, self.state())
 
     def load(self, path: Path):
+        from guidance_lab.guiders import training_checkpoint
+
         torch = self.torch
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = training_checkpoint.load(path)
         if state["fingerprint"] != self.fingerprint:
             raise SystemExit(f"checkpoint {path} was trained on another base model; use another --run-name")
         changed = {k: (state["args"].get(k), v) for k, v in run_settings(self.args).items()
@@ -440,7 +442,7 @@ def main(argv=None):
     plain_attention()
     run_name = args.run_name or f"smooth_lora_{args.out.stem}"
     run_dir = TRAINING_CACHE / run_name
-    checkpoint = run_dir / "checkpoint.pt"
+    checkpoint = run_dir / "checkpoint.safetensors"  # no pickle: guiders/training_checkpoint.py
 
     trainer = SmoothLoraTrainer(args)
     n = sum(p.numel() for p in trainer.parameters())

@@ -8,7 +8,7 @@ Reproducible from ``--seed`` / ``--data-seed``: batch ``k`` is samples ``k*B .. 
 the dataset and its noise, timesteps and prompt dropout come from a generator seeded by
 (seed, k), so a run restarted from a checkpoint continues exactly where it was. Checkpoints
 (weights, EMA, optimizer, step) are written atomically to
-``~/.cache/guidance-lab/training/<run-name>/checkpoint.pt``; the loss log is ``loss.jsonl``
+``~/.cache/guidance-lab/training/<run-name>/checkpoint.safetensors``; the loss log is ``loss.jsonl``
 beside it. ``--export`` writes the EMA weights of the latest checkpoint as the shipped
 safetensors file (fp16) with the training config in its metadata.
 """
@@ -25,6 +25,8 @@ from pathlib import Path
 
 from tools.bootstrap import pack_with_host as import_pack
 from tools.paths import TRAINING_CACHE
+
+CHECKPOINT = "checkpoint.safetensors"  # tensors and settings, no pickle (guiders/training_checkpoint.py)
 
 
 def parse_args(argv=None):
@@ -305,12 +307,14 @@ class Trainer:
                 "ema": self.ema, "opt": self.opt.state_dict(), "history": json.dumps(self.history)}
 
     def save(self, path: Path):
-        tmp = path.with_suffix(".tmp")
-        self.torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        from guidance_lab.guiders import training_checkpoint
+
+        training_checkpoint.save(path, self.state())
 
     def load(self, path: Path):
-        state = self.torch.load(path, map_location="cpu", weights_only=True)
+        from guidance_lab.guiders import training_checkpoint
+
+        state = training_checkpoint.load(path)
         self.unet.load_state_dict(state["unet"])
         self.text.load_state_dict(state["text"])
         self.opt.load_state_dict(state["opt"])
@@ -322,7 +326,9 @@ class Trainer:
 
     def load_weights(self, path: Path):
         """Live and EMA weights from the EMA of another run's checkpoint; optimizer and step start fresh."""
-        state = self.torch.load(path, map_location="cpu", weights_only=True)
+        from guidance_lab.guiders import training_checkpoint
+
+        state = training_checkpoint.load(path)
         with self.torch.no_grad():
             for n, p in self.named_params():
                 p.copy_(state["ema"][n])
@@ -410,12 +416,14 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     differentiable_clip_layers()
     run_dir = TRAINING_CACHE / args.run_name
-    checkpoint = run_dir / "checkpoint.pt"
+    checkpoint = run_dir / CHECKPOINT
 
     if args.export is not None:
         if not checkpoint.exists():
             sys.exit(f"no checkpoint at {checkpoint}: train first")
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["args"]
+        from guidance_lab.guiders import training_checkpoint
+
+        saved = training_checkpoint.load(checkpoint)["args"]
         defaults = vars(parse_args([]))
         for key in ("model_channels", "res_blocks", "text_width", "text_layers", "seed", "data_seed",
                     "batch_size", "zsnr", "prediction", "shift", "channel_mult", "attention_levels"):
@@ -445,11 +453,11 @@ def main(argv=None):
         trainer.load_exported(source)
         print(f"fine-tuning from the weights of {source}", flush=True)
     elif args.finetune_from and not checkpoint.exists():
-        source = TRAINING_CACHE / args.finetune_from / "checkpoint.pt"
+        source = TRAINING_CACHE / args.finetune_from / CHECKPOINT
         trainer.load_weights(source)
         print(f"fine-tuning from the EMA weights of {source}", flush=True)
     elif args.init_from and not checkpoint.exists():
-        source = TRAINING_CACHE / args.init_from / "checkpoint.pt"
+        source = TRAINING_CACHE / args.init_from / CHECKPOINT
         trainer.load(source)
         print(f"starting from {source} at step {trainer.step}", flush=True)
     elif checkpoint.exists():
