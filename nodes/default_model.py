@@ -33,8 +33,9 @@ class DefaultModelLoaderNode(io.ComfyNode):
                                        "(written by tools/training/train.py --export)."),
             ],
             outputs=[
-                io.Model.Output(display_name="MODEL", tooltip="Eps-prediction UNet on the standard SD "
-                                "discrete schedule: works with every stock sampler and guider."),
+                io.Model.Output(display_name="MODEL", tooltip="A small UNet in the family its file says: "
+                                "flow (guidance_lab_flow32) or v-prediction on SD's discrete schedule "
+                                "(guidance_lab_vpred32); works with every stock sampler and guider."),
                 io.Clip.Output(display_name="CLIP", tooltip="Small text encoder for CLIPTextEncode "
                                "(ComfyUI's SD1 tokenizer)."),
                 io.Vae.Output(display_name="VAE", tooltip="ComfyUI's pixel-space VAE: latents are "

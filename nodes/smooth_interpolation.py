@@ -179,6 +179,9 @@ class SmoothnessNode(io.ComfyNode):
             raise NodeInputError(cls.DISPLAY, "frames", f"holds {frames.shape[0]} frame; ISTD needs at least 2")
         if frames.shape[0] > MAX_FRAMES:
             raise NodeInputError(cls.DISPLAY, "frames", f"holds {frames.shape[0]} frames; at most {MAX_FRAMES}")
+        if min(frames.shape[1:3]) < 3:
+            raise NodeInputError(cls.DISPLAY, "frames", f"are {frames.shape[2]}x{frames.shape[1]} pixels; the "
+                                 "structural distance needs at least 3x3")
         std, mean, distances = istd(frames[..., :3].movedim(-1, 1).float().clamp(0, 1))
         report = f"ISTD {std:.4f}, mean adjacent distance {mean:.4f} over {frames.shape[0]} frames"
         plot = series_plot(report, "1 - SSIM (multi-scale) between frame k and k+1", distances.tolist())

@@ -94,7 +94,9 @@ def perceptual_distance(a: torch.Tensor, b: torch.Tensor, scales: int = 3) -> to
         used += 1
         a = torch.nn.functional.avg_pool2d(a, 2)
         b = torch.nn.functional.avg_pool2d(b, 2)
-    return total / max(used, 1)
+    if not used:  # no scale to compare at: 0 would read as "identical"
+        raise ValueError(f"frames of {a.shape[-1]}x{a.shape[-2]} pixels are too small for SSIM (at least 3x3)")
+    return total / used
 
 
 def adjacent_distances(frames: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ A sampler is written as a *step*: ``step(denoise, x, sigma, sigma_next, state) -
 step may call it more than once (EDICT does). ``state`` is a dict private to one run
 (multistep history); the loop keeps the step index in ``state["i"]`` and the schedule
 as Python floats in ``state["sigmas"]``, read from the device once before the loop so
-that steps branch on sigma values without a host sync per step. ``sampling_loop`` turns a step into a sampler function of
-k-diffusion form, which ComfyUI wraps as a ``KSAMPLER``.
+that steps branch on sigma values without a host sync per step. ``sampling_loop`` turns a
+step into a sampler function of k-diffusion form, which ComfyUI wraps as a ``KSAMPLER``.
 
 A step that calls ``denoise`` more than once says so in its ``evaluations`` attribute
 (EDICT: 2); the sampler function carries it as ``evaluations_per_step``, from which the

@@ -73,3 +73,9 @@ def test_istd_is_near_zero_for_even_steps_and_large_for_one_jump():
     assert j_std > 10 * s_std
     with pytest.raises(ValueError):
         adjacent_distances(torch.zeros(1, 3, 8, 8))
+
+
+def test_frames_too_small_for_ssim_are_refused_not_scored_as_identical():
+    frames = torch.rand(3, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="too small"):
+        istd(frames)

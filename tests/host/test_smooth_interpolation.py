@@ -54,6 +54,8 @@ def test_istd_node_reports_plots_and_refuses_single_frames():
     assert std >= 0 and mean > 0 and plot.ndim == 4 and plot.shape[-1] == 3
     with pytest.raises(NodeInputError, match=r"ISTD \(Guidance Lab\): input 'frames'"):
         SmoothnessNode.execute(frames[:1])
+    with pytest.raises(NodeInputError, match=r"input 'frames' are 2x2 pixels"):  # not "perfectly smooth"
+        SmoothnessNode.execute(frames[:, :2, :2])
 
 
 def test_interpolation_refuses_prompts_of_different_encoders(fixture_model):
