@@ -101,16 +101,21 @@ def configs(args):
     return unet, text
 
 
-def differentiable_clip_layers():
+def differentiable_clip_layers(text_encoder) -> None:
     """ComfyUI's CLIPLayer adds its residuals in place (fine for inference, fatal for backward);
-    the training process swaps in the same sums out of place."""
+    the layers of the encoder being trained get the same sums out of place, on these
+    instances only (ComfyUI's class stays as it is)."""
+    import types
+
     import comfy.clip_model
 
     def forward(self, x, mask=None, optimized_attention=None):
         x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
         return x + self.mlp(self.layer_norm2(x))
 
-    comfy.clip_model.CLIPLayer.forward = forward
+    for module in text_encoder.modules():
+        if isinstance(module, comfy.clip_model.CLIPLayer):
+            module.forward = types.MethodType(forward, module)
 
 
 # ComfyUI ModelSamplingDiscrete settings (a model config's ``sampling_settings``): SD's schedule.
@@ -230,6 +235,7 @@ class Trainer:
         networks.init_weights(self.unet, gen)
         self.text = dm.build_text_encoder(self.text_config, ops)
         networks.init_weights(self.text, gen)
+        differentiable_clip_layers(self.text)
         clip_l = self.text.clip_l
         table = clip_l.transformer.get_input_embeddings().weight
         with torch.no_grad():
@@ -414,7 +420,6 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    differentiable_clip_layers()
     run_dir = TRAINING_CACHE / args.run_name
     checkpoint = run_dir / CHECKPOINT
 
