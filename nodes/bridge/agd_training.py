@@ -234,7 +234,9 @@ def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, ste
         if log_path.exists():  # steps after the checkpoint are redone: their log lines go
             rows = [json.loads(line) for line in log_path.read_text().splitlines() if line]
             rows = [r for r in rows if r["step"] <= step]
-            log_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            tmp = log_path.with_name(f".{log_path.name}.tmp")  # a kill now keeps the old log whole
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, log_path)
             losses = [r["loss"] for r in rows]
     dist.barrier()
     student.train()
