@@ -107,13 +107,13 @@ def markdown(rows: dict, dataset: dict, checks: list, meta: dict) -> str:
         "† ComfyUI's own samplers are not instrumented: NFE by construction (2 per step at CFG > 1, 1 at CFG 1).",
         "Time: median over prompts of the server's execution time of the whole graph divided by ComfyUI "
         "CFGGuider's on the same prompt and seeds, in this run. Adherence: shape and colour found by "
-        "`quality/shapes.py` match the prompt. Saturation: mean chroma (max - min channel; HSV "
+        "`tools/quality/shapes.py` match the prompt. Saturation: mean chroma (max - min channel; HSV "
         "saturation, in results.json, is inflated by noise on dark pixels); clipped: share of "
         "channel values at 0 or 255. Diversity: mean pairwise RMSE between the seeds of one prompt. "
         f"RMSE/PSNR: against ComfyUI CFG at the same scale and seeds (CFG 1: against CFG {CFG:g}, which "
         "is also AGD's distance before training). Scene distance: Fréchet distance "
         f"to {meta['real_count']} real dataset images on standardised scene features "
-        f"({', '.join(SCENE_FEATURES)}); see `quality/metrics.py`.",
+        f"({', '.join(SCENE_FEATURES)}); see `tools/quality/metrics.py`.",
         "",
         "| target | met | measured |", "|---|---|---|",
         *[f"| {name} | {'yes' if met else '**no**'} | {numbers} |" for name, met, numbers in checks],
