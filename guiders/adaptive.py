@@ -152,10 +152,16 @@ class AdaptivePolicy(GuidancePolicy):
             raise ValueError(f"Adaptive Guidance threshold must be in [0, 1], got {self.threshold!r}")
         if self.space not in SPACES:
             raise ValueError(f"Adaptive Guidance space must be one of {SPACES}, got {self.space!r}")
+        if not self.inner.uses_uncond:
+            raise ValueError(f"Adaptive Guidance drops the unconditional evaluation once it stops helping; the "
+                             f"{self.inner.name} policy never makes one (it already evaluates once per step)")
 
     @property
     def scale(self) -> float:
         return getattr(self.inner, "scale", 1.0)
+
+    def transformer_options(self) -> dict:
+        return self.inner.transformer_options()
 
     def start(self, total_steps: int) -> AdaptiveRun:
         return AdaptiveRun(self, total_steps)

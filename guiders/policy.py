@@ -93,6 +93,10 @@ class GuidancePolicy:
         """The settings as a JSON-friendly dict, for reports and file metadata."""
         return {}
 
+    # Whether the policy ever uses the unconditional estimate (AGD never does: its guidance is
+    # in the adapters), so wrappers that act on that estimate (Adaptive Guidance) can refuse it.
+    uses_uncond = True
+
     def transformer_options(self) -> dict:
         """Per-run values the policy's model patches read from the run's transformer_options
         (AGD's scale); the guider puts them in its per-run options clone. Most policies: none."""

@@ -43,6 +43,9 @@ class AdaptiveGuiderNode(io.ComfyNode):
     @checks_inputs
     def execute(cls, guider, threshold, space="auto") -> io.NodeOutput:
         inner = require_pack_guider(cls.DISPLAY, "guider", guider)
+        if not inner.policy.uses_uncond:
+            raise NodeInputError(cls.DISPLAY, "guider", f"runs {inner.policy.name}, which never evaluates the "
+                                 "negative prompt: there is nothing for Adaptive Guidance to drop")
         if space not in SPACES:
             raise NodeInputError(cls.DISPLAY, "space", f"is {space!r}; choose one of {list(SPACES)}")
         try:

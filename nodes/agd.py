@@ -120,10 +120,18 @@ AGD_FILE = PackFile(agd_file.FORMAT, "AGD adapter")
 
 def trainable_problem(model) -> str:
     """Why the trainer cannot train adapters for ``model`` ("" if it can), before any sampling."""
+    # The trajectories would come from the patched model and the training copy is the bare base.
     if any(key.startswith("diffusion_model.") for key in model.patches):
-        # The trajectories would come from the patched model and the training copy is the base.
         return ("carries weight patches (a LoRA, say): adapters are trained for the base model and then "
                 "combine with its LoRAs; connect the model as the checkpoint loader gives it")
+    options = model.model_options
+    transformer = options.get("transformer_options", {})
+    added = sorted([*model.object_patches, *(k for k in options if k != "transformer_options" and options[k]),
+                    *(k for k in ("patches", "patches_replace") if transformer.get(k))])
+    if added:
+        return (f"carries patches other nodes added ({', '.join(added)}): the trainer copies the bare base "
+                "model, so they would be in the teacher and not in the student; connect the model as the "
+                "checkpoint loader gives it")
     if not attn2_layout(model):
         return (f"({type(model.model.diffusion_model).__name__}) has no cross-attention blocks, which AGD's "
                 "adapters sit beside: SD1.x/SD2.x-style UNets and the pack's default models have them")
@@ -223,7 +231,8 @@ class AGDTrainNode(io.ComfyNode):
         count = made.adapters.parameter_count()
         report = (f"saved {rel}: {len(made.adapters.layout)} adapters, {count} parameters "
                   f"({100 * count / max(made.base_parameter_count, 1):.1f}% of the model), scales {scale_min:g} "
-                  f"to {scale_max:g}, {len(texts)} prompts, {training_steps} steps, final loss {losses[-1]:.4g}")
+                  f"to {scale_max:g}, {len(texts)} prompts, {training_steps} steps, final loss "
+                  + (f"{losses[-1]:.4g}" if losses else "not logged (the run's loss log is gone)"))
         shown = np.asarray(losses, dtype=np.float64)
         if len(shown) > 400:  # mean of windows: the curve stays readable at any length
             shown = np.array([w.mean() for w in np.array_split(shown, 400)])

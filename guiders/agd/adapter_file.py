@@ -50,6 +50,9 @@ def save(path, adapter_file: AdapterFile) -> Path:
     """Write atomically (temporary file in the same folder, fsync, rename)."""
     from safetensors.torch import save_file
 
+    lo, hi = (float(v) for v in adapter_file.scale_range)
+    if not lo <= hi:  # load would refuse the file after all the training
+        raise ValueError(f"the scale range [{lo}, {hi}] is empty; give it low to high")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".agd-", suffix=".tmp", dir=path.parent)
@@ -64,6 +67,30 @@ def save(path, adapter_file: AdapterFile) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _check_tensors(layout: dict, config: AdapterConfig, tensors: dict) -> None:
+    """The metadata's sizes against the tensors actually in the file, before anything is built
+    from them (a garbled width must not allocate gigabytes), and every tensor finite float."""
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"adapter tensor {key} is {tensor.dtype}, not floating point")
+        if not bool(tensor.isfinite().all()):
+            raise ValueError(f"adapter tensor {key} holds NaN or inf")
+    for name, dims in layout.items():
+        if len(dims) != 2 or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise ValueError(f"the recorded layout of block {name} is {list(dims)}, not two positive widths")
+        hidden, context = dims
+        expected = {"query.weight": (config.width, hidden), "prompt_tokens.weight": (config.width, context),
+                    "time_token.weight": (config.width, config.time_features),
+                    "scale_token.freq": (config.fourier_features,),
+                    "scale_token.mlp.0.weight": (config.mlp_hidden, config.fourier_features)}
+        for leaf, shape in expected.items():
+            found = tensors.get(f"{name}.{leaf}")
+            if found is None or tuple(found.shape) != shape:
+                raise ValueError(f"the adapter tensors do not fit the recorded layout: the metadata says "
+                                 f"{name}.{leaf} is {list(shape)}, the file holds "
+                                 f"{'none' if found is None else list(found.shape)}")
 
 
 def load(path) -> AdapterFile:
@@ -92,6 +119,10 @@ def load(path) -> AdapterFile:
         raise ValueError(f"{path} has malformed or missing AGD metadata ({error!r})") from None
     if not lo <= hi:
         raise ValueError(f"{path} records an empty scale range [{lo}, {hi}]")
+    try:
+        _check_tensors(layout, config, tensors)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     adapters = AdapterSet(layout, config)
     try:
         adapters.load_flat_state_dict(tensors)

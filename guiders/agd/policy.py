@@ -53,6 +53,7 @@ class AGDPolicy(GuidancePolicy):
     scale: float = 5.0
     scale_range: "tuple[float, float]" = (1.0, 12.0)
     name = "agd"
+    uses_uncond = False
 
     def __post_init__(self):
         check_scale(self.scale, self.scale_range)

@@ -10,6 +10,7 @@ stored by ``guiders/agd/trajectories.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -28,13 +29,20 @@ from .fingerprint import base_model_fingerprint
 CHECKPOINT = "agd_checkpoint.safetensors"
 LOSS_LOG = "agd_loss.jsonl"
 # Settings a resumed run must share with its checkpoint (the step count may change).
-RESUME_SETTINGS = ("batch_size", "lr", "warmup_frac", "seed", "loss_space", "adapter_config")
+RESUME_SETTINGS = ("batch_size", "lr", "warmup_frac", "seed", "loss_space", "adapter_config", "base_fingerprint",
+                   "data")
 
 
 def encode_prompts(clip, prompts: list) -> torch.Tensor:
     """[P, L, D] text embeddings by the model's own CLIP (what CLIPTextEncode gives)."""
     rows = [clip.encode_from_tokens(clip.tokenize(text)) for text in prompts]
-    return torch.cat([r if r.ndim == 3 else r[None] for r in rows]).float()
+    rows = [r if r.ndim == 3 else r[None] for r in rows]
+    shortest = min(r.shape[1] for r in rows)
+    for line, (text, row) in enumerate(zip(prompts, rows), start=1):
+        if row.shape[1] != shortest:  # one stored embedding per prompt: a single length
+            raise ValueError(f"prompt {line} ({text[:40]!r}...) encodes to {row.shape[1]} tokens, more than one "
+                             f"chunk of the text encoder ({shortest}); shorten it")
+    return torch.cat(rows).float()
 
 
 def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scales: torch.Tensor,
@@ -73,6 +81,8 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
     import comfy.samplers
 
     lo, hi = (float(v) for v in scale_range)
+    if not lo <= hi:  # the adapter file would be refused after all the training
+        raise ValueError(f"the scale range [{lo:g}, {hi:g}] is empty; give it low to high")
     texts = [p for p in prompts for _ in range(per_prompt)]
     embeddings = encode_prompts(clip, prompts)
     empty = encode_prompts(clip, [""])
@@ -95,6 +105,7 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
         done = json.loads(progress_path.read_text())["trajectories"] if progress_path.is_file() else 0
     else:
         store = TrajectoryStore.create(out_dir, meta, len(texts) * steps, latent_shape, tuple(embeddings.shape))
+    if done == 0:  # also on a resume: a kill right after create left them unwritten (meta.json first)
         store.prompts[:] = embeddings.numpy().astype(np.float16)
     # Every trajectory's scale and noise come from (seed, trajectory): resumable, chunk-size free.
     for start in range(done, len(texts), chunk):
@@ -213,8 +224,12 @@ def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, ste
     student = student_module(model, agd)
     net = dist.wrap(student)
     optimizer = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
+    # The model and the data set too: resuming another's checkpoint under a reused run name would
+    # write its adapters with this model's fingerprint.
+    data = json.dumps({k: v for k, v in store.meta.items() if k != "complete"}, sort_keys=True)
     settings = {"batch_size": batch_size, "lr": lr, "warmup_frac": warmup_frac, "seed": seed,
-                "loss_space": loss_space, "adapter_config": config.to_dict()}
+                "loss_space": loss_space, "adapter_config": config.to_dict(), "base_fingerprint": fingerprint,
+                "data": hashlib.blake2b(data.encode(), digest_size=8).hexdigest()}
     run_dir = Path(run_dir)
     checkpoint, log_path = run_dir / CHECKPOINT, run_dir / LOSS_LOG
     step, losses = 0, []
@@ -275,17 +290,19 @@ def resume_from(state: torch.Tensor, sigmas: torch.Tensor, step: int) -> "tuple[
 
 def sampled_rmse(model, positive: torch.Tensor, negative: torch.Tensor, adapters: AdapterSet, scale_range,
                  scale: float, seeds, steps: int = 20, sampler_name: str = "euler", latent_shape=(3, 32, 32),
-                 timing: bool = False, teacher_steps: int = 0):
+                 timing: bool = False, teacher_steps: int = 0, fingerprint: Optional[str] = None):
     """RMSE between AGD's sampled latents (1 NFE per step) and CFG's (empty negative, 2 NFE per
     step) at the same scale, prompts ([P, L, D] embeddings) and seeds: fidelity to the teacher.
     ``timing``: also the seconds each method's sampling took, side by side ((rmse, {cfg, agd})).
     ``teacher_steps`` k > 0 is a diagnosis, not AGD: the student starts from the teacher's own
-    state after k steps, so the result bounds what any fix of the first k steps could give."""
+    state after k steps, so the result bounds what any fix of the first k steps could give.
+    ``fingerprint``: the base model the adapters were trained for (an adapter file's), checked
+    against ``model``."""
     import time
 
     import comfy.samplers
 
-    patched = apply_adapters(model, adapters, scale_range, base_model_fingerprint(model))
+    patched = apply_adapters(model, adapters, scale_range, fingerprint or base_model_fingerprint(model))
     count = positive.shape[0]
     negative = negative.expand(count, -1, -1).contiguous()
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps).cpu()
@@ -324,14 +341,19 @@ def teacher_forced_rmse(model, store: TrajectoryStore, adapters: AdapterSet, chu
     """Per sampling step, the RMSE of the adapted one-pass output to the stored CFG output on the
     teacher's own states ([paper: CFG-trajectory training], the training objective without the
     drift of sampling): where along the trajectory the adapters do or do not imitate CFG."""
+    fingerprint = base_model_fingerprint(model)
+    if store.meta.get("model_fingerprint") not in ("", fingerprint):
+        raise ValueError(f"the trajectories were generated with base model {store.meta['model_fingerprint']}, "
+                         f"this model is {fingerprint}")
     agd = AGDAdapters(adapters, tuple(store.meta["scale_range"]), "")
+    device = next(model.model.parameters()).device  # wherever sampling left the weights
     steps = int(store.meta["steps"])
     totals, counts = np.zeros(steps), np.zeros(steps)
     with torch.no_grad():
         for start in range(0, len(store), chunk):
             rows = np.arange(start, min(start + chunk, len(store)))  # sorted: the order batch() reads in
-            x, sigma, context, scale, target = store.batch(rows, "cpu")
-            error = ((adapted_call(model, agd, x, sigma, context, scale) - target) ** 2).flatten(1).mean(1)
+            x, sigma, context, scale, target = store.batch(rows, device)
+            error = ((adapted_call(model, agd, x, sigma, context, scale) - target) ** 2).flatten(1).mean(1).cpu()
             at = store.step_of(rows)
             np.add.at(totals, at, error.double().numpy())
             np.add.at(counts, at, 1)
@@ -343,7 +365,6 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
     """The training node's run: trajectories, then training, in ComfyUI's temporary folder keyed
     by the settings (so a queued-again run resumes both), with the node's progress bar and
     ComfyUI's interrupt. Returns (AdapterFile, losses)."""
-    import hashlib
     import logging
 
     import comfy.model_management

@@ -116,6 +116,23 @@ def test_bad_files_are_refused_saying_why(tmp_path):
     save_file(adapters.flat_state_dict(), str(tmp_path / "meta.safetensors"), metadata={**meta, "scale_range": "x"})
     with pytest.raises(ValueError, match="malformed or missing AGD metadata"):
         adapter_file.load(tmp_path / "meta.safetensors")
+    # Garbled sizes are checked against the tensors before anything is allocated from them.
+    config = json.loads(meta["adapter_config"])
+    for name, changed in (("wide", {"adapter_config": json.dumps({**config, "width": 10**9})}),
+                          ("negative", {"architecture": meta["architecture"].replace("[", "[-", 1)})):
+        save_file(adapters.flat_state_dict(), str(tmp_path / f"{name}.safetensors"), metadata={**meta, **changed})
+        with pytest.raises(ValueError, match="do not fit the recorded layout|two positive widths|at least 1"):
+            adapter_file.load(tmp_path / f"{name}.safetensors")
+    for name, change in (("nan", lambda t: t.fill_(float("nan"))), ("int", lambda t: t.to(torch.int32))):
+        tensors = adapters.flat_state_dict()
+        key = next(k for k in tensors if k.endswith("query.weight"))
+        tensors[key] = change(tensors[key].clone())
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata=meta)
+        with pytest.raises(ValueError, match="NaN or inf|not floating point"):
+            adapter_file.load(tmp_path / f"{name}.safetensors")
+    with pytest.raises(ValueError, match="scale range .* is empty"):
+        adapter_file.save(tmp_path / "reversed.safetensors", adapter_file.AdapterFile(adapters, "abc", {}, (8.0, 1.0)))
+    assert not (tmp_path / "reversed.safetensors").exists()
 
 
 def test_scale_outside_the_trained_range_is_refused():
@@ -241,3 +258,13 @@ def test_training_checkpoints_round_trip_an_optimizer_and_refuse_other_files(tmp
     for bad in ("other.safetensors", "weights.safetensors", "missing.safetensors"):
         with pytest.raises(ValueError, match="training checkpoint"):
             training_checkpoint.load(tmp_path / bad)
+
+
+def test_adaptive_guidance_refuses_agd_and_passes_its_inner_run_options_on():
+    from guidance_lab.guiders.adaptive import AdaptivePolicy
+    from guidance_lab.guiders.apg import APGPolicy
+
+    with pytest.raises(ValueError, match="never makes one"):
+        AdaptivePolicy(inner=AGDPolicy(5.0, (1.0, 8.0)))
+    inner = APGPolicy(5.0)
+    assert AdaptivePolicy(inner=inner).transformer_options() == inner.transformer_options()

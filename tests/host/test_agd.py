@@ -313,6 +313,32 @@ def test_training_refuses_a_model_it_cannot_train_before_sampling_anything(shape
     pooled.model = copy.copy(model.model)  # the fixture's model object stays as it is
     pooled.model.adm_channels = 2816  # SDXL's pooled text embedding and size conditioning
     assert "pooled text embedding" in trainable_problem(pooled)
+    attention = model.clone()
+    attention.set_model_attn1_patch(lambda q, k, v, extra_options: (q, k, v))
+    assert "patches other nodes added (patches)" in trainable_problem(attention)
+    sampling = model.clone()
+    sampling.add_object_patch("model_sampling", model.get_model_object("model_sampling"))
+    assert "model_sampling" in trainable_problem(sampling)
+
+
+def test_prompts_longer_than_one_chunk_are_refused_naming_the_line(shapes):
+    from guidance_lab.nodes.bridge.agd_training import encode_prompts
+
+    clip = node_out(DefaultModelLoaderNode.execute(VPRED32_FILE))[1]
+    long = " ".join(["a red circle on a white background"] * 20)
+    with pytest.raises(ValueError, match=r"prompt 2 .* more than one chunk"):
+        encode_prompts(clip, ["a red circle on a white background", long])
+
+
+def test_adaptive_guidance_refuses_the_agd_guider(shapes, output_dir):
+    from guidance_lab.nodes.adaptive import AdaptiveGuiderNode
+
+    model, positive, _negative = shapes
+    save_adapter(model, output_dir / "trained.safetensors", trained=True)
+    patched = node_out(AGDAdapterLoaderNode.execute(model, "trained.safetensors"))[0]
+    agd = node_out(AGDGuiderNode.execute(patched, positive, 4.0))[0]
+    with pytest.raises(NodeInputError, match=r"Adaptive Guidance.*input 'guider' runs agd"):
+        AdaptiveGuiderNode.execute(agd, 0.99)
 
 
 def test_the_agd_policy_is_refused_on_a_model_without_its_adapters(shapes, output_dir):

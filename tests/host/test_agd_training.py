@@ -3,6 +3,7 @@ training that brings the 1-NFE output closer to CFG's."""
 
 import json
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -127,6 +128,22 @@ def test_resume_with_other_settings_is_refused(trajectories, tmp_path):
     train(parse_args(train_args(trajectories, tmp_path / "run", 2)), log=lambda *_: None)
     with pytest.raises(SystemExit, match=r"other settings \['lr'\]"):
         train(parse_args(train_args(trajectories, tmp_path / "run", 4)[:-len(TINY)] + TINY + ["--lr", "2e-3"]))
+    # Another data set under a reused run name (its adapters would be written as this one's).
+    other = tmp_path / "other_data"
+    meta = json.loads((trajectories / "meta.json").read_text())
+    shutil.copytree(trajectories, other)
+    (other / "meta.json").write_text(json.dumps({**meta, "seed": meta["seed"] + 1}))
+    with pytest.raises(SystemExit, match=r"other settings \['data'\]"):
+        train(parse_args(train_args(other, tmp_path / "run", 4)))
+
+
+def test_evaluate_refuses_an_adapter_of_another_model(tmp_path):
+    from guidance_lab.default_model import AGD_ADAPTERS, AGD_DIR, FLOW32, WEIGHTS_DIR
+
+    result = run_cli(["evaluate", "--adapter", str(AGD_DIR / AGD_ADAPTERS[FLOW32]), "--model",
+                      str(WEIGHTS_DIR / "guidance_lab_vpred32.safetensors"), "--prompts", "2", "--steps", "2",
+                      "--threads", "1"])
+    assert result.returncode != 0 and "use the model it was trained on" in result.stderr, result.stderr[-2000:]
 
 
 # DDP: gradients of 2 x 4 samples averaged over two gloo processes vs the mean over 8 in one

@@ -264,7 +264,6 @@ def evaluate_command(args) -> dict:
     """Per scale: the RMSE of AGD's sampled latents to CFG's (same prompts and seeds) with the
     untrained (zero) and the trained adapters, and the wall time of each method's sampling."""
     import json
-    import time
 
     import torch
 
@@ -272,42 +271,60 @@ def evaluate_command(args) -> dict:
     from guidance_lab.guiders.agd import AdapterSet, adapter_file
     from guidance_lab.nodes.bridge.agd import attn2_layout
     from guidance_lab.guiders.agd.trajectories import TrajectoryStore
-    from guidance_lab.nodes.bridge.agd_training import encode_prompts, sampled_rmse, teacher_forced_rmse
+    from guidance_lab.nodes.bridge.agd_training import encode_prompts, teacher_forced_rmse
 
     torch.set_num_threads(args.threads)
     model, clip = load_model(args.model)
-    made = adapter_file.load(args.adapter)
+    try:
+        made = adapter_file.load(args.adapter)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     lo, hi = made.scale_range
     scales = args.scales or [lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3]
     positive, negative = encode_prompts(clip, read_prompts(args.prompts)), encode_prompts(clip, [""])
     shape = (model.get_model_object("latent_format").latent_channels, args.latent_size, args.latent_size)
     untrained = AdapterSet(attn2_layout(model), made.adapters.config)
-    rows = []
-    for scale in scales:
-        before = sampled_rmse(model, positive, negative, untrained, made.scale_range, scale, args.seeds, args.steps,
-                              latent_shape=shape)
-        started = time.perf_counter()
-        after, timing = sampled_rmse(model, positive, negative, made.adapters, made.scale_range, scale, args.seeds,
-                                     args.steps, latent_shape=shape, timing=True)
-        rows.append({"scale": scale, "rmse_untrained": before, "rmse_trained": after, "cut": before / after,
-                     "seconds_cfg": timing["cfg"], "seconds_agd": timing["agd"],
-                     "wall_ratio": timing["agd"] / timing["cfg"], "nfe_per_step_cfg": 2, "nfe_per_step_agd": 1,
-                     "seconds_total": time.perf_counter() - started})
-        if args.teacher_steps:
-            oracle = {k: sampled_rmse(model, positive, negative, made.adapters, made.scale_range, scale, args.seeds,
-                                      args.steps, latent_shape=shape, teacher_steps=k) for k in args.teacher_steps}
-            rows[-1].update(rmse_after_teacher_steps=oracle,
-                            cut_after_teacher_steps={k: before / v for k, v in oracle.items()})
+    try:
+        rows = [evaluate_scale(args, model, positive, negative, untrained, made, scale, shape) for scale in scales]
+    except ValueError as err:  # an adapter or data set of another model, named by the bridge
+        raise SystemExit(str(err)) from None
     report = {"adapter": str(args.adapter), "parameters": made.adapters.parameter_count(),
               "percent_of_model": 100 * made.adapters.parameter_count() / max(made.base_parameter_count, 1),
               "prompts": int(positive.shape[0]), "seeds": args.seeds, "steps": args.steps, "rows": rows}
     if args.trajectories:
         store = TrajectoryStore.open(args.trajectories)
-        zero, trained = (teacher_forced_rmse(model, store, a) for a in (untrained, made.adapters))
+        try:
+            zero, trained = (teacher_forced_rmse(model, store, a) for a in (untrained, made.adapters))
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
         report["teacher_forced"] = {"trajectories": str(args.trajectories), "rmse_untrained": zero,
                                     "rmse_trained": trained, "cut": [z / max(t, 1e-12) for z, t in zip(zero, trained)]}
     print(json.dumps(report, indent=1))
     return report
+
+
+def evaluate_scale(args, model, positive, negative, untrained, made, scale: float, shape) -> dict:
+    """``evaluate``'s row for one scale: RMSE to CFG untrained and trained, the side-by-side
+    sampling times and, with ``--teacher-steps``, the oracle RMSEs."""
+    import time
+
+    from guidance_lab.nodes.bridge.agd_training import sampled_rmse
+
+    def rmse(adapters, **options):
+        return sampled_rmse(model, positive, negative, adapters, made.scale_range, scale, args.seeds, args.steps,
+                            latent_shape=shape, fingerprint=made.base_fingerprint, **options)
+
+    before = rmse(untrained)
+    started = time.perf_counter()
+    after, timing = rmse(made.adapters, timing=True)
+    row = {"scale": scale, "rmse_untrained": before, "rmse_trained": after, "cut": before / max(after, 1e-12),
+           "seconds_cfg": timing["cfg"], "seconds_agd": timing["agd"], "wall_ratio": timing["agd"] / timing["cfg"],
+           "nfe_per_step_cfg": 2, "nfe_per_step_agd": 1, "seconds_total": time.perf_counter() - started}
+    if args.teacher_steps:
+        oracle = {k: rmse(made.adapters, teacher_steps=k) for k in args.teacher_steps}
+        row.update(rmse_after_teacher_steps=oracle,
+                   cut_after_teacher_steps={k: before / max(v, 1e-12) for k, v in oracle.items()})
+    return row
 
 
 def main(argv=None):
