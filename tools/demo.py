@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     flat = np.concatenate([np.stack(t) for t in tiles])
     scores = label_accuracy(flat, [p for p, saved in rows for _ in saved])
     report = (f"{args.weights}: {len(flat)} images, CFG {args.cfg:g}, {args.steps} steps: adherence (shape and colour "
-              f"match, quality/shapes.py) {scores['adherence']:.3f}; shape {scores['shape']:.3f}, colour "
+              f"match, tools/quality/shapes.py) {scores['adherence']:.3f}; shape {scores['shape']:.3f}, colour "
               f"{scores['colour']:.3f}, background {scores['background']:.3f}")
     (args.out / "report.txt").write_text(report + "\n")
     print(f"[demo] {report}")

@@ -113,3 +113,18 @@ def test_a_square_with_sides_bowed_in_is_still_a_square(bow):
     lobes say square (a circle has none)."""
     found = analyse(pinched_square(bow))
     assert found.shape == "square", found.features
+
+
+def test_a_regular_pentagon_is_not_read_as_a_square():
+    """The four-lobe rule stops above a pentagon's rectangle fill: a model's pentagon answering
+    "square" is not credited as one."""
+    from PIL import Image, ImageDraw
+
+    size, supersample = 32, 8
+    angles = np.deg2rad(-90 + 72 * np.arange(5) + 10)
+    poly = np.stack([np.cos(angles), np.sin(angles)], 1) * size * 0.32 + size / 2
+    canvas = Image.new("L", (size * supersample, size * supersample), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in (poly * supersample).tolist()], fill=255)
+    alpha = (np.asarray(canvas, np.float64) / 255).reshape(size, supersample, size, supersample).mean((1, 3))[..., None]
+    image = alpha * np.array([40, 90, 215]) / 255 + (1 - alpha) * np.array([128, 128, 128]) / 255
+    assert analyse(image).shape != "square", analyse(image).features

@@ -160,13 +160,14 @@ def classify_shape(hole: float, solidity: float, rect_fill: float, lobes: int) -
     if rect_fill > 0.85:
         return "square"
     # Four corners: a square whose sides bow inwards (the default models draw many of them at
-    # CFG 5) fills its rectangle less than a clean one, down into circle territory, but a
-    # circle's outline has no lobes at all. Measured on 96 CFG-5 samples per model of the
-    # square prompts and as many of the circle prompts (tools/quality/audit_shapes.py,
-    # docs/quality/): v-prediction squares 57/96 -> 89/96 read as squares, flow 76 -> 88, every
-    # flipped image a square by eye, no circle changed, the dataset's renders unchanged (also
-    # blurred: tests/core/test_shape_analyser.py).
-    if lobes == 4 and rect_fill > 0.675:
+    # CFG 5) fills its rectangle less than a clean one, down into circle territory (0.76-0.85),
+    # but a circle's outline has no lobes at all. Above a regular pentagon's fill (~0.69-0.73,
+    # four lobes as often as five at this size), which is no square. Measured on 96 CFG-5
+    # samples per model of the square prompts and as many of the circle prompts
+    # (tools/quality/audit_shapes.py, docs/quality/): v-prediction squares 57/96 -> 87/96 read
+    # as squares, flow 76 -> 86, every flipped image a square by eye, no circle changed, the
+    # dataset's renders unchanged (also blurred: tests/core/test_shape_analyser.py).
+    if lobes == 4 and rect_fill > 0.75:
         return "square"
     return "circle" if rect_fill > 0.675 else "triangle"
 
