@@ -194,3 +194,20 @@ def test_mislabelled_family_is_refused_naming_node_and_input(tmp_path, host, mon
     with pytest.raises(NodeInputError, match=r"Default Model Loader \(Guidance Lab\): input 'weights'") as err:
         DefaultModelLoaderNode.execute("mislabelled.safetensors")
     assert message in str(err.value)
+
+
+def test_shape_audit_reports_what_the_analyser_reads_in_the_models_samples(tmp_path):
+    """tools/quality/audit_shapes.py: per prompted shape, what the analyser reads in the model's
+    own CFG samples, with the misreads' features and a contact sheet."""
+    from tools.quality import audit_shapes
+    from tools.training.dataset import BACKGROUNDS, COLOURS
+
+    assert audit_shapes.main(["--weights", VPRED32, "--shapes", "circle", "square", "--seeds", "1", "--steps", "6",
+                              "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "audit.json").read_text())
+    assert set(report["read_as"]) == {"circle", "square"}
+    prompts = len(COLOURS) * len(BACKGROUNDS)  # one seed: every colour x backdrop prompt once
+    assert sum(report["read_as"]["circle"].values()) == prompts == sum(report["read_as"]["square"].values())
+    for miss in report["misread"]:
+        assert set(miss["features"]) == {"hole", "solidity", "rect_fill", "lobes"}
+    assert (tmp_path / "misread.png").is_file() == bool(report["misread"])
