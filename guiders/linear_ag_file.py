@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic_file import write_atomically
 from .linear_ag import FEATURES, NormalEquations, history_lags
 
 FORMAT = "guidance_lab.linear_ag.v2"
@@ -98,15 +97,8 @@ def save(path: Path, cal: Calibration) -> None:
             "family": cal.family, "model_fingerprint": cal.model_fingerprint, "ridge": repr(cal.ridge),
             "sampler_options": json.dumps(cal.sampler_options, sort_keys=True),
             **{k: str(v) for k, v in cal.extra.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: t.double().contiguous() for k, t in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(path, lambda tmp: save_file({k: t.double().contiguous() for k, t in tensors.items()},
+                                                 str(tmp), metadata=meta))
 
 
 def load(path: Path) -> Calibration:

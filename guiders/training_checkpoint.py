@@ -15,13 +15,13 @@ previous checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic_file import write_atomically
 FORMAT = "guidance_lab.training_checkpoint.v1"
 _PLAIN = (type(None), bool, int, float, str)
 
@@ -58,14 +58,10 @@ def _decode(node: dict, tensors):
 
 def save(path: Path, state) -> None:
     """Write ``state`` to ``path`` atomically."""
-    path = Path(path)
     tensors: dict = {}
     structure = json.dumps(_encode(state, tensors))
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "structure": structure})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT,
+                                                                                "structure": structure}))
 
 
 def load(path: Path):

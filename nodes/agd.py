@@ -49,15 +49,19 @@ class AGDAdapterLoaderNode(io.ComfyNode):
         )
 
     @classmethod
+    def locate(cls, adapter_file) -> tuple:
+        """(folder label, path): a file of the same name in an earlier folder wins."""
+        return locate_file(cls.DISPLAY, "adapter_file", adapter_file, roots=adapter_roots())
+
+    @classmethod
     def fingerprint_inputs(cls, adapter_file=None, **_):
-        return file_stamp(lambda: locate_file(cls.DISPLAY, "adapter_file", adapter_file, roots=adapter_roots())[1])
+        return file_stamp(lambda: cls.locate(adapter_file)[1])
 
     @classmethod
     @checks_inputs
     def execute(cls, model, adapter_file) -> io.NodeOutput:
         name = adapter_file
-        # A file of the same name in an earlier folder wins: the report says which one it was.
-        where, path = locate_file(cls.DISPLAY, "adapter_file", name, roots=adapter_roots())
+        where, path = cls.locate(name)  # the report says which folder it was
         try:
             loaded = agd_file.load(path)
             patched = apply_adapters(model, loaded.adapters, loaded.scale_range, loaded.base_fingerprint,

@@ -44,14 +44,17 @@ class DefaultModelLoaderNode(io.ComfyNode):
         )
 
     @classmethod
+    def weights_path(cls, weights):
+        return find_file(cls.DISPLAY, "weights", weights, roots=[("the pack's weights folder", WEIGHTS_DIR)])
+
+    @classmethod
     def fingerprint_inputs(cls, weights=None, **_):
-        return file_stamp(lambda: find_file(cls.DISPLAY, "weights", weights,
-                                            roots=[("the pack's weights folder", WEIGHTS_DIR)]))
+        return file_stamp(lambda: cls.weights_path(weights))
 
     @classmethod
     @checks_inputs
     def execute(cls, weights) -> io.NodeOutput:
-        path = find_file(cls.DISPLAY, "weights", weights, roots=[("the pack's weights folder", WEIGHTS_DIR)])
+        path = cls.weights_path(weights)
         try:
             model, clip, vae, _meta = load_default_model(path)
         except WeightsError as error:

@@ -10,11 +10,10 @@ weights, see the host bridge), ``architecture`` (block layout, model class, fami
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic_file import write_atomically
 from .adapter import AdapterConfig
 from .adapter_set import AdapterSet
 
@@ -53,20 +52,8 @@ def save(path, adapter_file: AdapterFile) -> Path:
     lo, hi = (float(v) for v in adapter_file.scale_range)
     if not lo <= hi:  # load would refuse the file after all the training
         raise ValueError(f"the scale range [{lo}, {hi}] is empty; give it low to high")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".agd-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(adapter_file.adapters.flat_state_dict(), tmp, metadata=adapter_file.metadata())
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomically(path, lambda tmp: save_file(adapter_file.adapters.flat_state_dict(), str(tmp),
+                                                         metadata=adapter_file.metadata()))
 
 
 def _check_tensors(layout: dict, config: AdapterConfig, tensors: dict) -> None:

@@ -21,7 +21,6 @@ On disk (``DIR``), numpy memory maps, so a data set can exceed memory:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic_file import write_atomically
 ARRAYS = ("states", "targets", "sigmas", "scales", "prompt_index")
 FORMAT = "guidance_lab.agd_trajectories.v1"
 # Left free beside the data: the memory maps are sparse files, so a disk that fills while they
@@ -37,10 +37,8 @@ DISK_RESERVE = 256 * 2**20
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Atomically (temporary file, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    """Atomically (``write_atomically``)."""
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True)))
 
 
 @dataclass

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ...guiders import training_checkpoint
+from ...guiders.atomic_file import write_atomically
 from ...guiders.agd import AdapterConfig, AdapterSet, AGDPolicy
 from ...guiders.agd.trajectories import FORMAT, TrajectoryStore, write_json
 from ...guiders.agd.training import agd_loss, batch_indices, lr_at
@@ -249,9 +250,8 @@ def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, ste
         if log_path.exists():  # steps after the checkpoint are redone: their log lines go
             rows = [json.loads(line) for line in log_path.read_text().splitlines() if line]
             rows = [r for r in rows if r["step"] <= step]
-            tmp = log_path.with_name(f".{log_path.name}.tmp")  # a kill now keeps the old log whole
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(tmp, log_path)
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+            write_atomically(log_path, lambda tmp: tmp.write_text(text))  # a kill now keeps the old log whole
             losses = [r["loss"] for r in rows]
     dist.barrier()
     student.train()

@@ -23,6 +23,7 @@ import numpy as np
 from ..quality.shapes import analyse
 from ..training.dataset import COLOURS, SHAPES, make_batch, parse_prompt, prompt_of
 from .graph import Graph, out
+from .methods import APG  # its preset value selects the APG Guider's own eta, threshold and momentum
 
 SOURCE_CFG = 5.0
 INVERSION_CFG = 3.0  # EDICT's paper scale, for inverting under the source prompt
@@ -173,7 +174,7 @@ def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: st
     if apg:
         ids["guidance"] = out(g.add("GuidanceLab_APGGuider", "edit_guidance", model=ids["model"],
                                     positive=resample_positive, negative=resample_negative, cfg=resample_cfg,
-                                    preset="custom (use the values below)", eta=settings.apg_eta,
+                                    preset=APG["preset"], eta=settings.apg_eta,
                                     norm_threshold=settings.apg_norm_threshold, momentum=0.0))
     if method == "edict":
         p = settings.mixing_weight

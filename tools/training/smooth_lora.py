@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -421,12 +420,9 @@ class SmoothLoraTrainer:
             "final_reg": str(self.last.get("reg")),
             "running_average": str(self.regulariser.average),
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
+        from guidance_lab.guiders.atomic_file import write_atomically
+
+        return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def run_settings(args) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -398,11 +397,9 @@ class Trainer:
             "latent": "pixel space: image in [0, 1] -> latent 2x-1 (ComfyUI pixel-space VAE)",
             "dataset": "tools.training.dataset.make_batch(data_seed, step*batch, batch, 32)",
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(sd, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
+        from guidance_lab.guiders.atomic_file import write_atomically
+
+        return write_atomically(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
 
 
 def seconds_per_step(step, n: int) -> float:
