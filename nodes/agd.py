@@ -130,8 +130,12 @@ def trainable_problem(model) -> str:
                 "combine with its LoRAs; connect the model as the checkpoint loader gives it")
     options = model.model_options
     transformer = options.get("transformer_options", {})
+    # Wrappers too (the pack's Guidance Model Patch is one): the teacher would sample through them.
+    wrappers = [key for table in (model.wrappers, transformer.get("wrappers", {}))
+                for kind in table.values() for key, fns in kind.items() if fns]
     added = sorted([*model.object_patches, *(k for k in options if k != "transformer_options" and options[k]),
-                    *(k for k in ("patches", "patches_replace") if transformer.get(k))])
+                    *(k for k in ("patches", "patches_replace") if transformer.get(k)),
+                    *(f"wrapper {key}" for key in wrappers)])
     if added:
         return (f"carries patches other nodes added ({', '.join(added)}): the trainer copies the bare base "
                 "model, so they would be in the teacher and not in the student; connect the model as the "

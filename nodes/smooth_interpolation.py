@@ -18,12 +18,21 @@ MAX_FRAMES = 256  # a client cannot ask for an arbitrarily large batch
 class GivenNoise:
     """A NOISE whose samples are fixed tensors (the interpolated frames), for SamplerCustomAdvanced."""
 
-    def __init__(self, noise: torch.Tensor, seed: int = 0):
+    def __init__(self, noise: torch.Tensor, seed: int = 0, node: str = "Smooth Interpolate (Guidance Lab)"):
         self.noise = noise
         self.seed = seed
+        self.node = node
 
     def generate_noise(self, input_latent):
-        return self.noise.to(input_latent["samples"].device, input_latent["samples"].dtype)
+        samples = input_latent["samples"]
+        # The sampler may have turned an empty latent into the model's channel count
+        # (fix_empty_latent_channels), or been given another latent than this node's.
+        if tuple(samples.shape) != tuple(self.noise.shape):
+            raise NodeInputError(self.node, "latent_image", f"made noise of shape {tuple(self.noise.shape)}, but the "
+                                 f"sampler's latent has shape {tuple(samples.shape)}: give latent_image an empty "
+                                 "latent of the sampled model (its channels and size) and sample this node's "
+                                 "latent output")
+        return self.noise.to(samples.device, samples.dtype)
 
 
 def frames_input() -> io.Int.Input:
@@ -89,7 +98,7 @@ class SmoothInterpolateNode(io.ComfyNode):
         noises = interpolate_noises(a, b, frames)
         conditioning = _interpolated_conditioning(cls.DISPLAY, positive_a, positive_b, frames)
         latent = {"samples": torch.zeros((frames,) + tuple(samples.shape[1:]), dtype=samples.dtype)}
-        return io.NodeOutput(GivenNoise(noises), latent, conditioning)
+        return io.NodeOutput(GivenNoise(noises, node=cls.DISPLAY), latent, conditioning)
 
 
 class EdictInterpolateNode(io.ComfyNode):
@@ -182,7 +191,7 @@ class SmoothnessNode(io.ComfyNode):
         if min(frames.shape[1:3]) < 3:
             raise NodeInputError(cls.DISPLAY, "frames", f"are {frames.shape[2]}x{frames.shape[1]} pixels; the "
                                  "structural distance needs at least 3x3")
-        std, mean, distances = istd(frames[..., :3].movedim(-1, 1).float().clamp(0, 1))
+        std, mean, distances = istd(frames[..., :3].movedim(-1, 1))  # a view: istd works a few pairs at a time
         report = f"ISTD {std:.4f}, mean adjacent distance {mean:.4f} over {frames.shape[0]} frames"
         plot = series_plot(report, "1 - SSIM (multi-scale) between frame k and k+1", distances.tolist())
         image = torch.from_numpy(np.asarray(plot, dtype=np.float32) / 255.0)[None]

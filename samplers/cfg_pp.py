@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .loop import sampling_loop
+from .loop import require_ascending, sampling_loop
 from .sigma_space import alpha, noise_from_denoised
 
 
@@ -115,6 +115,8 @@ def make_inversion_step(family: str):
 
     def step(denoise, x, sigma, sigma_next, state):
         i, sig = state["i"], state["sigmas"]
+        if i == 0:
+            require_ascending(sig, "ddim_cfg_pp_inversion")
         if sig[i] > 0:
             denoised, uncond = guided_and_uncond(denoise, x, sigma, state["tap"])
             eps_guided = noise_from_denoised(x, denoised, sigma, family)

@@ -12,9 +12,12 @@ the state mismatch x' vs x (it grows with the step size and the guidance scale).
 from __future__ import annotations
 
 from .euler import to_d
+from .loop import require_ascending
 
 
 def ddim_inversion(denoise, x, sigma, sigma_next, state):
     """DDIM Eq. 13 run backwards (ascending sigmas): x' = x + (s' - s) f(x, s'), f at the target sigma."""
+    if state.get("i") == 0:  # the schedule is on the host already (the loop's state)
+        require_ascending(state["sigmas"], "ddim_inversion")
     denoised = denoise(x, sigma_next)
     return x + to_d(x, sigma_next, denoised) * (sigma_next - sigma), denoised

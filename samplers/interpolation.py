@@ -83,8 +83,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) 
 
 
 def perceptual_distance(a: torch.Tensor, b: torch.Tensor, scales: int = 3) -> torch.Tensor:
-    """Multi-scale structural dissimilarity, mean over scales of 1 - SSIM (the LPIPS stand-in)."""
-    a, b = a.double(), b.double()
+    """Multi-scale structural dissimilarity, mean over scales of 1 - SSIM (the LPIPS stand-in);
+    images in [0, 1] (clamped)."""
+    a, b = a.double().clamp(0, 1), b.double().clamp(0, 1)
     total = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
     used = 0
     for _ in range(scales):
@@ -99,11 +100,18 @@ def perceptual_distance(a: torch.Tensor, b: torch.Tensor, scales: int = 3) -> to
     return total / used
 
 
-def adjacent_distances(frames: torch.Tensor) -> torch.Tensor:
-    """Distances between consecutive frames of a sequence (N, C, H, W): N - 1 values."""
+def adjacent_distances(frames: torch.Tensor, chunk_elements: int = 2 ** 20) -> torch.Tensor:
+    """Distances between consecutive frames of a sequence (N, C, H, W): N - 1 values.
+
+    A few pairs at a time (about ``chunk_elements`` values per side): the float64 SSIM makes
+    some twenty frame-sized intermediates, which for a whole sequence of large frames would
+    exhaust the memory."""
     if frames.shape[0] < 2:
         raise ValueError(f"a sequence needs at least 2 frames, got {frames.shape[0]}")
-    return perceptual_distance(frames[:-1], frames[1:])
+    count = frames.shape[0] - 1
+    pairs = max(chunk_elements // max(frames[0].numel(), 1), 1)
+    return torch.cat([perceptual_distance(frames[k:min(k + pairs, count)], frames[k + 1:min(k + pairs, count) + 1])
+                      for k in range(0, count, pairs)])
 
 
 def istd(frames: torch.Tensor) -> "tuple[float, float, torch.Tensor]":

@@ -46,6 +46,14 @@ def sampling_loop(step: Step, model, x: torch.Tensor, sigmas: torch.Tensor,
     return x
 
 
+def require_ascending(sigmas: list, sampler: str) -> None:
+    """ValueError unless the schedule rises, as an inversion sampler needs: a falling one (the
+    scheduler's, not flipped) divides by its final 0 or drives the state off to garbage."""
+    if any(b < a for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError(f"{sampler} runs up the noise schedule, so its sigmas must rise; these fall "
+                         f"({sigmas[0]:g} -> {sigmas[-1]:g}): put FlipSigmas between the scheduler and the sampler")
+
+
 def sampler_function(step: Step):
     """A k-diffusion-form sampler ``fn(model, x, sigmas, extra_args, callback, disable)``."""
 

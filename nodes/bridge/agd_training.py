@@ -75,22 +75,34 @@ def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scal
     return records
 
 
+def encode_with_empty(clip, prompts: list) -> "tuple[torch.Tensor, torch.Tensor, str]":
+    """The prompts' embeddings, the empty prompt's, and a fingerprint of both: what the text
+    encoder (its weights, LoRAs, clip skip) made of them, so trajectories made with another
+    encoder are never taken for these."""
+    embeddings, empty = encode_prompts(clip, prompts), encode_prompts(clip, [""])
+    digest = hashlib.blake2b(digest_size=8)
+    for tensor in (embeddings, empty):
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return embeddings, empty, digest.hexdigest()
+
+
 def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int, seed: int, chunk: int = 16,
              per_prompt: int = 1, sampler_name: str = "euler", scheduler: str = "normal",
-             latent_shape=(3, 32, 32), fingerprint: str = "", progress=None) -> TrajectoryStore:
-    """Write (or finish writing) the trajectories of ``prompts`` to ``out_dir``; [paper: CFG-trajectory training]."""
+             latent_shape=(3, 32, 32), fingerprint: str = "", progress=None, encoded=None) -> TrajectoryStore:
+    """Write (or finish writing) the trajectories of ``prompts`` to ``out_dir``; [paper: CFG-trajectory training].
+    ``encoded``: ``encode_with_empty(clip, prompts)`` where the caller has it already."""
     import comfy.samplers
 
     lo, hi = (float(v) for v in scale_range)
     if not lo <= hi:  # the adapter file would be refused after all the training
         raise ValueError(f"the scale range [{lo:g}, {hi:g}] is empty; give it low to high")
     texts = [p for p in prompts for _ in range(per_prompt)]
-    embeddings = encode_prompts(clip, prompts)
-    empty = encode_prompts(clip, [""])
+    embeddings, empty, text_fingerprint = encoded or encode_with_empty(clip, prompts)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
     meta = {"format": FORMAT, "prompts": prompts, "per_prompt": per_prompt,
             "scale_range": [lo, hi], "steps": steps, "seed": seed, "sampler": sampler_name,
             "scheduler": scheduler, "negative": "", "model_fingerprint": fingerprint,
+            "text_fingerprint": text_fingerprint,
             "latent_shape": list(latent_shape), "trajectories": len(texts), "samples": len(texts) * steps}
     progress_path = out_dir / "progress.json"
     done = 0
@@ -383,8 +395,10 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
     latent_shape = (int(latent_format.latent_channels), side, side)
     config = AdapterConfig(width=width, fourier_features=width, mlp_hidden=2 * width,
                            time_features=width + width % 2, seed=seed)
-    data_key = {"fingerprint": fingerprint, "prompts": prompts, "scale_range": list(scale_range),
-                "steps": sampling_steps, "seed": seed, "latent_shape": list(latent_shape)}
+    encoded = encode_with_empty(clip, prompts)
+    data_key = {"fingerprint": fingerprint, "text_fingerprint": encoded[2], "prompts": prompts,
+                "scale_range": list(scale_range), "steps": sampling_steps, "seed": seed,
+                "latent_shape": list(latent_shape)}
     run_key = {**data_key, "training_steps": training_steps, "batch_size": batch_size, "lr": lr,
                "adapter": config.to_dict()}
     digest = lambda d: hashlib.blake2b(json.dumps(d, sort_keys=True).encode(), digest_size=8).hexdigest()
@@ -401,7 +415,7 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
         bar.update_absolute(len(prompts) + step, total)
 
     store = generate(model, clip, work / f"data_{digest(data_key)}", prompts, scale_range, sampling_steps, seed,
-                     latent_shape=latent_shape, fingerprint=fingerprint, progress=progress)
+                     latent_shape=latent_shape, fingerprint=fingerprint, progress=progress, encoded=encoded)
     with torch.inference_mode(False), torch.enable_grad():
         trainable = training_copy(model)
         adapters, losses = fit(trainable, store, config, work / f"run_{digest(run_key)}", training_steps, batch_size,
@@ -418,5 +432,5 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
     return made, losses
 
 
-__all__ = ["CHECKPOINT", "LOSS_LOG", "SingleProcess", "cfg_trajectories", "encode_prompts", "fit", "generate",
-           "sampled_rmse", "save_checkpoint", "student_module", "train_in_graph", "training_copy"]
+__all__ = ["CHECKPOINT", "LOSS_LOG", "SingleProcess", "cfg_trajectories", "encode_prompts", "encode_with_empty",
+           "fit", "generate", "sampled_rmse", "save_checkpoint", "student_module", "train_in_graph", "training_copy"]

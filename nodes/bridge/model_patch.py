@@ -10,9 +10,14 @@ so two queued prompts sharing the patched MODEL never share state:
 - a ``GuidedRun`` (policy state, step keying from the sampler's evaluation plan, record);
 - a ``sampler_calc_cond_batch_function`` that asks the run whether uncond is needed and
   calls the model with the conditional batch alone when it is not (``plan``);
-- the one ``sampler_post_cfg_function``: it discards ComfyUI's CFG result, returns the
-  policy's guided estimate (``combine``) and runs the model's other post-CFG patches after
-  it, exactly as ``PolicyGuider.predict_noise`` does, so both paths give the same bits;
+- a last ``sampler_pre_cfg_function``: it combines the estimates into the policy's guided
+  one (``combine``, after the model's own pre-CFG patches, as on the guider path) and hands
+  ComfyUI, in place of its uncond, the D_u a CFG++ sampler must re-noise with
+  (``renoise_uncond``): every post-CFG hook reads ComfyUI's uncond, including those a sampler
+  adds after this patch;
+- the first ``sampler_post_cfg_function``: it discards ComfyUI's CFG result, returns the
+  policy's guided estimate and runs the model's other post-CFG patches after it, exactly as
+  ``PolicyGuider.predict_noise`` does, so both paths give the same bits;
 - an APPLY_MODEL wrapper that counts NFE where the model is really called.
 
 The record rides on the sampled latent tensor (attribute ``RECORD_ATTR``): the Guidance
@@ -149,20 +154,24 @@ def _install(guider, run: GuidedRun) -> None:
         negative = args["conds"][1] if args["conds"][1] is not None else guider.conds.get("negative")
         need = need and negative is not None
         conds = [args["conds"][0], negative if need else None]
-        pending[:] = [step, need]
+        pending[:] = [step, need, None]
         if previous_batch is not None:
-            out = previous_batch({**args, "conds": conds})
-        else:
-            out = comfy.samplers.calc_cond_batch(args["model"], conds, x, sigma, model_options)
-        # A skipped uncond comes back as ComfyUI's zero placeholder, which every post-CFG hook
-        # would read, including those a sampler adds after this patch (CFG++ re-noises with it):
-        # hand on D_c instead, as Guided.renoise_uncond does on the guider path.
-        return out if need else [out[0], out[0]]
+            return previous_batch({**args, "conds": conds})
+        return comfy.samplers.calc_cond_batch(args["model"], conds, x, sigma, model_options)
+
+    def pre_cfg(args):
+        step, need, _ = pending
+        cond, uncond = args["conds_out"][0], args["conds_out"][1]
+        guided = run.combine(step, need, cond, uncond if need else None)
+        pending[2] = guided
+        # ComfyUI hands this uncond to every post-CFG hook, those a sampler adds after this
+        # patch too (a CFG++ sampler re-noises with it): the policy's D_u, or D_c where it skipped
+        # the evaluation (never ComfyUI's zero placeholder), as on the guider path.
+        return [cond, guided.renoise_uncond(cond), *args["conds_out"][2:]]
 
     def post_cfg(args):
-        step, need = pending
+        guided = pending[2]
         cond = args["cond_denoised"]
-        guided = run.combine(step, need, cond, args["uncond_denoised"] if need else None)
         result = guided.denoised
         model_options = args["model_options"]
         if "sampler_cfg_function" in model_options:
@@ -178,6 +187,7 @@ def _install(guider, run: GuidedRun) -> None:
         return result
 
     options["sampler_calc_cond_batch_function"] = calc_cond_batch
+    options["sampler_pre_cfg_function"] = [*options.get("sampler_pre_cfg_function", []), pre_cfg]
     options["sampler_post_cfg_function"] = [post_cfg]
 
     def count_evaluations(executor, x, *a, **kw):

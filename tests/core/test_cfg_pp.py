@@ -131,3 +131,15 @@ def test_a_guider_that_skips_the_post_cfg_hook_is_refused_not_served_a_stale_unc
         sigmas = SIGMAS_EPS if name == "euler_cfg_pp" else SIGMAS_EPS[:-1].flip(0)
         with pytest.raises(RuntimeError, match="unconditional estimate"):
             SAMPLERS[name](SkipsSecondHook(0.6), start("eps"), sigmas, {}, disable=True)
+
+
+@pytest.mark.parametrize("name", ["ddim_inversion", "ddim_cfg_pp_inversion"])
+def test_inversion_refuses_a_falling_schedule_before_any_step(name):
+    """The scheduler's falling sigmas, not flipped, would divide by the final 0 (NaN) or drift
+    off to garbage with no error: refused, saying what to connect."""
+    model = ToyGuider(scale=0.7, cond_mean=0.5, uncond_mean=0.2, family="eps")
+    calls = []
+    with pytest.raises(ValueError, match="sigmas must rise.*FlipSigmas"):
+        SAMPLERS[name](lambda *a, **k: calls.append(1) or model(*a, **k), start("eps"), SIGMAS_EPS, {},
+                       disable=True)
+    assert not calls

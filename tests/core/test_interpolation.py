@@ -79,3 +79,12 @@ def test_frames_too_small_for_ssim_are_refused_not_scored_as_identical():
     frames = torch.rand(3, 3, 2, 2, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="too small"):
         istd(frames)
+
+
+def test_adjacent_distances_a_few_pairs_at_a_time_equal_the_whole_sequence_at_once():
+    """Large frames are compared a few pairs at a time (bounded memory), with the same result."""
+    frames = torch.rand(7, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    whole = adjacent_distances(frames, chunk_elements=frames.numel())
+    for elements in (1, 3 * 16 * 16, 2 * 3 * 16 * 16 + 5):
+        assert torch.equal(adjacent_distances(frames, chunk_elements=elements), whole)
+    assert whole.shape == (6,)

@@ -319,6 +319,15 @@ def test_training_refuses_a_model_it_cannot_train_before_sampling_anything(shape
     sampling = model.clone()
     sampling.add_object_patch("model_sampling", model.get_model_object("model_sampling"))
     assert "model_sampling" in trainable_problem(sampling)
+    # The pack's own Guidance Model Patch (an OUTER_SAMPLE wrapper): the teacher would not be CFG.
+    from guidance_lab.guiders.adaptive import AdaptivePolicy
+    from guidance_lab.guiders import CFGPolicy
+    from guidance_lab.nodes.bridge.policy_guider import PolicyGuider
+    from guidance_lab.nodes.model_patch import GuidanceModelPatchNode
+
+    ag = PolicyGuider(model, AdaptivePolicy(threshold=0.0, inner=CFGPolicy(5.0)))
+    wrapped = node_out(GuidanceModelPatchNode.execute(model, ag))[0]
+    assert "wrapper guidance_lab_policy_patch" in trainable_problem(wrapped)
 
 
 def test_prompts_longer_than_one_chunk_are_refused_naming_the_line(shapes):

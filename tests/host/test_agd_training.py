@@ -227,6 +227,31 @@ def test_an_interrupted_generation_resumes_and_writes_what_an_uninterrupted_one_
         assert np.array_equal(np.asarray(getattr(resumed, name)), np.asarray(getattr(whole, name))), name
     with pytest.raises(ValueError, match="other settings"):
         generate(model, clip, tmp_path / "data", default_prompts(6), (2.0, 7.0), 4, **kwargs)
+    # Another text encoder (here CLIPSetLastLayer's clip skip) makes other embeddings: other data.
+    skipped = clip.clone()
+    skipped.clip_layer(-2)
+    with pytest.raises(ValueError, match=r"other settings \(\['text_fingerprint'\]\)"):
+        generate(model, skipped, tmp_path / "data", *args[3:], **kwargs)
+
+
+def test_the_training_node_keeps_data_made_with_another_text_encoder_apart(shapes_model, tmp_path):
+    """The node's cached trajectories are keyed by what the text encoder made of the prompts:
+    a second run with another CLIP samples its own, never the first run's."""
+    import folder_paths
+
+    from guidance_lab.nodes.bridge.agd_training import train_in_graph
+
+    model, clip = shapes_model
+    skipped = clip.clone()
+    skipped.clip_layer(-2)
+    before = folder_paths.get_temp_directory()
+    folder_paths.set_temp_directory(str(tmp_path))
+    try:
+        for text_encoder in (clip, skipped):
+            train_in_graph(model, text_encoder, ["a red circle"], (1.0, 3.0), 2, 1, 2, 1e-3, 4, 0, 32)
+    finally:
+        folder_paths.set_temp_directory(before)
+    assert len(list((tmp_path / "guidance_lab_agd").glob("data_*"))) == 2
 
 
 @pytest.mark.parametrize("weights", ["guidance_lab_vpred32.safetensors", "guidance_lab_flow32.safetensors"])

@@ -110,9 +110,13 @@ def test_sampler_custom_with_patch_equals_the_guider_path(fixture_model):
 
 
 @pytest.mark.parametrize("sampler_name", ["euler_cfg_pp", "guidance_lab_euler_cfg_pp"])
-def test_cfg_pp_samplers_after_the_switch_equal_the_guider_path(fixture_model, sampler_name):
-    """Once AG skips uncond, a CFG++ sampler (ComfyUI's, or the pack's) re-noises with D_c, not
-    with ComfyUI's zero placeholder for the skipped estimate (which fries the image)."""
+@pytest.mark.parametrize("case", ["ag_switched", "linear_ag", "ag_batch_switching_apart"])
+def test_cfg_pp_samplers_re_noise_with_the_policys_uncond(fixture_model, sampler_name, case):
+    """A CFG++ sampler (ComfyUI's, or the pack's) adds its post-CFG hook after the patch's, so it
+    reads ComfyUI's uncond: the patch hands it the D_u the guider path re-noises with. After AG's
+    switch that is D_c, not ComfyUI's zero placeholder (which fries the image); under LinearAG
+    the predicted D_u, not D_c; in a batch whose samples switch at different steps, D_c for the
+    switched ones and the evaluated D_u for the others."""
     from comfy_extras import nodes_custom_sampler as cs
 
     from guidance_lab.nodes.bridge.samplers import pack_sampler
@@ -120,10 +124,19 @@ def test_cfg_pp_samplers_after_the_switch_equal_the_guider_path(fixture_model, s
     model, pos, neg = fixture_model
     sampler = (pack_sampler("euler_cfg_pp") if sampler_name.startswith("guidance_lab")
                else node_out(cs.KSamplerSelect.execute(sampler_name))[0])
-    ag = AdaptivePolicy(threshold=0.0, inner=CFGPolicy(0.8))  # threshold 0: conditional-only from step 1
-    expected = sample(guider(model, pos, neg, ag), None, 5, empty_latent(1), seed=2, sampler=sampler)
-    stock = node_out(cs.CFGGuider.execute(patched(model, pos, neg, ag), pos, neg, 0.8))[0]
-    got = sample(stock, None, 5, empty_latent(1), seed=2, sampler=sampler)
+    steps, batch = {"ag_switched": (5, 1), "linear_ag": (STEPS, 1), "ag_batch_switching_apart": (6, 2)}[case]
+    if case == "ag_switched":
+        pol = AdaptivePolicy(threshold=0.0, inner=CFGPolicy(0.8))  # conditional-only from step 1
+    elif case == "linear_ag":
+        pol = policy("linear_ag", 0.8)
+    else:  # on the fixture model the two samples switch at steps 1 and 2 (thresholds 0.9988-0.9990)
+        pol = AdaptivePolicy(threshold=0.9989, inner=CFGPolicy(0.8))
+    reference = guider(model, pos, neg, pol)
+    expected = sample(reference, None, steps, empty_latent(batch), seed=3, sampler=sampler)
+    if case == "ag_batch_switching_apart":
+        assert len(set(reference.last_record.decisions["switch_step"])) == 2, reference.last_record.decisions
+    stock = node_out(cs.CFGGuider.execute(patched(model, pos, neg, pol), pos, neg, 0.8))[0]
+    got = sample(stock, None, steps, empty_latent(batch), seed=3, sampler=sampler)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 
 

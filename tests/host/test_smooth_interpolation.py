@@ -43,6 +43,11 @@ def test_interpolated_frames_sample_and_their_ends_are_the_two_sources(fixture_m
     torch.testing.assert_close(frames[:1], first, rtol=0, atol=5e-3)
     torch.testing.assert_close(frames[3:], last, rtol=0, atol=5e-3)
     assert not torch.allclose(frames[1], frames[2])
+    # The noise is made for this latent: another one (here a batch of 3) is refused, naming the input.
+    from guidance_lab.nodes.validation import NodeInputError
+
+    with pytest.raises(NodeInputError, match=r"Smooth Interpolate \(Guidance Lab\): input 'latent_image'"):
+        sample_frames(comfy_cfg(model, conditioning, negative, 5.0), noise, {"samples": latent["samples"][:3]})
 
 
 def test_istd_node_reports_plots_and_refuses_single_frames():

@@ -36,7 +36,8 @@ def find(eo):
     prefix = {"input": "input_blocks", "middle": "middle_block", "output": "output_blocks"}[b[0]]
     for mname, a in mods.items():
         parts = mname.split(".")
-        if parts[0] == prefix and (b[0] == "middle" or int(parts[1]) == b[1]) and int(parts[parts.index("transformer_blocks") + 1]) == bi:
+        sub = int(parts[parts.index("transformer_blocks") + 1])
+        if parts[0] == prefix and (b[0] == "middle" or int(parts[1]) == b[1]) and sub == bi:
             return a
     raise KeyError(b)
 def run(gain, xb, sb, cb, wb, per_block=None):

@@ -18,12 +18,14 @@ name, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
 model, clip = T.load_model(WEIGHTS_DIR / f"guidance_lab_{name}.safetensors")
 print("fingerprint", base_model_fingerprint(model)[:12])
 store = TrajectoryStore.open(data)
-print(store.meta["trajectories"], store.meta["per_prompt"], store.meta["fingerprint" if "fingerprint" in store.meta else "model_fingerprint"][:12])
+print(store.meta["trajectories"], store.meta["per_prompt"], store.meta["model_fingerprint"][:12])
 x, s, c, w, tgt = store.batch(np.arange(len(store)), "cpu")
 empty = encode_prompts(clip, [""]).expand(len(x), -1, -1)
 with torch.no_grad():
-    dc = torch.cat([model.model.apply_model(x[i:i+160], s[i:i+160], c_crossattn=c[i:i+160]) for i in range(0, len(x), 160)])
-    du = torch.cat([model.model.apply_model(x[i:i+160], s[i:i+160], c_crossattn=empty[i:i+160]) for i in range(0, len(x), 160)])
+    def chunks(context):
+        return torch.cat([model.model.apply_model(x[i:i + 160], s[i:i + 160], c_crossattn=context[i:i + 160])
+                          for i in range(0, len(x), 160)])
+    dc, du = chunks(c), chunks(empty)
 wb = w.reshape(-1, 1, 1, 1)
 re = du + wb * (dc - du)
 steps = store.meta["steps"]; T_ = store.meta["trajectories"]; pp = store.meta["per_prompt"]
@@ -40,7 +42,8 @@ print("|g| per step ", tot.numpy().round(3))
 print("x-dep share  ", (resid / tot).numpy().round(2), "(rms of g minus its per-prompt mean, over rms g; pp=%d)" % pp)
 # how well does g correlate with (dc - x-independent)? linear predictor of g from dc per step
 dcs = dc.reshape(T_ // pp, pp, steps, -1); dm = dcs.mean(1, keepdim=True)
-print("dc x-dep share (biased)", ((((dcs - dm) ** 2).mean((0, 1, 3)).sqrt()) / ((dcs ** 2).mean((0, 1, 3)).sqrt())).numpy().round(2))
+dc_share = ((dcs - dm) ** 2).mean((0, 1, 3)).sqrt() / (dcs ** 2).mean((0, 1, 3)).sqrt()
+print("dc x-dep share (biased)", dc_share.numpy().round(2))
 json.dump({"model": name, "data": data, "recompute_rmse": per_step(re - tgt).round(5).tolist(),
            "cfg_minus_cond_rmse": per_step(tgt - dc).round(4).tolist(),
            "guidance_term_rmse": tot.numpy().round(4).tolist(),

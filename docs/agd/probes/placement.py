@@ -4,9 +4,10 @@ and sampled (Euler, same noise) against CFG.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .host/venv/bin/python docs/agd/probes/placement.py {attn2|hires} vpred32 \
         TRAIN HELD 1500 32 OUT.json
-TRAIN: `python -m tools.training.agd generate --data TRAIN --model default_model/weights/guidance_lab_vpred32.safetensors
---prompts 144 --per-prompt 2 --steps 20 --scale-range 1 8`; HELD: the same with --prompts 48 --seed 1."""
-import sys, json, time, math, torch, numpy as np
+TRAIN: `python -m tools.training.agd generate --data TRAIN
+--model default_model/weights/guidance_lab_vpred32.safetensors --prompts 144 --per-prompt 2 --steps 20
+--scale-range 1 8`; HELD: the same with --prompts 48 --seed 1."""
+import sys, json, time, torch, numpy as np
 from tools.training import agd as T
 T.pack_with_host()
 from guidance_lab.default_model import WEIGHTS_DIR
@@ -90,7 +91,8 @@ def teacher_forced(store):
             x, s, c, w, tgt = store.batch(rows, "cpu")
             st = store.step_of(rows)
             np.add.at(tot, st, ((student(x, s, c, w) - tgt) ** 2).flatten(1).mean(1).double().numpy())
-            np.add.at(base, st, ((model.model.apply_model(x, s, c_crossattn=c) - tgt) ** 2).flatten(1).mean(1).double().numpy())
+            plain = model.model.apply_model(x, s, c_crossattn=c)
+            np.add.at(base, st, ((plain - tgt) ** 2).flatten(1).mean(1).double().numpy())
             np.add.at(cnt, st, 1)
     return np.sqrt(base / cnt), np.sqrt(tot / cnt)
 b, t = teacher_forced(held)
@@ -123,7 +125,8 @@ with torch.no_grad():
         cond = sample(lambda x, sg: model.model.apply_model(x, sg, c_crossattn=emb))
         stu = sample(lambda x, sg: student(x, sg, emb, wt))
         r0, r1 = float(((cond - ref) ** 2).mean().sqrt()), float(((stu - ref) ** 2).mean().sqrt())
-        cuts.append({"w": round(wv, 2), "rmse_untrained": round(r0, 4), "rmse_trained": round(r1, 4), "cut": round(r0 / r1, 2)})
+        cuts.append({"w": round(wv, 2), "rmse_untrained": round(r0, 4), "rmse_trained": round(r1, 4),
+                     "cut": round(r0 / r1, 2)})
 res["sampled"] = cuts
 print(json.dumps(res))
 json.dump(res, open(out, "w"), indent=1)
