@@ -84,6 +84,9 @@ def test_saturation_stats_of_the_dataset(held_out):
     assert clipped["clipped_fraction"] > 0.5 and clipped["mean_saturation"] > stats["mean_saturation"]
     assert saturation_stats(np.full((2, 8, 8, 3), 0.5)) == {
         "clipped_fraction": 0.0, "mean_saturation": 0.0, "mean_chroma": 0.0}
+    # Clipped means level 0 or 255 exactly, on images as they are loaded (float32 level / 255).
+    levels = np.array([0, 1, 254, 255], dtype=np.uint8).reshape(1, 1, 4, 1).repeat(3, -1)
+    assert saturation_stats(levels.astype(np.float32) / 255)["clipped_fraction"] == 0.5
 
 
 def pinched_square(bow: float, rotation: float = 30.0, size: int = 32, supersample: int = 8) -> np.ndarray:

@@ -70,6 +70,33 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
     assert Image.open(out / "comparison.png").size[0] > len(METHODS) * 96
 
 
+def test_overhead_per_evaluation_has_the_sign_of_the_overhead_percentage():
+    """Both figures come from the median pair ratio (a difference of medians could disagree)."""
+    from tools.benchmark.targets import overhead
+
+    timing = {"cfg": {"pairs": 3, "baseline_seconds": [1.0, 1.2, 0.9], "method_seconds": [1.03, 1.1, 0.95],
+                      "median_pair_ratio": 1.03, "pair_ratio_iqr": [0.95, 1.05], "ratio_of_medians": 0.97,
+                      "evaluations_per_run": 20.0}}
+    rows = {"cfg": {"nfe_per_image": 40.0}, "comfy_cfg": {"nfe_per_image": 40.0}}
+    _, met, text = overhead(0.02, "comfy_cfg")("cfg", rows, {}, timing)
+    assert not met and text.startswith("overhead +3.0% (+1500 us per model evaluation)"), text
+
+
+def test_the_source_graph_runs_what_both_timed_edit_graphs_share():
+    """ComfyUI runs only an output's ancestors: without these outputs the edit prompt, the
+    encoding and the schedule would first run inside whichever timed graph goes first."""
+    from tools.benchmark import inversion as inv
+
+    pair = inv.edit_pairs(1, 0)[0]
+    source = inv.source_graph(pair, 4, "w.safetensors")
+    previews = {n["inputs"]["source"][0] for n in source.values() if n["class_type"] == "PreviewAny"}
+    for method in ("edict", "ddim"):
+        edit = inv.edit_graph(pair, 4, "w.safetensors", method)
+        shared = {k for k, n in edit.items() if n["class_type"] in ("CLIPTextEncode", "VAEEncode", "SplitSigmas")}
+        assert all(source[k] == edit[k] for k in shared)  # the same nodes: ComfyUI's cache serves them
+        assert shared - {"positive", "negative"} == previews  # the source image needs those two itself
+
+
 def test_inversion_edit_graph_wires_the_edit_negative():
     from tools.benchmark import inversion as inv
 

@@ -152,9 +152,13 @@ def _source_nodes(pair: EditPair, steps: int, weights: str, settings: "EditSetti
     return g, ids
 
 
-def source_graph(pair: EditPair, steps: int, weights: str) -> dict:
-    g, ids = _source_nodes(pair, steps, weights)
+def source_graph(pair: EditPair, steps: int, weights: str, settings: "EditSettings" = EditSettings()) -> dict:
+    g, ids = _source_nodes(pair, steps, weights, settings)
     g.add("SaveImage", "save", images=ids["image"], filename_prefix="benchmark/inversion/source")
+    # ComfyUI runs only an output's ancestors: these make the nodes both timed graphs share (the
+    # edit prompt, the encoding, the schedule) run here, untimed, not inside whichever goes first.
+    for name in ("edit", "encoded", "sigmas"):
+        g.add("PreviewAny", f"shared_{name}", source=ids[name])
     return g.nodes
 
 
@@ -242,7 +246,7 @@ def run_section(runner, pairs: list, steps: int, weights: str, log=print,
     settings = settings or settings_for(weights)
     results = []
     for k, pair in enumerate(pairs):
-        source, _ = images(source_graph(pair, steps, weights))
+        source, _ = images(source_graph(pair, steps, weights, settings))
         row = {"pair": pair.__dict__, "seconds": {}, "judged": {}, "reconstruction_psnr": {}}
         edited = {}
         for method in (("edict", "ddim") if k % 2 == 0 else ("ddim", "edict")):
@@ -285,8 +289,11 @@ def _edit_guidance(s: dict) -> str:
 
 def markdown(summary: dict) -> str:
     s, e, d = summary, summary["success"]["edict"], summary["success"]["ddim"]
+    kinds = [r["pair"]["changes"] for r in s.get("rows", [])]
+    mix = (f"{kinds.count('colour')} recolour, {kinds.count('shape')} reshape" if kinds
+           else "recolour and reshape alternately")
     lines = [
-        f"Inversion: {s['pairs']} source/edit prompt pairs (half recolour, half reshape) on images the model "
+        f"Inversion: {s['pairs']} source/edit prompt pairs ({mix}) on images the model "
         f"made (KSampler, CFG {SOURCE_CFG:g}); each inverted under the {s['inversion_prompt']} prompt at CFG "
         f"{s['cfg']:g} and re-sampled under the edit prompt at {_edit_guidance(s)}, {s['steps']} steps "
         f"({s['scheduler']} schedule) at strength {s['strength']:g}, EDICT (p {s['mixing_weight']:g}) beside DDIM "

@@ -51,7 +51,9 @@ def score(methods, results: dict, prompts: list, seeds: int, real_features: np.n
                "seconds_median": statistics.median(r["seconds"]),
                **_time_ratio(r["seconds"], results[BASELINE]["seconds"]),
                **label_accuracy(images, per_image_prompts), **saturation_stats(images),
-               "diversity": diversity(images, per_image_prompts) if seeds > 1 else None,
+               # Per scored prompt (its index): a prompt the dataset drew twice stays two groups.
+               "diversity": diversity(images, [i for i in range(len(prompts)) for _ in range(seeds)])
+               if seeds > 1 else None,
                "scene_distance": scene_distance(images, real_features)}
         if method.reference:
             d = distance_to_reference(images, _flat(results[method.reference]["images"]))
@@ -97,14 +99,18 @@ def markdown(rows: dict, dataset: dict, checks: list, meta: dict) -> str:
                                                         for k, _, f in COLUMNS) + " |")
     notes = [
         "",
-        f"{meta['prompts']} held-out prompts x {meta['seeds']} seeds = {meta['images']} images per method, "
+        f"{meta['prompts']} held-out prompts"
+        + (f" ({meta['distinct_prompts']} distinct: a prompt drawn twice is scored twice, on other seeds)"
+           if meta.get("distinct_prompts", meta["prompts"]) < meta["prompts"] else "")
+        + f" x {meta['seeds']} seeds = {meta['images']} images per method, "
         f"{meta['steps']} steps, euler, normal schedule, default model `{meta['weights']}`, "
         f"through ComfyUI {meta['comfyui']} over HTTP on {meta['machine']}, {meta['date']}; the run took "
         f"{meta['wall_seconds']:.0f} s.",
         "AG and LinearAG settings for this model (tools/benchmark/tune.py, on prompts and seeds not "
         f"scored here): AG {json.dumps(meta['settings'].get('ag'))}, LinearAG "
         f"{json.dumps(meta['settings'].get('linear_ag'))}.",
-        "† ComfyUI's own samplers are not instrumented: NFE by construction (2 per step at CFG > 1, 1 at CFG 1).",
+        "† ComfyUI's own samplers are not instrumented: NFE by construction (2 per step at CFG > 1, 1 at CFG 1; "
+        "a KSamplerAdvanced switch row: 2 per guided step, 1 per step after it).",
         "Time: median over prompts of the server's execution time of the whole graph divided by ComfyUI "
         "CFGGuider's on the same prompt and seeds, in this run. Adherence: shape and colour found by "
         "`tools/quality/shapes.py` match the prompt. Saturation: mean chroma (max - min channel; HSV "
@@ -157,7 +163,7 @@ def write_results(out: Path, methods, results: dict, prompts: list, args, real_i
         from comfyui_version import __version__ as comfyui
     except ImportError:
         comfyui = "?"
-    meta = {"prompts": len(prompts), "seeds": args.seeds, "images": len(prompts) * args.seeds,
+    meta = {"prompts": len(prompts), "distinct_prompts": len(set(prompts)), "seeds": args.seeds, "images": len(prompts) * args.seeds,
             "steps": args.steps, "weights": args.weights, "comfyui": comfyui,
             "machine": f"{os.cpu_count()}-core {platform.machine()} CPU", "real_count": len(real_images),
             "wall_seconds": wall_seconds, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

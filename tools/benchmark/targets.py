@@ -6,6 +6,7 @@ None when the rows it needs are missing from the run.
 
 from __future__ import annotations
 
+import statistics
 from typing import Callable, Optional
 
 Target = Callable[[str, dict, dict, Optional[dict]], Optional[tuple]]
@@ -18,7 +19,11 @@ def overhead(limit: float, baseline: str) -> Target:
         if not timing or baseline not in rows:
             return None
         extra = timing["median_pair_ratio"] - 1
-        per_eval = timing.get("overhead_us_per_evaluation")
+        # Recomputed from the stored times with the percentage's estimator (older results stored
+        # a difference of medians, which could disagree with it in sign).
+        evaluations = timing.get("evaluations_per_run")
+        per_eval = (extra * statistics.median(timing["baseline_seconds"]) / evaluations * 1e6
+                    if evaluations else None)
         return (f"{name} vs {baseline} at equal NFE: overhead <= {limit:.0%} wall time", extra <= limit,
                 f"overhead {extra * 100:+.1f}%"
                 + (f" ({per_eval:+.0f} us per model evaluation)" if per_eval is not None else "")

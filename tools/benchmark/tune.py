@@ -1,5 +1,6 @@
-"""Tune Adaptive Guidance's threshold and LinearAG's schedule for one default model, on prompts
-and seeds the benchmark never scores, and print the settings to put in methods.TUNED.
+"""Tune Adaptive Guidance's threshold and LinearAG's schedule for one default model, on noise
+seeds the benchmark never scores (its prompts are another dataset draw; 2 of the 12 happen to be
+scoring prompts too), and print the settings to put in methods.TUNED.
 
     .host/venv/bin/python -m tools.benchmark.tune --weights guidance_lab_flow32.safetensors
 

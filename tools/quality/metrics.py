@@ -40,7 +40,9 @@ def _pairwise_rmse(group: torch.Tensor) -> torch.Tensor:
 
 def diversity(images, prompts) -> float:
     """Mean pairwise RMSE between the images that share a prompt (different seeds), averaged
-    over the prompts that have at least two images; 0 when every seed gives the same image."""
+    over the prompts that have at least two images; 0 when every seed gives the same image.
+    ``prompts``: one key per image, the prompt or any label of the run it came from (the
+    benchmark gives each scored prompt's index, so a prompt drawn twice counts as two)."""
     x = _images(images)
     if len(x) != len(prompts):
         raise ValueError(f"{len(x)} images but {len(prompts)} prompts")

@@ -239,10 +239,13 @@ def adherence(images, prompts) -> float:
 
 
 def saturation_stats(images) -> dict:
-    """Fraction of clipped channel values (<= 1/255 or >= 254/255), mean HSV saturation and
+    """Fraction of clipped channel values (level 0 or 255 of 255), mean HSV saturation and
     mean chroma (max - min channel), which unlike HSV saturation ignores noise on dark pixels."""
     x = _as_numpy(images).astype(np.float64)
-    clipped = (x <= 1 / 255) | (x >= 254 / 255)
+    # On integer levels: images come as float32 level / 255, which a float64 bound like
+    # 1 / 255 splits arbitrarily (float32(1 / 255) lies above it).
+    levels = np.rint(x * 255)
+    clipped = (levels <= 0) | (levels >= 255)
     hi, lo = x.max(-1), x.min(-1)
     saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-12), 0.0)
     return {"clipped_fraction": float(clipped.mean()), "mean_saturation": float(saturation.mean()),

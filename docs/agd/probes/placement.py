@@ -1,13 +1,14 @@
 """Probe: do adapters at the decoder's 16x16 / 32x32 stages imitate CFG's middle steps where the
-attn2 adapters (8x8 only) do not? Same data, budget and loss; teacher-forced on held-out states
-and sampled (Euler, same noise) against CFG.
+attn2 adapters (8x8 only) do not? Mode ``full`` trains every base weight too (lr 1e-4 against the
+adapters' 1e-3): what any one-pass student of the network recovers at this budget. Same data,
+budget and loss; teacher-forced on held-out states and sampled (Euler, same noise) against CFG.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 .host/venv/bin/python docs/agd/probes/placement.py {attn2|hires} vpred32 \
-        TRAIN HELD 1500 32 OUT.json
+    PYTHONPATH=. OMP_NUM_THREADS=1 .host/venv/bin/python docs/agd/probes/placement.py {attn2|hires|full} \
+        vpred32 TRAIN HELD 1500 32 OUT.json
 TRAIN: `python -m tools.training.agd generate --data TRAIN
 --model default_model/weights/guidance_lab_vpred32.safetensors --prompts 144 --per-prompt 2 --steps 20
 --scale-range 1 8`; HELD: the same with --prompts 48 --seed 1."""
-import sys, json, time, torch, numpy as np
+import copy, json, os, sys, time, torch, numpy as np
 from tools.training import agd as T
 T.pack_with_host()
 from guidance_lab.default_model import WEIGHTS_DIR
@@ -20,7 +21,7 @@ from guidance_lab.nodes.bridge.agd import AGDAdapters, attn2_layout, run_options
 from guidance_lab.nodes.bridge.agd_training import encode_prompts
 mode, name, train_dir, held_dir, steps, batch, out = sys.argv[1:8]
 steps, batch = int(steps), int(batch)
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 torch.manual_seed(0)
 model, clip = T.load_model(WEIGHTS_DIR / f"guidance_lab_{name}.safetensors")
 model.model.requires_grad_(False)
@@ -39,7 +40,7 @@ with torch.no_grad():
     model.model.apply_model(x0, torch.tensor([1.0]), c_crossattn=torch.zeros(1, 77, 64),
                             transformer_options={"patches": {"output_block_patch": [rec]}})
 print({k: tuple(v) for k, v in probe.items()})
-hires_ids = [i for i, s in probe.items() if s[-1] >= 16] if mode != "attn2" else []
+hires_ids = [i for i, s in probe.items() if s[-1] >= 16] if mode == "hires" else []
 gen = torch.Generator().manual_seed(1)
 hires = torch.nn.ModuleDict({str(i): CrossAttentionAdapter(probe[i][1], 64, cfg, gen) for i in hires_ids})
 params = list(attn.parameters()) + list(hires.parameters())
@@ -70,14 +71,21 @@ with torch.no_grad():
     st = train.step_of(rows)
     base_mse = np.array([float(e[st == k].mean()) for k in range(S)])
 weight_of_step = torch.tensor(1.0 / base_mse, dtype=torch.float32)
-opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+# The teacher (and the untrained baseline) stay the unchanged network when its weights train.
+teacher = copy.deepcopy(model.model).requires_grad_(False) if mode == "full" else model.model
+groups = [{"params": params, "lr": 1e-3}]
+if mode == "full":
+    dm.requires_grad_(True)
+    groups.append({"params": list(dm.parameters()), "lr": 1e-4})
+opt = torch.optim.AdamW(groups, weight_decay=0.0)
+base_lr = [g["lr"] for g in groups]
 t0 = time.time()
 for k in range(steps):
     r = batch_indices(0, k, len(train), batch)
     x, s, c, w, tgt = train.batch(r, "cpu")
     wt = weight_of_step[torch.from_numpy(train.step_of(np.sort(r)))]
-    for gp in opt.param_groups:
-        gp["lr"] = lr_at(k, steps, 1e-3, 0.1)
+    for gp, lr in zip(opt.param_groups, base_lr):
+        gp["lr"] = lr_at(k, steps, lr, 0.1)
     loss = (((student(x, s, c, w) - tgt) ** 2).flatten(1).mean(1) * wt).mean()
     opt.zero_grad(); loss.backward(); opt.step()
     if k % 100 == 0:
@@ -91,7 +99,7 @@ def teacher_forced(store):
             x, s, c, w, tgt = store.batch(rows, "cpu")
             st = store.step_of(rows)
             np.add.at(tot, st, ((student(x, s, c, w) - tgt) ** 2).flatten(1).mean(1).double().numpy())
-            plain = model.model.apply_model(x, s, c_crossattn=c)
+            plain = teacher.apply_model(x, s, c_crossattn=c)
             np.add.at(base, st, ((plain - tgt) ** 2).flatten(1).mean(1).double().numpy())
             np.add.at(cnt, st, 1)
     return np.sqrt(base / cnt), np.sqrt(tot / cnt)
@@ -119,10 +127,10 @@ with torch.no_grad():
     for wv in (1 + 7 / 3, 1 + 14 / 3):
         wt = torch.full((len(emb),), wv)
         def cfgfn(x, sg):
-            dc = model.model.apply_model(x, sg, c_crossattn=emb); du = model.model.apply_model(x, sg, c_crossattn=empty)
+            dc = teacher.apply_model(x, sg, c_crossattn=emb); du = teacher.apply_model(x, sg, c_crossattn=empty)
             return du + wv * (dc - du)
         ref = sample(cfgfn)
-        cond = sample(lambda x, sg: model.model.apply_model(x, sg, c_crossattn=emb))
+        cond = sample(lambda x, sg: teacher.apply_model(x, sg, c_crossattn=emb))
         stu = sample(lambda x, sg: student(x, sg, emb, wt))
         r0, r1 = float(((cond - ref) ** 2).mean().sqrt()), float(((stu - ref) ** 2).mean().sqrt())
         cuts.append({"w": round(wv, 2), "rmse_untrained": round(r0, 4), "rmse_trained": round(r1, 4),
