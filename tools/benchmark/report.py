@@ -163,7 +163,8 @@ def write_results(out: Path, methods, results: dict, prompts: list, args, real_i
         from comfyui_version import __version__ as comfyui
     except ImportError:
         comfyui = "?"
-    meta = {"prompts": len(prompts), "distinct_prompts": len(set(prompts)), "seeds": args.seeds, "images": len(prompts) * args.seeds,
+    meta = {"prompts": len(prompts), "distinct_prompts": len(set(prompts)), "seeds": args.seeds,
+            "images": len(prompts) * args.seeds,
             "steps": args.steps, "weights": args.weights, "comfyui": comfyui,
             "machine": f"{os.cpu_count()}-core {platform.machine()} CPU", "real_count": len(real_images),
             "wall_seconds": wall_seconds, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
