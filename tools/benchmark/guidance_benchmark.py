@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.bootstrap import import_pack
+from tools.benchmark.targets import overhead_us_per_evaluation
 from tools.paths import BENCHMARK_RESULTS, REPO, run_workdir
 
 import_pack()
@@ -151,15 +152,12 @@ def measure_overhead(runner, baseline, method, prompt: str, pairs: int) -> dict:
     # Guided evaluations (model calls of the whole batch, cond and uncond together) per run:
     # the pack's CFG spends 2 NFE on each, 1 at scale 1.
     evaluations = statistics.median(nfe) / (1 if method.cfg == 1.0 else 2) if all(nfe) else None
-    # The per-evaluation figure from the same estimator as the percentage (the median pair
-    # ratio), so the two never disagree in sign.
-    extra = (statistics.median(ratios) - 1) * statistics.median(base)
-    return {"pairs": pairs, "baseline_seconds": base, "method_seconds": ours, "method": method.name,
+    timing = {"pairs": pairs, "baseline_seconds": base, "method_seconds": ours, "method": method.name,
             "ratio_of_medians": statistics.median(ours) / statistics.median(base),
             "median_pair_ratio": statistics.median(ratios),
             "pair_ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
-            "evaluations_per_run": evaluations,
-            "overhead_us_per_evaluation": extra / evaluations * 1e6 if evaluations else None}
+            "evaluations_per_run": evaluations}
+    return {**timing, "overhead_us_per_evaluation": overhead_us_per_evaluation(timing)}
 
 
 def stock_nfe(method, steps: int) -> float:

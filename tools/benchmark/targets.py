@@ -12,6 +12,15 @@ from typing import Callable, Optional
 Target = Callable[[str, dict, dict, Optional[dict]], Optional[tuple]]
 
 
+def overhead_us_per_evaluation(timing: dict) -> Optional[float]:
+    """The overhead per model evaluation, from the same estimator as the percentage (the median
+    pair ratio), so the two never disagree in sign; None without an evaluation count."""
+    evaluations = timing.get("evaluations_per_run")
+    if not evaluations:
+        return None
+    return (timing["median_pair_ratio"] - 1) * statistics.median(timing["baseline_seconds"]) / evaluations * 1e6
+
+
 def overhead(limit: float, baseline: str) -> Target:
     """Wall time of the row against ``baseline`` at equal NFE, from the paired timing runs."""
     def check(name, rows, dataset, timing):
@@ -19,11 +28,7 @@ def overhead(limit: float, baseline: str) -> Target:
         if not timing or baseline not in rows:
             return None
         extra = timing["median_pair_ratio"] - 1
-        # Recomputed from the stored times with the percentage's estimator (older results stored
-        # a difference of medians, which could disagree with it in sign).
-        evaluations = timing.get("evaluations_per_run")
-        per_eval = (extra * statistics.median(timing["baseline_seconds"]) / evaluations * 1e6
-                    if evaluations else None)
+        per_eval = overhead_us_per_evaluation(timing)  # recomputed: older results stored another estimator
         return (f"{name} vs {baseline} at equal NFE: overhead <= {limit:.0%} wall time", extra <= limit,
                 f"overhead {extra * 100:+.1f}%"
                 + (f" ({per_eval:+.0f} us per model evaluation)" if per_eval is not None else "")
