@@ -27,3 +27,28 @@ def flux_network_kwargs(config: dict) -> dict:
     if unknown:
         raise ValueError(f"this ComfyUI's Flux has no setting(s) {unknown}")
     return kwargs
+
+
+# Flux's q/k RMSNorm gain: ``scale`` in 0.3.75 (and in BFL's files), ``weight`` in 0.33 (where
+# QKNorm became ComfyUI's ops.RMSNorm). Files keep BFL's name; each host gets its own.
+_FLUX_NORM_GAIN = ("_norm.scale", "_norm.weight")
+
+
+def flux_state_dict_for(network, state_dict: dict) -> dict:
+    """A Flux state dict in the parameter names of this host's ``network``."""
+    expected = set(network.state_dict())
+    out = {}
+    for key, value in state_dict.items():
+        if key not in expected:
+            for old, new in (_FLUX_NORM_GAIN, _FLUX_NORM_GAIN[::-1]):
+                if key.endswith(old) and key[: -len(old)] + new in expected:
+                    key = key[: -len(old)] + new
+                    break
+        out[key] = value
+    return out
+
+
+def flux_state_dict_canonical(state_dict: dict) -> dict:
+    """A Flux state dict in BFL's names (what the pack writes to files, on every host)."""
+    old, new = _FLUX_NORM_GAIN[1], _FLUX_NORM_GAIN[0]
+    return {(k[: -len(old)] + new if k.endswith(old) else k): v for k, v in state_dict.items()}

@@ -2,8 +2,12 @@
 
 A pixel-space text-to-image model for 32x32 RGB (see ``default_model/README.md``):
 
-- MODEL: ComfyUI's own ``UNetModel`` (openaimodel) in a ``BaseModel`` with eps prediction
-  and the standard discrete SD schedule, latent format ``ChromaRadiance`` (3 channels,
+- MODEL: one of ComfyUI's own networks, named by the file's ``architecture``: ``unet``,
+  the ``UNetModel`` (openaimodel) in a ``BaseModel``; or ``flux``, the Flux DiT
+  (``comfy.ldm.flux``: double- and single-stream blocks, joint attention to the text at
+  every block, the pooled text vector in the modulation) in ComfyUI's ``model_base.Flux``.
+  The model type and schedule come from the file (eps / v-prediction on the discrete SD
+  schedule, or rectified flow on CONST); latent format ``ChromaRadiance`` (3 channels,
   identity scaling: the latent is the image in [-1, 1]);
 - CLIP: ComfyUI's SD1 tokenizer and a small ``SDClipModel`` (``CLIPTextModel``);
 - VAE: ComfyUI's pixel-space VAE (``comfy.sd.VAE(sd={"pixel_space_vae": ...})``, the
@@ -32,6 +36,8 @@ import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models_base
 
+from . import compat
+
 FORMAT = "guidance_lab_shapes32/1"
 TOKEN_TABLE_STD = 0.02
 TOKEN_TABLE_KEY = "transformer.text_model.embeddings.token_embedding.weight"
@@ -46,6 +52,15 @@ DEFAULT_UNET_CONFIG = {
     "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False,
     "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,
 }
+# The DiT default model: Flux's network at 32x32 RGB, patch 2 (256 image tokens beside the 77
+# text tokens), width 128, 4 heads of 32 (rotary axes: index, row, column), 3 double-stream
+# and 6 single-stream blocks; the pooled text vector (width 64) feeds the modulation.
+DEFAULT_FLUX_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "vec_in_dim": 64, "context_in_dim": 64, "hidden_size": 128,
+    "mlp_ratio": 4.0, "num_heads": 4, "depth": 3, "depth_single_blocks": 6, "axes_dim": [4, 14, 14],
+    "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False,
+}
+ARCHITECTURES = ("unet", "flux")
 DEFAULT_TEXT_CONFIG = {
     "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256,
     "hidden_act": "gelu", "max_position_embeddings": 77, "vocab_size": 49408,
@@ -121,6 +136,19 @@ def build_unet(unet_config: dict, operations=comfy.ops.disable_weight_init):
     return UNetModel(**unet_config, dtype=torch.float32, device="cpu", operations=operations)
 
 
+def build_flux(config: dict, operations=comfy.ops.disable_weight_init):
+    from comfy.ldm.flux.model import Flux
+
+    return Flux(**compat.flux_network_kwargs(config), dtype=torch.float32, device="cpu", operations=operations)
+
+
+def build_network(architecture: str, config: dict, operations=comfy.ops.disable_weight_init):
+    """The denoising network a default-model file's ``architecture`` names."""
+    if architecture == "flux":
+        return build_flux(config, operations)
+    return build_unet(config, operations)
+
+
 def build_text_encoder(text_config: dict, operations=None):
     """The text encoder module (an SD1ClipModel); ``operations`` None = ComfyUI's default."""
     options = {} if operations is None else {"custom_operations": operations}
@@ -151,6 +179,9 @@ def read_weights(path, node: str = "", input_name: str = "weights"):
     if metadata.get("format") != FORMAT:
         raise _fail(node, input_name, path, f"metadata 'format' is {metadata.get('format')!r}, "
                     f"expected {FORMAT!r}")
+    if metadata.get("architecture") not in ARCHITECTURES:
+        raise _fail(node, input_name, path, f"metadata 'architecture' is {metadata.get('architecture')!r}, "
+                    f"expected one of {list(ARCHITECTURES)}")
     try:
         metadata["unet_config"] = json.loads(metadata["unet_config"])
         metadata["text_config"] = json.loads(metadata["text_config"])
@@ -221,16 +252,25 @@ def load_default_model(path, node: str = "", input_name: str = "weights"):
 
     device = comfy.model_management.get_torch_device()
     offload = comfy.model_management.unet_offload_device()
-    model_config = Shapes32({**comfy_unet_config(unet_config), "dtype": torch.float32})
-    model_config.set_inference_dtype(torch.float32, None)
-    # Files from before the schedule was recorded were trained on ComfyUI's default (SD's).
-    model_config.sampling_settings = metadata.get("sampling_settings", {})
+    architecture = metadata["architecture"]
     model_type = model_type_of(metadata, node, input_name, path)
     try:
-        base = comfy.model_base.BaseModel(model_config, model_type=model_type, device=offload)
+        if architecture == "flux":
+            network_config = compat.flux_network_kwargs(unet_config)
+            model_class = comfy.model_base.Flux
+        else:
+            network_config = comfy_unet_config(unet_config)
+            model_class = comfy.model_base.BaseModel
+        model_config = Shapes32({**network_config, "dtype": torch.float32})
+        model_config.set_inference_dtype(torch.float32, None)
+        model_config.sampling_settings = metadata.get("sampling_settings", {})
+        base = model_class(model_config, model_type=model_type, device=offload)
     except Exception as error:
-        raise _fail(node, input_name, path, f"its unet_config does not build a UNet ({error})") from None
-    _load_strict(base.diffusion_model, unet_sd, "UNet", node, input_name, path)
+        raise _fail(node, input_name, path, f"its unet_config does not build a {architecture} network "
+                    f"({error})") from None
+    if architecture == "flux":
+        unet_sd = compat.flux_state_dict_for(base.diffusion_model, unet_sd)
+    _load_strict(base.diffusion_model, unet_sd, architecture, node, input_name, path)
     model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=offload)
 
     target = comfy.supported_models_base.ClipTarget(ShapesTokenizer, text_encoder_class(text_config))

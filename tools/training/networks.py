@@ -30,6 +30,10 @@ def init_weights(module: torch.nn.Module, generator: torch.Generator) -> None:
                     m.weight.fill_(1.0)
                 if m.bias is not None:
                     m.bias.zero_()
+        elif "RMSNorm" in type(m).__name__:
+            with torch.no_grad():
+                for p in params:
+                    p.fill_(1.0)
         elif isinstance(m, torch.nn.Embedding):
             with torch.no_grad():
                 m.weight.normal_(0, TOKEN_TABLE_STD, generator=generator)
@@ -37,6 +41,20 @@ def init_weights(module: torch.nn.Module, generator: torch.Generator) -> None:
             with torch.no_grad():
                 for p in params:
                     p.zero_()
+
+
+def zero_init_dit(flux: torch.nn.Module) -> None:
+    """adaLN-Zero (Peebles and Xie 2023, DiT section 3.2): every block's modulation and the final
+    layer start at zero, so each block starts as the identity and the output as zero."""
+    for name, m in flux.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        zero = (last == "lin" and name.endswith(("mod.lin", "modulation.lin"))) or name == "final_layer.linear" \
+            or name.startswith("final_layer.adaLN_modulation")
+        if zero and isinstance(m, torch.nn.Linear):
+            with torch.no_grad():
+                m.weight.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
 
 
 def dataset_token_ids(tokenizer, prompts) -> list:
@@ -50,7 +68,12 @@ def dataset_token_ids(tokenizer, prompts) -> list:
 
 def export_state_dict(unet: torch.nn.Module, text_encoder, text_config: dict, token_ids) -> dict:
     """Tensors to store: the UNet, the text encoder minus its token table, and its used rows."""
-    out = {f"diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    from guidance_lab.nodes.bridge.compat import flux_state_dict_canonical
+
+    network_sd = unet.state_dict()
+    if type(unet).__name__ == "Flux":
+        network_sd = flux_state_dict_canonical(network_sd)
+    out = {f"diffusion_model.{k}": v for k, v in network_sd.items()}
     table_key = TOKEN_TABLE_KEY
     clip_sd = text_encoder.clip_l.state_dict()
     for k, v in clip_sd.items():

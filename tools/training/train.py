@@ -44,6 +44,14 @@ def parse_args(argv=None):
                         "follows the prompt only mostly, and guidance is what makes it follow (CFG 1 vs 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=20261123)
+    p.add_argument("--architecture", choices=["unet", "flux"], default="unet",
+                   help="the denoising network: ComfyUI's UNetModel, or ComfyUI's Flux DiT (joint attention "
+                        "to the text at every block; flow prediction only)")
+    p.add_argument("--hidden-size", type=int, default=128, help="flux: token width")
+    p.add_argument("--num-heads", type=int, default=4, help="flux: attention heads")
+    p.add_argument("--depth", type=int, default=3, help="flux: double-stream blocks")
+    p.add_argument("--depth-single", type=int, default=6, help="flux: single-stream blocks")
+    p.add_argument("--patch-size", type=int, default=2, help="flux: pixels per token side")
     p.add_argument("--model-channels", type=int, default=32)
     p.add_argument("--res-blocks", type=int, default=1, help="UNet residual blocks per level")
     p.add_argument("--text-width", type=int, default=64)
@@ -84,9 +92,25 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def flux_config(args) -> dict:
+    """Flux's network config: rotary axes (index, row, column) splitting the head width."""
+    from guidance_lab.nodes.bridge import default_model as dm
+
+    head = args.hidden_size // args.num_heads
+    side = (head * 7 // 16) // 2 * 2
+    return dict(dm.DEFAULT_FLUX_CONFIG, hidden_size=args.hidden_size, num_heads=args.num_heads, depth=args.depth,
+                depth_single_blocks=args.depth_single, patch_size=args.patch_size, context_in_dim=args.text_width,
+                vec_in_dim=args.text_width, axes_dim=[head - 2 * side, side, side])
+
+
 def configs(args):
     from guidance_lab.nodes.bridge import default_model as dm
 
+    if getattr(args, "architecture", "unet") == "flux":
+        unet = flux_config(args)
+        text = dict(dm.DEFAULT_TEXT_CONFIG, hidden_size=args.text_width, num_hidden_layers=args.text_layers,
+                    intermediate_size=4 * args.text_width, num_attention_heads=max(1, args.text_width // 16))
+        return unet, text
     mult = [int(m) for m in str(getattr(args, "channel_mult", "1,2,2")).split(",")]
     unet = dict(dm.DEFAULT_UNET_CONFIG, model_channels=args.model_channels, context_dim=args.text_width,
                 channel_mult=mult)
@@ -121,9 +145,15 @@ def differentiable_clip_layers(text_encoder) -> None:
 SAMPLING_SETTINGS = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}
 
 
+def timestep_multiplier(args) -> float:
+    """Flow: the network's timestep per unit sigma. Flux embeds t in [0, 1] itself (x1000 inside
+    its timestep embedding), the UNet takes ComfyUI's 0..1000 scale."""
+    return 1.0 if getattr(args, "architecture", "unet") == "flux" else 1000.0
+
+
 def sampling_settings(args) -> dict:
     if getattr(args, "prediction", "eps") == "flow":
-        return {"shift": float(getattr(args, "shift", 1.0)), "multiplier": 1000}
+        return {"shift": float(getattr(args, "shift", 1.0)), "multiplier": timestep_multiplier(args)}
     return {**SAMPLING_SETTINGS, "zsnr": True} if getattr(args, "zsnr", False) else dict(SAMPLING_SETTINGS)
 
 
@@ -230,8 +260,13 @@ class Trainer:
         self.unet_config, self.text_config = configs(args)
         gen = torch.Generator().manual_seed(args.seed)
         ops = __import__("comfy.ops", fromlist=["ops"]).disable_weight_init
-        self.unet = dm.build_unet(self.unet_config, ops)
+        # The denoising network (a UNet or a DiT); "unet" in checkpoints whatever its architecture.
+        self.unet = dm.build_network(getattr(args, "architecture", "unet"), self.unet_config, ops)
         networks.init_weights(self.unet, gen)
+        if getattr(args, "architecture", "unet") == "flux":
+            if args.prediction != "flow":
+                sys.exit("--architecture flux trains flow prediction only (--prediction flow)")
+            networks.zero_init_dit(self.unet)
         self.text = dm.build_text_encoder(self.text_config, ops)
         networks.init_weights(self.text, gen)
         differentiable_clip_layers(self.text)
@@ -285,10 +320,18 @@ class Trainer:
         torch = self.torch
         x0, prompts, u, noise = self.batch(self.step)
         xt, timesteps, target, _alpha, _sigma = noised_inputs(self.args.prediction, self.acp, x0, u, noise)
+        flux = getattr(self.args, "architecture", "unet") == "flux"
+        if flux:
+            timesteps = timesteps * (timestep_multiplier(self.args) / 1000.0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.precision == "bf16"):
-            context, _pooled = self.text.clip_l([self.tokens(p) for p in prompts])
-            out = self.unet(xt, timesteps=timesteps,
-                            context=context)
+            context, pooled = self.text.clip_l([self.tokens(p) for p in prompts])
+            if flux:
+                # Flux's blocks add their residuals in place (inference code): saved activations are
+                # copied when autograd stores them, so backward sees the values it needs.
+                with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+                    out = self.unet(xt, timesteps, context, y=pooled)
+            else:
+                out = self.unet(xt, timesteps=timesteps, context=context)
         loss = torch.nn.functional.mse_loss(out.float(), target)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
@@ -356,6 +399,10 @@ class Trainer:
         table = clip_l.state_dict()[self.dm.TOKEN_TABLE_KEY].clone()
         table[ids] = rows.float()
         text[self.dm.TOKEN_TABLE_KEY] = table
+        if getattr(self.args, "architecture", "unet") == "flux":
+            from guidance_lab.nodes.bridge.compat import flux_state_dict_for
+
+            unet = flux_state_dict_for(self.unet, unet)
         with torch.no_grad():
             self.unet.load_state_dict({k: v.float() for k, v in unet.items()}, strict=True)
             missing, unexpected = clip_l.load_state_dict({k: v.float() for k, v in text.items()}, strict=False)
@@ -390,6 +437,7 @@ class Trainer:
             "steps": str(self.step),
             "ema_decay": str(checkpoint_args["ema_decay"]),
             "family": "flow" if checkpoint_args.get("prediction") == "flow" else "eps",
+            "architecture": checkpoint_args.get("architecture", "unet"),
             "history": json.dumps(self.history),
             "final_loss": str(final_loss),
             "prediction": checkpoint_args.get("prediction", "eps"),
@@ -428,7 +476,8 @@ def main(argv=None):
         saved = training_checkpoint.load(checkpoint)["args"]
         defaults = vars(parse_args([]))
         for key in ("model_channels", "res_blocks", "text_width", "text_layers", "seed", "data_seed",
-                    "batch_size", "zsnr", "prediction", "shift", "channel_mult", "attention_levels"):
+                    "batch_size", "zsnr", "prediction", "shift", "channel_mult", "attention_levels",
+                    "architecture", "hidden_size", "num_heads", "depth", "depth_single", "patch_size"):
             setattr(args, key, saved.get(key, defaults[key]))
         trainer = Trainer(args)
         trainer.load(checkpoint)
@@ -441,7 +490,7 @@ def main(argv=None):
     trainer = Trainer(args)
     n_unet = sum(p.numel() for p in trainer.unet.parameters())
     n_text = sum(p.numel() for p in trainer.text.parameters())
-    print(f"UNet {n_unet / 1e6:.2f} M parameters, text encoder {n_text / 1e6:.2f} M "
+    print(f"{getattr(args, 'architecture', 'unet')} {n_unet / 1e6:.2f} M parameters, text encoder {n_text / 1e6:.2f} M "
           f"({len(trainer.token_ids)} token rows stored)", flush=True)
 
     if args.benchmark:
