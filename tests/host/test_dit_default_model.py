@@ -1,0 +1,152 @@
+"""The DiT default-model format (ComfyUI's Flux network, flow): loader, stock nodes, the pack's
+guiders, the block-replace extension point and bad files, on a small file built at test time."""
+
+import json
+
+import pytest
+import torch
+
+from guidance_lab.nodes import default_model as loader_module
+from guidance_lab.nodes.bridge.default_model import WeightsError, load_default_model
+from guidance_lab.nodes.default_model import DefaultModelLoaderNode
+from guidance_lab.nodes.validation import NodeInputError
+
+from .comfy_graph import encode, node_out, sample
+
+pytestmark = pytest.mark.host
+
+NAME = "tiny_dit.safetensors"
+
+
+@pytest.fixture(scope="module")
+def dit_file(host, tmp_path_factory):
+    from guidance_lab.tests.fixtures.dit_default_model import write_dit_file
+
+    return write_dit_file(tmp_path_factory.mktemp("dit") / NAME)
+
+
+@pytest.fixture(scope="module")
+def dit(dit_file):
+    model, clip, vae, _meta = load_default_model(dit_file, "test", "weights")
+    return model, clip, vae
+
+
+def _latent(batch=2):
+    return {"samples": torch.zeros(batch, 3, 32, 32)}
+
+
+def test_the_file_loads_as_comfyuis_flux_with_flow_sampling(dit, dit_file):
+    from safetensors import safe_open
+
+    import comfy.model_base
+    import comfy.model_sampling
+
+    model, _clip, _vae = dit
+    assert isinstance(model.model, comfy.model_base.Flux)
+    assert isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+    with safe_open(str(dit_file), framework="pt") as f:
+        meta = f.metadata()
+        keys = list(f.keys())
+    assert (meta["architecture"], meta["family"], meta["prediction"]) == ("flux", "flow", "flow")
+    # Flux embeds t in [0, 1] itself: the schedule's timestep is sigma, not 1000 sigma.
+    assert json.loads(meta["sampling_settings"]) == {"shift": 1.0, "multiplier": 1.0}
+    # BFL's parameter names in the file on every host (0.33 renames the q/k norm gain).
+    assert any(k.endswith("query_norm.scale") for k in keys)
+
+
+def test_the_loader_node_loads_it_by_name(dit_file, monkeypatch):
+    monkeypatch.setattr(loader_module, "WEIGHTS_DIR", dit_file.parent)
+    model, clip, vae = node_out(DefaultModelLoaderNode.execute(NAME))
+    assert type(model.model).__name__ == "Flux"
+
+
+def test_stock_ksampler_and_custom_sampler_run_and_the_prompt_and_cfg_matter(dit):
+    import nodes
+    from comfy_extras import nodes_custom_sampler as cs
+
+    model, clip, vae = dit
+    pos, neg = encode(clip, "a red circle on a white background"), encode(clip, "")
+    assert "pooled_output" in pos[0][1]  # Flux's modulation takes the pooled text vector
+    a = nodes.KSampler().sample(model, 0, 3, 5.0, "euler", "simple", pos, neg, _latent())[0]["samples"]
+    image = nodes.VAEDecode().decode(vae, {"samples": a})[0]
+    assert image.shape == (2, 32, 32, 3) and torch.isfinite(image).all()
+    other = encode(clip, "a blue star on a black background")
+    b = nodes.KSampler().sample(model, 0, 3, 5.0, "euler", "simple", other, neg, _latent())[0]["samples"]
+    assert (a - b).abs().mean() > 1e-4
+    outs = [sample(node_out(cs.CFGGuider.execute(model, pos, neg, cfg))[0], "euler", 3, _latent(1), seed=2)
+            for cfg in (1.0, 5.0)]
+    assert (outs[0] - outs[1]).abs().max() > 1e-4
+
+
+def test_the_packs_guiders_match_comfyuis_cfg_and_run_every_policy(dit):
+    from comfy_extras import nodes_custom_sampler as cs
+
+    from guidance_lab.nodes.adaptive import AdaptiveGuiderNode
+    from guidance_lab.nodes.apg import CUSTOM, APGGuiderNode
+    from guidance_lab.nodes.cfg import CFGGuiderNode
+
+    model, clip, _vae = dit
+    pos, neg = encode(clip, "a green square on a grey background"), encode(clip, "")
+    core = sample(node_out(cs.CFGGuider.execute(model, pos, neg, 4.0))[0], "euler", 4, _latent(2), seed=5)
+    ours = node_out(CFGGuiderNode.execute(model, pos, neg, 4.0))[0]
+    torch.testing.assert_close(sample(ours, "euler", 4, _latent(2), seed=5), core, atol=1e-5, rtol=1e-5)
+    apg = node_out(APGGuiderNode.execute(model, pos, neg, 4.0, CUSTOM, 0.0, 6.5, -0.5))[0]
+    ag = node_out(AdaptiveGuiderNode.execute(ours, 0.99))[0]
+    for guider in (apg, ag):
+        assert torch.isfinite(sample(guider, "euler", 4, _latent(2), seed=5)).all()
+
+
+def test_dit_block_replacement_reaches_every_block(dit):
+    """``patches_replace["dit"]``: the extension point AGD and other packs use on DiTs."""
+    import nodes
+
+    model, clip, _vae = dit
+    calls = []
+
+    def replace(kind):
+        def block(args, extra):
+            calls.append(kind)
+            return extra["original_block"](args)
+        return block
+
+    patched = model.clone()
+    patched.set_model_patch_replace(replace("double"), "dit", "double_block", 0)
+    patched.set_model_patch_replace(replace("single"), "dit", "single_block", 0)
+    pos, neg = encode(clip, "a red ring on a black background"), encode(clip, "")
+    nodes.KSampler().sample(patched, 0, 2, 3.0, "euler", "simple", pos, neg, _latent(1))
+    assert calls.count("double") == calls.count("single") >= 2
+
+
+def _rewrite(source, target, **changes):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as f:
+        metadata, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    for key, value in changes.items():
+        if value is None:
+            metadata.pop(key)
+        else:
+            metadata[key] = value
+    save_file(tensors, str(target), metadata=metadata)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"architecture": None}, "metadata 'architecture' is None"),
+    ({"architecture": "mmdit"}, "metadata 'architecture' is 'mmdit'"),
+    ({"architecture": "unet"}, "does not build a unet network"),
+], ids=["missing", "unknown", "wrong"])
+def test_a_wrong_or_missing_architecture_is_refused_naming_node_and_input(dit_file, tmp_path, monkeypatch,
+                                                                         change, message):
+    _rewrite(dit_file, tmp_path / "bad.safetensors", **change)
+    monkeypatch.setattr(loader_module, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(NodeInputError, match=r"Default Model Loader \(Guidance Lab\): input 'weights'") as err:
+        DefaultModelLoaderNode.execute("bad.safetensors")
+    assert message in str(err.value)
+
+
+def test_a_truncated_dit_file_is_refused(dit_file, tmp_path):
+    data = dit_file.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(WeightsError, match="truncated or corrupted"):
+        load_default_model(tmp_path / "cut.safetensors", "Default Model Loader (Guidance Lab)", "weights")
