@@ -15,10 +15,14 @@ AGD_DIR = WEIGHTS_DIR / "agd"
 FLOW32 = "guidance_lab_flow32.safetensors"
 # v-prediction on SD's schedule rescaled to zero terminal SNR: the eps family (SD1.x, SD2.x, SDXL).
 VPRED32 = "guidance_lab_vpred32.safetensors"
+# Rectified flow on ComfyUI's Flux DiT (joint attention to the text at every block): the
+# instrument for the DiT families. In training (default_model/README.md); shipped once it
+# meets the default-model targets.
+DIT32 = "guidance_lab_dit32.safetensors"
 SHIPPED = (FLOW32, VPRED32)
 AGD_ADAPTERS = {FLOW32: "guidance_lab_flow32_agd.safetensors", VPRED32: "guidance_lab_vpred32_agd.safetensors"}
 # The one the pack presents first (demo, loader default, benchmark default).
 DEFAULT_WEIGHTS = FLOW32
 
-__all__ = ["WEIGHTS_DIR", "LORAS_DIR", "AGD_DIR", "FLOW32", "VPRED32", "SHIPPED", "AGD_ADAPTERS",
+__all__ = ["WEIGHTS_DIR", "LORAS_DIR", "AGD_DIR", "FLOW32", "VPRED32", "DIT32", "SHIPPED", "AGD_ADAPTERS",
            "DEFAULT_WEIGHTS"]

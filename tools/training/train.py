@@ -77,6 +77,9 @@ def parse_args(argv=None):
                    help="start a new run at step 0 (fresh optimizer and schedule) from the EMA weights of run "
                         "RUN's latest checkpoint, e.g. the flow model as the start of the v-prediction one, "
                         "or from an exported .safetensors default-model file of the same architecture")
+    p.add_argument("--text-encoder-from", default=None, metavar="FILE",
+                   help="start a new run with the text encoder of an exported default-model file (the same "
+                        "text config), e.g. a DiT beside the trained UNets' encoder; the network starts fresh")
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="start a new run from the latest checkpoint of run RUN (weights, EMA, optimizer, "
                         "step), e.g. to fine-tune with other settings")
@@ -384,8 +387,9 @@ class Trainer:
         self.history = json.loads(state.get("history", "[]"))
         return state
 
-    def load_exported(self, path: Path):
-        """Live and EMA weights from an exported default-model file (its history carries over)."""
+    def load_exported(self, path: Path, text_only: bool = False):
+        """Live and EMA weights from an exported default-model file (its history carries over);
+        ``text_only``: the text encoder alone (a DiT started beside a trained UNet's encoder)."""
         from safetensors import safe_open
 
         torch = self.torch
@@ -399,19 +403,23 @@ class Trainer:
         table = clip_l.state_dict()[self.dm.TOKEN_TABLE_KEY].clone()
         table[ids] = rows.float()
         text[self.dm.TOKEN_TABLE_KEY] = table
-        if getattr(self.args, "architecture", "unet") == "flux":
+        if getattr(self.args, "architecture", "unet") == "flux" and not text_only:
             from guidance_lab.nodes.bridge.compat import flux_state_dict_for
 
             unet = flux_state_dict_for(self.unet, unet)
         with torch.no_grad():
-            self.unet.load_state_dict({k: v.float() for k, v in unet.items()}, strict=True)
+            if not text_only:
+                self.unet.load_state_dict({k: v.float() for k, v in unet.items()}, strict=True)
             missing, unexpected = clip_l.load_state_dict({k: v.float() for k, v in text.items()}, strict=False)
             if unexpected or [k for k in missing if "position_ids" not in k]:
                 sys.exit(f"{path}: text encoder does not match this architecture "
                          f"(missing {missing}, unexpected {unexpected})")
             for n, p in self.named_params():
                 self.ema[n].copy_(p)
-        self.history = history or [{"command": f"exported file {path.name}", "from_step": 0}]
+        if text_only:
+            self.history = [{"command": f"text encoder from {path.name}", "from_step": 0}]
+        else:
+            self.history = history or [{"command": f"exported file {path.name}", "from_step": 0}]
 
     def export(self, path: Path, checkpoint_args: dict, final_loss=None):
         from safetensors.torch import save_file
@@ -507,6 +515,9 @@ def main(argv=None):
         source = TRAINING_CACHE / args.finetune_from / CHECKPOINT
         trainer.load_weights(source)
         print(f"fine-tuning from the EMA weights of {source}", flush=True)
+    elif args.text_encoder_from and not checkpoint.exists():
+        trainer.load_exported(Path(args.text_encoder_from), text_only=True)
+        print(f"text encoder from {args.text_encoder_from}", flush=True)
     elif args.init_from and not checkpoint.exists():
         source = TRAINING_CACHE / args.init_from / CHECKPOINT
         trainer.load(source)
@@ -516,7 +527,7 @@ def main(argv=None):
         defaults = vars(parse_args([]))
         changed = {k: (saved.get(k, defaults[k]), v) for k, v in vars(args).items()
                    if k not in ("steps", "checkpoint_every", "threads", "export", "benchmark", "precision",
-                                "init_from", "finetune_from")
+                                "init_from", "finetune_from", "text_encoder_from")
                    and saved.get(k, defaults[k]) != (str(v) if isinstance(v, Path) else v)}
         if changed:
             sys.exit(f"checkpoint {checkpoint} was made with other settings {changed}; "
