@@ -34,7 +34,7 @@ import numpy as np
 
 from tools.bootstrap import import_pack
 from tools.benchmark.targets import overhead_us_per_evaluation
-from tools.paths import BENCHMARK_RESULTS, DOCS, run_workdir
+from tools.paths import BENCHMARK_RESULTS, DOCS, README, run_workdir
 
 import_pack()
 from guidance_lab.default_model import DEFAULT_WEIGHTS as WEIGHTS  # noqa: E402
@@ -300,6 +300,16 @@ def publish(args, summary: str) -> None:
     if page is not None:
         update_page(page, summary, Path(args.weights).stem)
         print(f"[benchmark] tables copied into {page}")
+    if page == BENCHMARK_PAGE:
+        update_readme_summary()
+        print(f"[benchmark] verdicts summarised in {README}")
+
+
+def update_readme_summary() -> None:
+    """Rewrite the README's results summary from every stored results.json."""
+    from tools.benchmark.report import SUMMARY_MARKERS, replace_between, summary_table
+
+    README.write_text(replace_between(README.read_text(), SUMMARY_MARKERS, summary_table(BENCHMARK_RESULTS)))
 
 
 def page_markers(model: str) -> tuple:

@@ -266,3 +266,31 @@ def write_tables(out: Path, stored: dict) -> str:
 def regenerate(out: Path) -> str:
     """The tables, verdicts and plot of the results stored in ``out``, without running anything."""
     return write_tables(out, json.loads((out / "results.json").read_text()))
+
+
+SUMMARY_MARKERS = ("<!-- benchmark:summary:start -->", "<!-- benchmark:summary:end -->")
+
+
+def summary_table(results_root: Path) -> str:
+    """The README's results summary: every target's verdict on every default model whose
+    results are stored under ``results_root`` (one column per model), and the stored run's size."""
+    stored = {folder.name: json.loads((folder / "results.json").read_text())
+              for folder in sorted(results_root.iterdir()) if (folder / "results.json").is_file()}
+    names = []
+    for data in stored.values():
+        names += [t["target"] for t in data.get("targets", []) if t["target"] not in names]
+    verdicts = {model: {t["target"]: t.get("verdict", stats.MET if t["met"] else stats.NOT_MET)
+                        for t in data.get("targets", [])} for model, data in stored.items()}
+    lines = ["| target | " + " | ".join(f"`{m}`" for m in stored) + " |", "|---|" + "---|" * len(stored)]
+    for name in names:
+        cells = [verdict_cell(verdicts[m][name]) if name in verdicts[m] else "–" for m in stored]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    runs = "; ".join(f"`{m}`: {d['meta']['images']} images per method, {d['meta']['date']}" for m, d in stored.items())
+    return "\n".join(lines) + f"\n\nGenerated from `docs/benchmark/<model>/results.json` ({runs}).\n"
+
+
+def replace_between(text: str, markers: tuple, body: str) -> str:
+    start, end = text.find(markers[0]), text.find(markers[1])
+    if start < 0 or end < start:
+        raise ValueError(f"the page lacks the markers {markers[0]} / {markers[1]}")
+    return text[:start + len(markers[0])] + "\n" + body + text[end:]
