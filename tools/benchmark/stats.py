@@ -23,7 +23,7 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed: the same stored scores always give the same interval
 
 MET, NOT_MET, UNDECIDED = "met", "not met", "undecided at this sample size"
-RERUN = "needs a re-run (no per-image scores stored)"
+RERUN = "needs a re-run"  # stored results without per-image scores: the paired interval cannot be computed
 VERDICTS = (MET, NOT_MET, UNDECIDED, RERUN)
 
 
