@@ -1,5 +1,6 @@
 """EDICT round-trip error on an SD1.5-family checkpoint run as eps, v-prediction and flow
-model, printed as the Markdown tables of the README's EDICT section: against DDIM inversion
+model, printed as the Markdown tables of docs/methods/edict.md (``--default-models``: the table
+between its ``roundtrip:default-models`` markers): against DDIM inversion
 at 50 steps, and how the error grows with the steps, the mixing weight p and a float32 state.
 
     .host/venv/bin/python -m tools.edict_roundtrip [--checkpoint PATH] [--quick]

@@ -53,6 +53,12 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
         assert timing["evaluations_per_run"] == 3 and np.isfinite(timing["overhead_us_per_evaluation"])
     # every row that carries a target is judged
     judged = {t["target"].split(":")[0].split(" ")[0] for t in results["targets"]}
+    assert all(t["verdict"] in ("met", "not met", "undecided at this sample size") for t in results["targets"])
+    # every row keeps its per-image scores (one list of seeds per prompt) and its adherence interval
+    for row in rows.values():
+        assert [len(g) for g in row["per_image"]["adherence"]] == [2]
+        assert row["adherence_ci"][0] <= row["adherence"] <= row["adherence_ci"][1]
+    assert (out / "tradeoff.png").is_file()
     assert {"cfg", "ksampler_patch", "ag", "linear_ag", "apg_15", "agd", "agd_3"} <= judged, judged
     # the inversion section: both inversions of every pair judged, timed side by side, reconstructed
     inversion = results["inversion"]
@@ -78,8 +84,8 @@ def test_overhead_per_evaluation_has_the_sign_of_the_overhead_percentage():
                       "median_pair_ratio": 1.03, "pair_ratio_iqr": [0.95, 1.05], "ratio_of_medians": 0.97,
                       "evaluations_per_run": 20.0}}
     rows = {"cfg": {"nfe_per_image": 40.0}, "comfy_cfg": {"nfe_per_image": 40.0}}
-    _, met, text = overhead(0.02, "comfy_cfg")("cfg", rows, {}, timing)
-    assert not met and text.startswith("overhead +3.0% (+1500 us per model evaluation)"), text
+    _, verdict, text = overhead(0.02, "comfy_cfg")("cfg", rows, {}, timing)
+    assert verdict == "not met" and text.startswith("overhead +3.0% (+1500 us per model evaluation)"), text
 
 
 def test_the_source_graph_runs_what_both_timed_edit_graphs_share():

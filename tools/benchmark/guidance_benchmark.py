@@ -3,13 +3,20 @@ real ComfyUI server, scored by the quality harness.
 
     make benchmark            # = .host/venv/bin/python -m tools.benchmark.guidance_benchmark
     .host/venv/bin/python -m tools.benchmark.guidance_benchmark --prompts 4 --seeds 2 --steps 6  # quick look
+    .host/venv/bin/python -m tools.benchmark.guidance_benchmark --regenerate   # tables and plot from results.json
 
 Starts ComfyUI with the pack, calibrates LinearAG on prompts and seeds the scoring never
 uses, then for each scoring prompt queues one graph per method (rotating their order, after
 an untimed warm-up) over the HTTP API. Wall time is the server's own execution time of each
 prompt (history timestamps); a method's time ratio is the median over prompts of its time
 divided by ComfyUI's CFGGuider time on the same prompt and seeds, measured minutes apart in
-this one run. Writes results.json, results.md and PNG grids to --out.
+this one run. Writes results.json (with every image's scores, so that two rows can be compared
+image by image), results.md, the trade-off plot and PNG grids to --out, and copies the tables
+into the benchmark page (docs/benchmark.md) between the model's markers.
+
+The scoring prompts are drawn from dataset seed --eval-seed, leaving out the prompts tune.py
+tuned AG and LinearAG on and both LinearAG calibration prompts; the noise seeds (0 ..
+prompts - 1) are not tune.py's (50000+) nor the calibration's (100000+).
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ import numpy as np
 
 from tools.bootstrap import import_pack
 from tools.benchmark.targets import overhead_us_per_evaluation
-from tools.paths import BENCHMARK_RESULTS, REPO, run_workdir
+from tools.paths import BENCHMARK_RESULTS, DOCS, README, run_workdir
 
 import_pack()
 from guidance_lab.default_model import DEFAULT_WEIGHTS as WEIGHTS  # noqa: E402
+BENCHMARK_PAGE = DOCS / "benchmark.md"  # the tables' home: one section per default model, between markers
 CALIBRATION_FILE = "benchmark/linear_ag_calibration.safetensors"
 WARMUP_SEED = 10**6
 TIMING_SEED = 2 * 10**6  # noise seeds of untimed runs; scoring uses 0..prompts-1, LinearAG 100000+
@@ -40,7 +48,8 @@ DECISIONS_LINE = re.compile(r"^decisions: (.*)$", re.M)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prompts", type=int, default=24, help="scoring prompts (held-out dataset prompts)")
+    p.add_argument("--prompts", type=int, default=48,
+                   help="scoring prompts (held-out dataset prompts; 48 x 4 seeds = 192 images per row)")
     p.add_argument("--seeds", type=int, default=4, help="images per prompt (one batch, one noise seed)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--weights", default=WEIGHTS, help="default-model file in default_model/weights/")
@@ -59,12 +68,32 @@ def parse_args(argv=None):
                         "which goes first")
     p.add_argument("--inversion-pairs", type=int, default=24,
                    help="source/edit prompt pairs of the inversion section (EDICT beside DDIM inversion); 0 skips it")
-    p.add_argument("--readme", type=Path, default=None,
-                   help="README to copy the table into (default: the repo's, when --out is the default)")
+    p.add_argument("--page", "--readme", dest="page", type=Path, default=None,
+                   help="Markdown page to copy the tables into, between the model's benchmark markers "
+                        "(default: docs/benchmark.md, when --out is the default)")
+    p.add_argument("--regenerate", action="store_true",
+                   help="run nothing: rewrite results.md, the verdicts in results.json, the trade-off plot "
+                        "and the page's tables from the results.json stored in --out")
     args = p.parse_args(argv)
     args.default_out = BENCHMARK_RESULTS / Path(args.weights).stem
     args.out = args.out or args.default_out
     return args
+
+
+def scoring_prompts(count: int, eval_seed: int, excluded) -> list:
+    """``count`` prompts of dataset ``eval_seed`` in draw order, skipping ``excluded`` (a prompt
+    drawn twice is scored twice, on other noise seeds)."""
+    from tools.training.dataset import prompt_for, sample_scene
+
+    excluded, prompts, index = set(excluded), [], 0
+    while len(prompts) < count:
+        prompt = prompt_for(sample_scene(eval_seed, index, 32))
+        index += 1
+        if prompt not in excluded:
+            prompts.append(prompt)
+        if index > 1000 * max(count, 1):
+            raise SystemExit(f"dataset seed {eval_seed} yields too few prompts outside the {len(excluded)} excluded")
+    return prompts
 
 
 def execution_seconds(entry: dict) -> float:
@@ -170,6 +199,14 @@ def stock_nfe(method, steps: int) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.regenerate:
+        from tools.benchmark.report import regenerate
+
+        args.weights = json.loads((args.out / "results.json").read_text())["meta"]["weights"]
+        summary = regenerate(args.out)
+        print(summary)
+        publish(args, summary)
+        return 0
     import_pack()
     from tools.benchmark.methods import BASELINE, BY_NAME, CFG, LINEAR_AG_CALIBRATION, METHODS, tuned
     from tools.benchmark.report import write_results
@@ -191,11 +228,12 @@ def main(argv=None) -> int:
             methods.insert(0, BY_NAME[extra])
             names.add(extra)
 
-    _, prompts, _ = make_batch(args.eval_seed, 0, args.prompts, 32)
+    from tools.benchmark.tune import tuning_prompts
+
     _, calibration_prompts, _ = make_batch(args.calibration_seed, 0, 1, 32)
-    if calibration_prompts[0] in prompts:
-        raise SystemExit(f"calibration prompt {calibration_prompts[0]!r} is also a scoring prompt; "
-                         "pick another --calibration-seed")
+    tuned_on, tuning_calibration = tuning_prompts()
+    args.excluded_prompts = sorted(set(tuned_on) | set(tuning_calibration) | set(calibration_prompts))
+    prompts = scoring_prompts(args.prompts, args.eval_seed, args.excluded_prompts)
 
     workdir = args.workdir or run_workdir("benchmark")
     shutil.rmtree(workdir, ignore_errors=True)
@@ -252,27 +290,42 @@ def main(argv=None) -> int:
         settings=tuned(Path(args.weights).name),
         wall_seconds=time.monotonic() - t_start, timing=timing, inversion=inversion)
     print(summary)
-    readme = args.readme or (REPO / "README.md" if args.out.resolve() == args.default_out.resolve() else None)
-    if readme is not None:
-        update_readme(readme, summary, Path(args.weights).stem)
-        print(f"[benchmark] table copied into {readme}")
+    publish(args, summary)
     return 0
 
 
-def readme_markers(model: str) -> tuple:
-    """The README markers around one model's benchmark section."""
+def publish(args, summary: str) -> None:
+    """Copy the tables into the benchmark page (by default only for the default results folder)."""
+    page = args.page or (BENCHMARK_PAGE if args.out.resolve() == args.default_out.resolve() else None)
+    if page is not None:
+        update_page(page, summary, Path(args.weights).stem)
+        print(f"[benchmark] tables copied into {page}")
+    if page == BENCHMARK_PAGE:
+        update_readme_summary()
+        print(f"[benchmark] verdicts summarised in {README}")
+
+
+def update_readme_summary() -> None:
+    """Rewrite the README's results summary from every stored results.json."""
+    from tools.benchmark.report import SUMMARY_MARKERS, replace_between, summary_table
+
+    README.write_text(replace_between(README.read_text(), SUMMARY_MARKERS, summary_table(BENCHMARK_RESULTS)))
+
+
+def page_markers(model: str) -> tuple:
+    """The benchmark page's markers around one model's tables."""
     return f"<!-- benchmark:{model}:start -->", f"<!-- benchmark:{model}:end -->"
 
 
-def update_readme(readme: Path, table: str, model: str) -> None:
-    """Replace the text between the README's benchmark markers of ``model`` with the new table."""
-    start_marker, end_marker = readme_markers(model)
-    text = readme.read_text()
+def update_page(page: Path, table: str, model: str) -> None:
+    """Replace the text between the page's benchmark markers of ``model`` with the new tables."""
+    start_marker, end_marker = page_markers(model)
+    text = page.read_text()
     start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        raise SystemExit(f"{readme} has no {start_marker} ... {end_marker} markers: add them where the "
+        raise SystemExit(f"{page} has no {start_marker} ... {end_marker} markers: add them where the "
                          f"section of model {model!r} belongs")
-    readme.write_text(text[:start + len(start_marker)] + "\n" + table + text[end:])
+    page.write_text(text[:start + len(start_marker)] + "\n" + table + text[end:])
 
 
 if __name__ == "__main__":

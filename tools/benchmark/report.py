@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -13,13 +14,15 @@ import numpy as np
 
 from ..image_grid import image_grid
 from ..quality.metrics import SCENE_FEATURES, distance_to_reference, diversity, scene_distance, scene_features
-from ..quality.shapes import label_accuracy, saturation_stats
+from ..quality.shapes import analyse_batch, label_accuracy, saturation_stats
+from ..training.dataset import parse_prompt
+from . import stats
 from .methods import BASELINE, CFG, METHODS
 
 COLUMNS = [  # (key, heading, format)
     ("nfe_per_image", "NFE / image", "{:.1f}"),
     ("time_ratio", "time vs ComfyUI CFG", "{:.3f}"),
-    ("adherence", "adherence", "{:.3f}"),
+    ("adherence", "adherence (95% CI)", "{:.3f}"),
     ("mean_chroma", "saturation (chroma)", "{:.3f}"),
     ("clipped_fraction", "clipped", "{:.4f}"),
     ("diversity", "diversity (RMSE)", "{:.3f}"),
@@ -37,6 +40,38 @@ def _time_ratio(seconds: list, baseline: list) -> dict:
     ratios = [a / b for a, b in zip(seconds, baseline)]
     q = np.percentile(ratios, [25, 75])
     return {"time_ratio": statistics.median(ratios), "time_ratio_iqr": [float(q[0]), float(q[1])]}
+
+
+def per_image_scores(images: np.ndarray, prompts: list, seeds: int) -> dict:
+    """Each image's 0/1 adherence (shape and colour match its prompt, as ``label_accuracy``
+    reads it), chroma and clipped share, as lists per scored prompt (its seeds inside), so that
+    two rows on the same prompts and seeds can be compared image by image."""
+    found = analyse_batch(images)
+    wanted = [parse_prompt(p) for p in prompts for _ in range(seeds)]
+    hits = [int(a.shape == w[0] and a.colour == w[1]) for a, w in zip(found, wanted)]
+    x = np.asarray(images, np.float64)
+    levels = np.rint(x * 255)
+    clipped = ((levels <= 0) | (levels >= 255)).reshape(len(x), -1).mean(axis=1)
+    chroma = (x.max(-1) - x.min(-1)).reshape(len(x), -1).mean(axis=1)
+
+    def by_prompt(values):
+        return [list(values[i * seeds:(i + 1) * seeds]) for i in range(len(prompts))]
+    return {"adherence": by_prompt(hits), "chroma": by_prompt([round(float(v), 5) for v in chroma]),
+            "clipped": by_prompt([round(float(v), 5) for v in clipped])}
+
+
+def add_intervals(row: dict, images: int) -> dict:
+    """The row's 95% interval of adherence: Wilson, from its per-image scores when stored, else
+    from the stored share over ``images`` (results from before per-image scores were kept)."""
+    if "adherence" not in row:
+        return row
+    per_image = row.get("per_image")
+    if per_image:
+        hits = [h for group in per_image["adherence"] for h in group]
+        row["adherence_ci"] = list(stats.wilson(sum(hits), len(hits)))
+    else:
+        row["adherence_ci"] = list(stats.wilson_of_share(row["adherence"], images))
+    return row
 
 
 def score(methods, results: dict, prompts: list, seeds: int, real_features: np.ndarray) -> dict:
@@ -63,17 +98,20 @@ def score(methods, results: dict, prompts: list, seeds: int, real_features: np.n
             steps = [s for d in decisions for s in d["switch_step"]]
             row["ag_switch_step"] = {"median": float(np.median(steps)), "min": int(min(steps)),
                                      "max": int(max(steps)), "never": sum(1 for s in steps if s < 0)}
-        rows[method.name] = row
+        row["per_image"] = per_image_scores(images, prompts, seeds)
+        rows[method.name] = add_intervals(row, len(images))
     return rows
 
 
 def dataset_row(images, prompts, real_features) -> dict:
-    return {"label": "dataset (real images, other seeds)", **label_accuracy(images, prompts),
-            **saturation_stats(images), "scene_distance": scene_distance(images, real_features)}
+    row = {"label": "dataset (real images, other seeds)", **label_accuracy(images, prompts),
+           **saturation_stats(images), "scene_distance": scene_distance(images, real_features)}
+    return add_intervals(row, len(images))
 
 
 def targets(rows: dict, dataset: dict, timing: dict | None = None) -> list:
-    """Every row's own target (``Method.target``), each (description, met, numbers)."""
+    """Every row's own target (``Method.target``), each (description, verdict, numbers); the
+    verdict is one of ``stats.VERDICTS``."""
     out = []
     for method in METHODS:
         if method.target is not None and method.name in rows:
@@ -83,12 +121,18 @@ def targets(rows: dict, dataset: dict, timing: dict | None = None) -> list:
     return out
 
 
+def verdict_cell(verdict: str) -> str:
+    return verdict if verdict == stats.MET else f"**{verdict}**"
+
+
 def markdown(rows: dict, dataset: dict, checks: list, meta: dict) -> str:
     def cell(row, key, fmt):
         value = row.get(key)
         if value is None:
             return "–"
         text = fmt.format(value)
+        if key == "adherence" and row.get("adherence_ci"):
+            text += f" ({stats.fmt_interval(*row['adherence_ci'])})"
         return text + "†" if key == "nfe_per_image" and not row.get("nfe_counted", True) else text
 
     lines = ["| method | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
@@ -120,9 +164,20 @@ def markdown(rows: dict, dataset: dict, checks: list, meta: dict) -> str:
         "is also AGD's distance before training). Scene distance: Fréchet distance "
         f"to {meta['real_count']} real dataset images on standardised scene features "
         f"({', '.join(SCENE_FEATURES)}); see `tools/quality/metrics.py`.",
+        "Intervals: adherence is 0/1 per image, and its 95% interval is Wilson's over the row's "
+        f"{meta['images']} images. A target \"within N points of\" (or \"N points above\") another row is "
+        "judged on the paired difference, image by image on the same prompts and seeds, with a 95% "
+        f"bootstrap interval ({stats.BOOTSTRAP_RESAMPLES} resamples of the scored prompts, whose seeds stay "
+        "together): met when the whole interval meets the bound, not met when none of it does, undecided "
+        "at this sample size otherwise. A part measured without sampling error (NFE, the paired timing "
+        "medians) is judged on its value; a target is met when every part is, not met when one is not."
+        + ("" if meta.get("per_image_scores", True) else
+           " These results were measured before per-image scores were stored: their adherence intervals "
+           "come from the stored shares, and an adherence part cannot be judged on paired differences "
+           "until the benchmark is re-run."),
         "",
-        "| target | met | measured |", "|---|---|---|",
-        *[f"| {name} | {'yes' if met else '**no**'} | {numbers} |" for name, met, numbers in checks],
+        "| target | verdict | measured |", "|---|---|---|",
+        *[f"| {name} | {verdict_cell(verdict)} | {numbers} |" for name, verdict, numbers in checks],
     ]
     return "\n".join(lines + notes) + "\n"
 
@@ -152,13 +207,10 @@ def write_inversion(out: Path, inversion: dict, rows: int = 8) -> Path:
 def write_results(out: Path, methods, results: dict, prompts: list, args, real_images, dataset, calibration,
                   wall_seconds: float, timing: dict | None = None, inversion: dict | None = None,
                   settings: dict | None = None) -> str:
-    from . import inversion as inv
-
     out.mkdir(parents=True, exist_ok=True)
     real_features = scene_features(real_images)
     rows = score(methods, results, prompts, args.seeds, real_features)
     data_row = dataset_row(*dataset, real_features)
-    checks = targets(rows, data_row, timing) + (inv.targets(inversion) if inversion else [])
     try:
         from comfyui_version import __version__ as comfyui
     except ImportError:
@@ -168,17 +220,77 @@ def write_results(out: Path, methods, results: dict, prompts: list, args, real_i
             "steps": args.steps, "weights": args.weights, "comfyui": comfyui,
             "machine": f"{os.cpu_count()}-core {platform.machine()} CPU", "real_count": len(real_images),
             "wall_seconds": wall_seconds, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "eval_seed": args.eval_seed, "calibration": calibration, "settings": settings or {}}
+            "eval_seed": args.eval_seed, "calibration": calibration, "settings": settings or {},
+            "excluded_prompts": getattr(args, "excluded_prompts", []), "per_image_scores": True}
+    if inversion:
+        write_inversion(out, inversion)
+        inversion = {k: v for k, v in inversion.items() if k != "rows"} | {
+            "rows": [{k: v for k, v in r.items() if k != "images"} for r in inversion["rows"]]}
+    stored = {"meta": meta, "methods": rows, "dataset": data_row, "prompts": prompts, "overhead_timing": timing,
+              "inversion": inversion}
+    write_grids(out, methods, results, prompts, args.grid_prompts)
+    return write_tables(out, stored)
+
+
+def compact_json(data) -> str:
+    """JSON with one line per list of numbers (the per-image scores stay readable in a diff)."""
+    text = json.dumps(data, indent=1, default=float)
+    return re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+
+
+def write_tables(out: Path, stored: dict) -> str:
+    """Judge the targets of stored results (``results.json``'s content) and write results.md,
+    results.json with the verdicts, and the trade-off plot; returns the Markdown tables."""
+    from . import inversion as inv
+    from .plot import tradeoff_plot
+
+    meta, rows, data_row = stored["meta"], stored["methods"], stored["dataset"]
+    meta.setdefault("per_image_scores", all("per_image" in r for r in rows.values()))
+    for row in rows.values():
+        add_intervals(row, meta["images"])
+    add_intervals(data_row, meta["images"])
+    inversion, timing = stored.get("inversion"), stored.get("overhead_timing")
+    checks = targets(rows, data_row, timing) + (inv.targets(inversion) if inversion else [])
     table = markdown(rows, data_row, checks, meta)
     if inversion:
         table += "\n" + inv.markdown(inversion) + "\n"
-        write_inversion(out, inversion)
     (out / "results.md").write_text(f"# Guidance benchmark ({meta['date']})\n\n"
                                     "`make benchmark` (tools/benchmark/guidance_benchmark.py)\n\n" + table)
-    (out / "results.json").write_text(json.dumps(
-        {"meta": meta, "methods": rows, "dataset": data_row, "prompts": prompts, "overhead_timing": timing,
-         "inversion": {k: v for k, v in inversion.items() if k != "rows"} | {
-             "rows": [{k: v for k, v in r.items() if k != "images"} for r in inversion["rows"]]} if inversion else None,
-         "targets": [{"target": n, "met": m, "measured": v} for n, m, v in checks]}, indent=1, default=float))
-    write_grids(out, methods, results, prompts, args.grid_prompts)
+    stored["targets"] = [{"target": n, "verdict": v, "met": v == stats.MET, "measured": m} for n, v, m in checks]
+    (out / "results.json").write_text(compact_json(stored))
+    tradeoff_plot(stored, out / "tradeoff.png")
     return table
+
+
+def regenerate(out: Path) -> str:
+    """The tables, verdicts and plot of the results stored in ``out``, without running anything."""
+    return write_tables(out, json.loads((out / "results.json").read_text()))
+
+
+SUMMARY_MARKERS = ("<!-- benchmark:summary:start -->", "<!-- benchmark:summary:end -->")
+
+
+def summary_table(results_root: Path) -> str:
+    """The README's results summary: every target's verdict on every default model whose
+    results are stored under ``results_root`` (one column per model), and the stored run's size."""
+    stored = {folder.name: json.loads((folder / "results.json").read_text())
+              for folder in sorted(results_root.iterdir()) if (folder / "results.json").is_file()}
+    names = []
+    for data in stored.values():
+        names += [t["target"] for t in data.get("targets", []) if t["target"] not in names]
+    verdicts = {model: {t["target"]: t.get("verdict", stats.MET if t["met"] else stats.NOT_MET)
+                        for t in data.get("targets", [])} for model, data in stored.items()}
+    lines = ["| target | " + " | ".join(f"`{m}`" for m in stored) + " |", "|---|" + "---|" * len(stored)]
+    for name in names:
+        cells = [verdict_cell(verdicts[m][name]) if name in verdicts[m] else "–" for m in stored]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    runs = "; ".join(f"`{m}`: {d['meta']['images']} images per method, {d['meta']['date']}" for m, d in stored.items())
+    return "\n".join(lines) + f"\n\nGenerated from `docs/benchmark/<model>/results.json` ({runs}).\n"
+
+
+def replace_between(text: str, markers: tuple, body: str) -> str:
+    start, end = text.find(markers[0]), text.find(markers[1])
+    if start < 0 or end < start:
+        raise ValueError(f"the page lacks the markers {markers[0]} / {markers[1]}")
+    return text[:start + len(markers[0])] + "\n" + body + text[end:]

@@ -1,6 +1,6 @@
 """Tune Adaptive Guidance's threshold and LinearAG's schedule for one default model, on noise
-seeds the benchmark never scores (its prompts are another dataset draw; 2 of the 12 happen to be
-scoring prompts too), and print the settings to put in methods.TUNED.
+seeds the benchmark never scores and prompts it leaves out of its scoring set
+(``tuning_prompts``), and print the settings to put in methods.TUNED.
 
     .host/venv/bin/python -m tools.benchmark.tune --weights guidance_lab_flow32.safetensors
 
@@ -27,6 +27,8 @@ from guidance_lab.default_model import DEFAULT_WEIGHTS  # noqa: E402
 from guidance_lab.guiders.adaptive import SPACES  # noqa: E402
 
 TUNING_SEED = 4242  # dataset seed of the tuning prompts; the benchmark scores --eval-seed 777
+TUNING_PROMPTS = 12  # how many the tuning runs used (tune_*.json in docs/benchmark/)
+TUNING_NOISE_SEED = 50_000  # noise seed of tuning prompt i: 50_000 + i (the benchmark scores 0..prompts-1)
 AG_THRESHOLDS = (0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995)
 LINEAR_AG_SCHEDULES = ((2, 7), (2, 8), (3, 10), (2, 10), (4, 0), (3, 0))  # (warm-up, every): all <= 24 NFE at 20 steps
 
@@ -34,7 +36,7 @@ LINEAR_AG_SCHEDULES = ((2, 7), (2, 8), (3, 10), (2, 10), (4, 0), (3, 0))  # (war
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=DEFAULT_WEIGHTS)
-    p.add_argument("--prompts", type=int, default=12)
+    p.add_argument("--prompts", type=int, default=TUNING_PROMPTS)
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--ag-slack", type=float, default=0.02)
@@ -45,6 +47,15 @@ def parse_args(argv=None):
                    help="warm-up,every[,guidance_end] (guidance_end: the fraction of steps guided, default 1)")
     p.add_argument("--out", type=Path, default=None, help="write the tuning table as JSON here")
     return p.parse_args(argv)
+
+
+def tuning_prompts(count: int = TUNING_PROMPTS) -> tuple:
+    """The tuning prompts and the tuning's LinearAG calibration prompt (a list of one)."""
+    from tools.training.dataset import make_batch
+
+    _, prompts, _ = make_batch(TUNING_SEED, 0, count, 32)
+    _, calibration_prompts, _ = make_batch(TUNING_SEED + 1, 0, 1, 32)
+    return prompts, calibration_prompts
 
 
 def linear_ag_candidate(m, schedule: str):
@@ -65,11 +76,9 @@ def main(argv=None) -> int:
     from tools.bootstrap import ensure_host_importable
     from tools.host.comfy_server import ComfyServer
     from tools.quality.shapes import adherence
-    from tools.training.dataset import make_batch
 
     ensure_host_importable()
-    _, prompts, _ = make_batch(TUNING_SEED, 0, args.prompts, 32)
-    _, calibration_prompts, _ = make_batch(TUNING_SEED + 1, 0, 1, 32)
+    prompts, calibration_prompts = tuning_prompts(args.prompts)
     bench_args = argparse.Namespace(steps=args.steps, weights=args.weights, seeds=args.seeds)
     candidates = [m.Method("cfg", "CFG", m.pack_cfg(m.CFG), m.CFG)]
     candidates += [m.Method(f"ag_{t:g}", f"AG {t:g}",
@@ -84,7 +93,7 @@ def main(argv=None) -> int:
         runner.calibrate(calibration_prompts[0], m.CFG, m.LINEAR_AG_CALIBRATION)
         for i, prompt in enumerate(prompts):
             for c in candidates:
-                r = runner.sample(c, prompt, 50_000 + i, f"tune{i}")
+                r = runner.sample(c, prompt, TUNING_NOISE_SEED + i, f"tune{i}")
                 rows[c.name]["images"].append(r["images"])
                 rows[c.name]["nfe"].append(r["nfe_per_image"])
             print(f"[tune] prompt {i + 1}/{len(prompts)}", flush=True)
