@@ -77,6 +77,16 @@ METHODS = ("bdia", "o_belm")
 EDIT_GAMMA = 0.96  # BDIA's authors: gamma in [0.92, 1.0] for round-trip editing
 SAMPLING_GAMMA = 0.5  # BDIA's sampling runs and the BELM repository's BDIA sampler
 
+# The way up's first guess is only a starting point: any value gives an exact round trip. But
+# the latent is float32 and the DDIM increment nearly so (D = x - sigma * out with a float32
+# out), so their plain sum often sits exactly halfway between two float32 numbers; the way down
+# reproduces it only to float64 rounding, and a model whose network input is the raw state
+# (flow models: ComfyUI's calculate_input is the identity) then casts it to the other
+# neighbour, one ulp that costs ~1e-6 in the round trip (seen on tiny SD3, Flux and Wan
+# models). A relative 2^-40 on the step moves the guess ~1e-12 off every such tie, far more
+# than the way down's rounding and far less than anything the method does.
+GUESS_NUDGE = 1.0 + 2.0 ** -40
+
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 StepCallback = Optional[Callable[[int, float, torch.Tensor, torch.Tensor], None]]
 
@@ -187,9 +197,10 @@ def invert_states(denoise: Denoise, z, sigmas: Sequence[float], rule: Bidirectio
     that ``denoise_states(z_1, sigmas[1:], above=(z_0, sigmas[0]))`` maps back to z."""
     model_dtype = model_dtype or z.dtype
     n = len(sigmas) - 1
-    # Step 0 of the way up: the DDIM-inversion guess of z_{n-1}, f at s_{n-1}.
+    # Step 0 of the way up: the DDIM-inversion guess of z_{n-1}, f at s_{n-1}, nudged off the
+    # network dtype's grid (GUESS_NUDGE).
     f, denoised = direction(denoise, z, sigmas[n - 1], model_dtype)
-    lower, upper = z, z + (sigmas[n - 1] - sigmas[n]) * f
+    lower, upper = z, z + ((sigmas[n - 1] - sigmas[n]) * GUESS_NUDGE) * f
     if callback is not None:
         callback(0, sigmas[n], z, denoised)
     for j in range(1, n):
