@@ -7,6 +7,7 @@ from comfy_api.latest import ComfyExtension
 from .adaptive import AdaptiveGuiderNode
 from .agd import AGDAdapterLoaderNode, AGDGuiderNode, AGDTrainNode
 from .apg import APGGuiderNode
+from .bidirectional import BidirectionalInvertNode, BidirectionalSampleNode, BidirectionalSamplerNode
 from .cfg import CFGGuiderNode
 from .ddim_inversion import DDIMInvertNode
 from .default_model import DefaultModelLoaderNode
@@ -22,7 +23,8 @@ NODES = [CFGGuiderNode, APGGuiderNode, AdaptiveGuiderNode, LinearAGCalibrateNode
          GuidanceModelPatchNode, GuidanceReportNode, SamplerSelectNode, GuidedSamplerNode, RecordPlotNode,
          DefaultModelLoaderNode, SmoothLoraLoaderNode, SmoothInterpolateNode, SmoothnessNode,
          EdictInvertNode, EdictSampleNode, DDIMInvertNode, EdictInterpolateNode, AGDAdapterLoaderNode,
-         AGDGuiderNode, AGDTrainNode]
+         AGDGuiderNode, AGDTrainNode, BidirectionalInvertNode, BidirectionalSampleNode,
+         BidirectionalSamplerNode]
 
 
 def register_shipped_folders() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .bidirectional import sample_bdia, sample_o_belm
 from .cfg_pp import cfg_pp_sampler
 from .ddim_inversion import ddim_inversion
 from .euler import euler, to_d
@@ -33,6 +34,9 @@ REGISTRY = {spec.name: spec for spec in (
                 "CFG++ DDIM inversion (sigmas ascending, e.g. FlipSigmas).", family_aware=True),
     SamplerSpec("ddim_inversion", sampler_function(ddim_inversion),
                 "DDIM inversion, the usual approximate one (sigmas ascending, e.g. FlipSigmas)."),
+    SamplerSpec("o_belm", sample_o_belm, "O-BELM, second-order two-step, exactly invertible (one evaluation "
+                "per step)."),
+    SamplerSpec("bdia", sample_bdia, "BDIA-DDIM at gamma 0.5, exactly invertible (one evaluation per step)."),
 )}
 # name -> sampler function, for callers that only run them.
 SAMPLERS = {name: spec.function for name, spec in REGISTRY.items()}

@@ -1,0 +1,103 @@
+"""BDIA and O-BELM inversion through ComfyUI's sampling (samplers/bidirectional.py).
+
+As for EDICT (bridge/inversion.py): the pack's guider runs the model, a KSAMPLER runs the
+core's loop, and the inverted pair, which does not fit ComfyUI's one-tensor sampler result,
+comes back through a dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import comfy.model_management
+import comfy.samplers
+import torch
+
+from ...samplers.bidirectional import Bidirectional, sample_bidirectional, sample_bidirectional_inversion
+from .inversion import _run, _short, to_latent_space
+from .policy_guider import PolicyGuider
+
+
+@dataclass(frozen=True)
+class BidirectionalPair:
+    """The BIDIRECTIONAL_PAIR type: the states at the schedule's first two sigmas (``upper``
+    at sigmas[0], ``lower`` at sigmas[1]) in the model's own latent space, and what they were
+    made with."""
+
+    upper: torch.Tensor
+    lower: torch.Tensor
+    sigmas: tuple  # the descending schedule it was inverted along, as floats
+    schedule: torch.Tensor  # the same, as the tensor the model saw
+    rule: Bidirectional
+    model_fingerprint: str
+    shape: tuple
+    family: str  # "eps" (eps and v-prediction) or "flow"
+    guidance: str  # the guidance policy and its settings, for information
+
+    def part(self, start: int, stop: int) -> "BidirectionalPair":
+        return dataclasses.replace(self, upper=self.upper[start:stop], lower=self.lower[start:stop],
+                                   shape=(stop - start,) + tuple(self.shape[1:]))
+
+    def mismatch(self, sigmas: list, rule: Bidirectional, fingerprint: str, channels: int) -> Optional[str]:
+        """Why this pair cannot be sampled back with these settings, or None."""
+        if tuple(self.upper.shape) != self.shape or tuple(self.lower.shape) != self.shape:
+            return (f"holds states of shape {tuple(self.upper.shape)} / {tuple(self.lower.shape)} but records "
+                    f"shape {self.shape}; it is damaged, invert again")
+        if fingerprint != self.model_fingerprint:
+            return ("was inverted with another model (weights, patches such as LoRAs, or prediction type "
+                    "differ); connect the model it was inverted with, or invert again with this one")
+        if len(self.shape) < 2 or self.shape[1] != channels:
+            return (f"holds {self.shape[1] if len(self.shape) > 1 else 'no'}-channel latents of shape "
+                    f"{self.shape}, this model's latents have {channels} channels")
+        if rule.name != self.rule.name:
+            return (f"was inverted with {self.rule.settings()}, input 'method' is {rule.name}; "
+                    f"use the same method on both nodes")
+        if rule != self.rule:
+            return (f"was inverted with {self.rule.settings()}, input 'gamma' gives {rule.settings()}; "
+                    f"use the same gamma on both nodes")
+        if len(sigmas) != len(self.sigmas):
+            return (f"was inverted along {len(self.sigmas) - 1} steps, input 'sigmas' has {len(sigmas) - 1}; "
+                    f"connect the same schedule to both nodes")
+        worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(sigmas, self.sigmas))
+        if worst > 1e-6:
+            return (f"was inverted along another schedule (sigmas {_short(self.sigmas)}, input 'sigmas' has "
+                    f"{_short(sigmas)}); connect the same schedule to both nodes")
+        return None
+
+
+def _options(rule: Bidirectional) -> dict:
+    return {"method": rule.name, "gamma": rule.gamma}
+
+
+def bidirectional_invert(guider: PolicyGuider, latent: torch.Tensor, sigmas: torch.Tensor, rule: Bidirectional,
+                         state_dtype: torch.dtype) -> "tuple[torch.Tensor, torch.Tensor]":
+    """(upper, lower) at (sigmas[0], sigmas[1]) from the latent at sigmas[-1], on the intermediate device."""
+    result: dict = {}
+    sampler = comfy.samplers.KSAMPLER(sample_bidirectional_inversion,
+                                      extra_options={**_options(rule), "state_dtype": state_dtype,
+                                                     "result": result})
+    # Ascending with the final 0 kept: ComfyUI then starts from the latent itself.
+    _run(guider, sampler, latent, sigmas.flip(0))
+    device = comfy.model_management.intermediate_device()
+    return tuple(t.to(device) for t in result["pair"])
+
+
+def bidirectional_sample(guider: PolicyGuider, pair: BidirectionalPair):
+    """The pair sampled down steps 1 .. n-1 of its schedule: the final state as a LATENT's
+    samples (float32), and the final (z_{n-1}, z_n) in the model's latent space and the
+    state's dtype."""
+    result: dict = {}
+    sampler = comfy.samplers.KSAMPLER(sample_bidirectional, extra_options={
+        **_options(pair.rule), "above": pair.upper, "above_sigma": pair.sigmas[0], "start": pair.lower,
+        "state_dtype": pair.upper.dtype, "result": result})
+    # An all-zero start: ComfyUI leaves it unshifted and noise-scales it to zero; the sampler
+    # starts from the pair instead, one step below the schedule's top.
+    _run(guider, sampler, torch.zeros(pair.shape), pair.schedule[1:])
+    return to_latent_space(guider.model_patcher, result["pair"][1]), result["pair"]
+
+
+def bidirectional_sampler(rule: Bidirectional) -> comfy.samplers.KSAMPLER:
+    """A SAMPLER that samples from noise with the rule (first step DDIM), for SamplerCustomAdvanced."""
+    return comfy.samplers.KSAMPLER(sample_bidirectional, extra_options=_options(rule))

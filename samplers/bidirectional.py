@@ -1,0 +1,296 @@
+"""Exact inversion at one model evaluation per step: BDIA (Zhang, Lewis and Kleijn 2023,
+arXiv 2307.10829) and O-BELM (Wang et al., NeurIPS 2024, arXiv 2410.07273), in ComfyUI's
+sigma space for eps, v-prediction and flow models.
+
+Both are "bidirectional explicit" two-step rules: the next state comes from the two most
+recent ones and one evaluation at the newer. Number the schedule s_0 > s_1 > ... > s_n
+(k = 0 the noisiest, as ComfyUI's sigmas) and the states z_0 ... z_n. With the ODE direction
+``f_k = (z_k - D(z_k, s_k)) / s_k`` (the noise estimate for eps/v models, the velocity for
+flow models; its Euler step is the DDIM step for both, algorithms.md "Conventions") and the
+step sizes ``h_prev = s_k - s_{k-1}``, ``h_next = s_{k+1} - s_k`` (both negative), a
+denoising step k >= 1 is
+
+    z_{k+1} = (z_k + h_next f_k) + a_k (z_{k-1} - (z_k - h_prev f_k))                 (B)
+
+the DDIM step to s_{k+1} plus a_k times what z_k's DDIM step back to s_{k-1} missed of the
+state actually there. Expanded, z_{k+1} = a z_{k-1} + (1 - a) z_k + (h_next + a h_prev) f_k:
+
+- BDIA: a_k = gamma, constant. This is the paper's Eq. (BDIA-DDIM),
+  ``z_{i-1} = z_{i+1} - (1 - gamma)(z_{i+1} - z_i) - gamma Delta(t_i -> t_{i+1} | z_i)
+  + Delta(t_i -> t_{i-1} | z_i)`` with the paper's i+1, i, i-1 = our k-1, k, k+1 and
+  Delta(t_i -> t_j | z_i) = (s_j - s_i) f_i. Sign convention: gamma is the weight of the
+  older state z_{k-1}, as in the authors' editing code and the BELM repository's BDIA
+  sampler (gamma = 0 is DDIM step for step, inversion divides by gamma); the BDIA README's
+  formula writes 1 - gamma where the code has gamma. The authors recommend gamma in
+  [0.92, 1.0] for editing; their sampling runs (and BELM's BDIA sampler) use 0.5.
+- O-BELM: a_k = (h_next / h_prev)^2, the one coefficient that makes (B) second order (its
+  local truncation error third order; BELM Prop. "O-BELM", the reference's
+  ``coef = (delta_2 / delta_1)^2``): Taylor-expanding z(s) about s_k, matching the first
+  derivative gives c = h_next + a h_prev and matching the second gives a = h_next^2 / h_prev^2.
+  So O-BELM is BDIA with a step-adapted gamma; on a uniform grid it is leapfrog.
+
+Decisions (algorithms.md, "Exact inversion at one evaluation per step"):
+
+- Variables. BELM writes its rule in the reparameterised x/alpha and sigma/alpha. For eps and
+  v-prediction models that *is* ComfyUI's state z = x0 + s eps and sigma s, so the rule
+  above is the paper's. For flow models (z = (1 - s) x0 + s eps) x/alpha and s/(1 - s) are
+  infinite at s = 1, where flow schedules start: the same rule is used on the flow ODE
+  dz/ds = velocity in the flow's own variables instead. The O-BELM derivation holds for any
+  ODE dz/ds = f(z, s), so the rule stays second order there, every coefficient is finite at
+  s = 1, and nothing divides by 1 - s. BDIA's Delta is the DDIM increment of the state's own
+  parameterisation (the EDM variant the BDIA paper also reports, for eps models).
+- First step. Only z_0 is known: step 0 is a DDIM step ``z_1 = z_0 + h f_0`` (both papers).
+- Inversion. Given (z_{k+1}, z_k), (B) solved for the older state is
+  ``z_{k-1} = (z_k - h_prev f_k) + (z_{k+1} - (z_k + h_next f_k)) / a_k``             (B^-1)
+  with f_k evaluated at z_k, the same state and sigma as on the way down: exact, one
+  evaluation per step. The way up starts from z_n alone, so its first step guesses z_{n-1}
+  by DDIM inversion, ``z_{n-1} = z_n + (s_{n-1} - s_n) f(z_n, s_{n-1})`` (f at the first
+  positive sigma, never at sigma 0, as samplers/ddim_inversion.py); that guess is only
+  the starting point of the way up, and (B^-1) then recovers z_{n-2} ... z_0 so that (B)
+  maps (z_0, z_1) back to exactly (z_{n-1}, z_n). "The inverted noise" is therefore the
+  pair (z_0, z_1) at (s_0, s_1), and sampling it back runs steps 1 .. n-1 only: n model
+  evaluations up, n - 1 down. At least two steps are needed (one step has nothing to undo).
+- The step to sigma 0 evaluates at s_{n-1} > 0 like every other step, so it inverts like
+  every other step; sigma 0 is never evaluated.
+- Rounding. (B) damps the difference mode of the pair by a_k per step and (B^-1) grows it by
+  1/a_k: over the way up by prod 1/a_k (``inversion_gain``), i.e. gamma^-(n-1) for BDIA and
+  about (h_0 / h_{n-1})^2 for O-BELM. The round trip undoes it, but the inverted pair carries
+  it, so the pair is kept in float64 and the nodes refuse settings whose gain would make
+  rounding a visible part of the inverted noise. The model runs in its own dtype on the
+  float64 state (the wrapper casts; casting before it would put the cast's rounding into
+  f, see samplers/edict.py).
+- Every sigma must be below the one before: O-BELM divides by h_prev, and a zero step
+  has no direction to extrapolate.
+- Exactness needs the same f both ways: a deterministic network and a stateless guidance
+  policy (``edict.check_invertible``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+METHODS = ("bdia", "o_belm")
+EDIT_GAMMA = 0.96  # BDIA's authors: gamma in [0.92, 1.0] for round-trip editing
+SAMPLING_GAMMA = 0.5  # BDIA's sampling runs and the BELM repository's BDIA sampler
+
+# The way up's first guess is only a starting point: any value gives an exact round trip. But
+# the latent is float32 and the DDIM increment nearly so (D = x - sigma * out with a float32
+# out), so their plain sum often sits exactly halfway between two float32 numbers; the way down
+# reproduces it only to float64 rounding, and a model whose network input is the raw state
+# (flow models: ComfyUI's calculate_input is the identity) then casts it to the other
+# neighbour, one ulp that costs ~1e-6 in the round trip (seen on tiny SD3, Flux and Wan
+# models). A relative 2^-40 on the step moves the guess ~1e-12 off every such tie, far more
+# than the way down's rounding and far less than anything the method does.
+GUESS_NUDGE = 1.0 + 2.0 ** -40
+
+Denoise = Callable[[torch.Tensor, float], torch.Tensor]
+StepCallback = Optional[Callable[[int, float, torch.Tensor, torch.Tensor], None]]
+
+
+@dataclass(frozen=True)
+class Bidirectional:
+    """One of the two rules: ``name`` in METHODS and, for BDIA, its gamma."""
+
+    name: str
+    gamma: float = 0.0
+
+    def weight(self, h_prev: float, h_next: float) -> float:
+        """a_k of (B): the weight of the older state."""
+        return self.gamma if self.name == "bdia" else (h_next / h_prev) ** 2
+
+    def settings(self) -> str:
+        return f"bdia gamma={self.gamma:g}" if self.name == "bdia" else "o_belm"
+
+
+def rule_for(name: str, gamma: float = EDIT_GAMMA, invertible: bool = True) -> Bidirectional:
+    """The rule ``name`` with a checked gamma: in (0, 1] where it must invert, [0, 1] to sample."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {list(METHODS)}")
+    if name == "o_belm":
+        return Bidirectional(name)
+    low_ok = (lambda g: g > 0.0) if invertible else (lambda g: g >= 0.0)
+    if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and low_ok(float(gamma))
+            and float(gamma) <= 1.0):
+        bound = "strictly above 0 and at most 1 (inversion divides by it)" if invertible else "between 0 and 1"
+        raise ValueError(f"BDIA's gamma must be {bound}; the authors use 0.92-1.0 for editing and 0.5 to "
+                         f"sample; got {gamma!r}")
+    return Bidirectional(name, float(gamma))
+
+
+def check_schedule(sigmas: Sequence[float], min_steps: int = 2) -> list:
+    """A strictly descending schedule of at least ``min_steps`` steps; only its last sigma may be 0."""
+    sigmas = [float(s) for s in sigmas]
+    steps = max(len(sigmas) - 1, 0)
+    if steps < min_steps:
+        raise ValueError(f"the schedule has {steps} step(s); BDIA and O-BELM need at least {min_steps} "
+                         f"({min_steps + 1} or more sigmas): the first step only starts the pair")
+    if any(b > a for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError("the schedule is ascending somewhere; give the descending schedule you sample with "
+                         "(e.g. BasicScheduler, not FlipSigmas): inversion walks it backwards itself")
+    if any(not math.isfinite(s) for s in sigmas) or any(s <= 0 for s in sigmas[:-1]) or sigmas[-1] < 0:
+        raise ValueError("the schedule reaches sigma 0 before its last entry, goes negative or is not finite; "
+                         "every step but the last needs a positive sigma")
+    if any(b == a for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError("the schedule repeats a sigma; every step must lower it (O-BELM divides by the "
+                         "previous step's size)")
+    return sigmas
+
+
+def inversion_gain(sigmas: Sequence[float], rule: Bidirectional) -> float:
+    """prod 1/a_k over steps 1 .. n-1: how much the way up grows the pair's difference mode,
+    and with it the rounding carried in the inverted pair."""
+    gain = 1.0
+    for k in range(1, len(sigmas) - 1):
+        gain /= rule.weight(sigmas[k] - sigmas[k - 1], sigmas[k + 1] - sigmas[k])
+    return gain
+
+
+def direction(denoise: Denoise, z: torch.Tensor, sigma: float,
+              model_dtype: torch.dtype) -> "tuple[torch.Tensor, torch.Tensor]":
+    """(f, D): the ODE direction f = (z - D(z, s)) / s at state z, and the estimate D."""
+    denoised = denoise(z.to(model_dtype), sigma).to(z.dtype)
+    return (z - denoised) / sigma, denoised
+
+
+def bidirectional_step(z_prev, z, f, a: float, h_prev: float, h_next: float) -> torch.Tensor:
+    """(B): z_{k+1} from (z_{k-1}, z_k) and f_k."""
+    return (z + h_next * f) + a * (z_prev - (z - h_prev * f))
+
+
+def bidirectional_inverse_step(z_next, z, f, a: float, h_prev: float, h_next: float) -> torch.Tensor:
+    """(B^-1): z_{k-1} from (z_{k+1}, z_k) and f_k."""
+    return (z - h_prev * f) + (z_next - (z + h_next * f)) / a
+
+
+def denoise_states(denoise: Denoise, z, sigmas: Sequence[float], rule: Bidirectional,
+                   above: Optional[tuple] = None, model_dtype: Optional[torch.dtype] = None,
+                   callback: StepCallback = None) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Sampling from z at sigmas[0] down the descending schedule; returns (z_{n-1}, z_n).
+
+    ``above``: (state, sigma) one step above sigmas[0], e.g. an inverted pair's upper
+    state; then every step is (B). Without it step 0 is the DDIM step that starts the pair.
+    """
+    model_dtype = model_dtype or z.dtype
+    prev = above
+    for k in range(len(sigmas) - 1):
+        s, h_next = sigmas[k], sigmas[k + 1] - sigmas[k]
+        f, denoised = direction(denoise, z, s, model_dtype)
+        if prev is None:
+            z_next = z + h_next * f  # first step: DDIM
+        else:
+            h_prev = s - prev[1]
+            z_next = bidirectional_step(prev[0], z, f, rule.weight(h_prev, h_next), h_prev, h_next)
+        if callback is not None:
+            callback(k, s, z, denoised)
+        prev, z = (z, s), z_next
+    return (prev[0] if prev is not None else z), z
+
+
+def invert_states(denoise: Denoise, z, sigmas: Sequence[float], rule: Bidirectional,
+                  model_dtype: Optional[torch.dtype] = None,
+                  callback: StepCallback = None) -> "tuple[torch.Tensor, torch.Tensor]":
+    """The way up from z at sigmas[-1] (descending ``sigmas``, >= 2 steps): the pair (z_0, z_1)
+    that ``denoise_states(z_1, sigmas[1:], above=(z_0, sigmas[0]))`` maps back to z."""
+    model_dtype = model_dtype or z.dtype
+    n = len(sigmas) - 1
+    # Step 0 of the way up: the DDIM-inversion guess of z_{n-1}, f at s_{n-1}, nudged off the
+    # network dtype's grid (GUESS_NUDGE).
+    f, denoised = direction(denoise, z, sigmas[n - 1], model_dtype)
+    lower, upper = z, z + ((sigmas[n - 1] - sigmas[n]) * GUESS_NUDGE) * f
+    if callback is not None:
+        callback(0, sigmas[n], z, denoised)
+    for j in range(1, n):
+        k = n - j  # undo denoising step k: (z_{k+1}, z_k) -> z_{k-1}
+        h_prev, h_next = sigmas[k] - sigmas[k - 1], sigmas[k + 1] - sigmas[k]
+        f, denoised = direction(denoise, upper, sigmas[k], model_dtype)
+        older = bidirectional_inverse_step(lower, upper, f, rule.weight(h_prev, h_next), h_prev, h_next)
+        if callback is not None:
+            callback(j, sigmas[k], upper, denoised)
+        lower, upper = upper, older
+    return upper, lower
+
+
+# -- k-diffusion form (what ComfyUI's KSAMPLER wraps) -------------------------------------------
+
+def _k_denoise(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict]) -> Denoise:
+    """``denoise(z, s)`` over a k-diffusion model, with sigma in the schedule's own dtype."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = torch.ones(x.shape[0], device=x.device, dtype=sigmas.dtype)
+
+    def denoise(z, sigma):
+        return model(z, sigma * s_in, **extra_args)
+
+    return denoise
+
+
+def _k_callback(callback, dtype):
+    if callback is None:
+        return None
+
+    def report(i, sigma, z, denoised):
+        callback({"x": z.to(dtype), "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised.to(dtype)})
+
+    return report
+
+
+def _state(t: torch.Tensor, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if like.device.type == "mps" and dtype == torch.float64:
+        raise ValueError("this device (MPS) has no float64; choose the float32 state")
+    return t.to(device=like.device, dtype=dtype)
+
+
+@torch.no_grad()
+def sample_bidirectional(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                         method: str = "o_belm", gamma: float = SAMPLING_GAMMA, above=None,
+                         above_sigma: Optional[float] = None, start=None,
+                         state_dtype: Optional[torch.dtype] = None, result: Optional[dict] = None,
+                         model_dtype: Optional[torch.dtype] = None):
+    """k-diffusion-form BDIA / O-BELM sampling on descending ``sigmas`` from x (or ``start``,
+    the lower state of an inverted pair, with ``above`` its upper state at ``above_sigma``).
+    Returns the final state in x's dtype; the final pair goes to ``result["pair"]``."""
+    rule = rule_for(method, gamma, invertible=above is not None)
+    state_dtype = state_dtype or (above.dtype if above is not None else x.dtype)
+    z = _state(x if start is None else start, x, state_dtype)
+    prev = None if above is None else (_state(above, x, state_dtype), float(above_sigma))
+    schedule = check_schedule(sigmas.tolist(), min_steps=1)  # the one read of the schedule
+    pair = denoise_states(_k_denoise(model, x, sigmas, extra_args), z, schedule, rule, prev, model_dtype,
+                          _k_callback(callback, x.dtype))
+    if result is not None:
+        result["pair"] = pair
+    return pair[1].to(x.dtype)
+
+
+@torch.no_grad()
+def sample_bidirectional_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                                   method: str = "o_belm", gamma: float = EDIT_GAMMA,
+                                   state_dtype: torch.dtype = torch.float64, result: Optional[dict] = None,
+                                   model_dtype: Optional[torch.dtype] = None):
+    """k-diffusion-form inversion on ascending ``sigmas`` (the schedule flipped, its 0 kept);
+    the pair (z_0, z_1) goes to ``result["pair"]``, z_0 is returned in x's dtype."""
+    rule = rule_for(method, gamma)
+    schedule = check_schedule(sigmas.flip(0).tolist())
+    pair = invert_states(_k_denoise(model, x, sigmas, extra_args), _state(x, x, state_dtype), schedule, rule,
+                         model_dtype, _k_callback(callback, x.dtype))
+    if result is not None:
+        result["pair"] = pair
+    return pair[0].to(x.dtype)
+
+
+def sample_o_belm(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+    """O-BELM sampling from noise (the SAMPLER the pack's sampler nodes offer)."""
+    return sample_bidirectional(model, x, sigmas, extra_args, callback, disable, method="o_belm", **options)
+
+
+def sample_bdia(model, x, sigmas, extra_args=None, callback=None, disable=None, gamma: float = SAMPLING_GAMMA,
+                **options):
+    """BDIA-DDIM sampling from noise at ``gamma`` (0 is DDIM)."""
+    return sample_bidirectional(model, x, sigmas, extra_args, callback, disable, method="bdia", gamma=gamma,
+                                **options)
+
+
+for _fn in (sample_bidirectional, sample_bidirectional_inversion, sample_o_belm, sample_bdia):
+    _fn.evaluations_per_step = 1

@@ -1,0 +1,241 @@
+"""BDIA and O-BELM (samplers/bidirectional.py) on toy models.
+
+The oracle (algorithms.md): invert, then sample the pair back with the same conditioning,
+lands on the start to float64 rounding (max relative error <= 1e-6, in practice ~1e-13),
+far below DDIM inversion, for eps, v-prediction and flow models, batch 1 and 3, odd and
+even step counts, partial schedules, 4-D and 5-D latents; with gamma = 0 BDIA is DDIM step
+for step; O-BELM is second order.
+"""
+
+import math
+
+import pytest
+import torch
+
+from guidance_lab.guiders import CFGPolicy
+from guidance_lab.guiders.apg import APGPolicy
+from guidance_lab.samplers import SAMPLERS
+from guidance_lab.samplers.bidirectional import (EDIT_GAMMA, METHODS, bidirectional_inverse_step,
+                                                 bidirectional_step, check_schedule, inversion_gain, rule_for,
+                                                 sample_bidirectional, sample_bidirectional_inversion)
+
+from .test_edict import SHAPE, MixtureToy, ddim_round_trip, model_for, schedule
+from .toy import PolicyModel
+
+
+def invert(toy, x, sigmas, method, gamma=EDIT_GAMMA, state_dtype=torch.float64, model_dtype=None, policy=None):
+    """The inverted pair (z_0, z_1) and the model that ran (for its record)."""
+    inv = {}
+    model = PolicyModel(policy or CFGPolicy(3.0), toy, len(sigmas) - 1)
+    sample_bidirectional_inversion(model, x, sigmas.flip(0), callback=model.step_done, method=method, gamma=gamma,
+                                   state_dtype=state_dtype, result=inv, model_dtype=model_dtype)
+    return inv["pair"], model
+
+
+def sample_pair(toy, x, sigmas, pair, method, gamma=EDIT_GAMMA, model_dtype=None, policy=None):
+    """The pair sampled back down ``sigmas`` (steps 1 .. n-1); the final state and the model."""
+    out = {}
+    model = PolicyModel(policy or CFGPolicy(3.0), toy, len(sigmas) - 2)
+    sample_bidirectional(model, x, sigmas[1:], callback=model.step_done, method=method, gamma=gamma,
+                         above=pair[0], above_sigma=float(sigmas[0]), start=pair[1], result=out,
+                         model_dtype=model_dtype)
+    return out["pair"][1], model
+
+
+def relative_round_trip(toy, latent, sigmas, method, state_dtype=torch.float64, model_dtype=None, policy=None):
+    """max |sample(invert(latent)) - latent| / max |latent|, in the state's dtype."""
+    x = latent.to(model_dtype or latent.dtype)
+    pair, _ = invert(toy, x, sigmas, method, state_dtype=state_dtype, model_dtype=model_dtype, policy=policy)
+    back, _ = sample_pair(toy, x, sigmas, pair, method, model_dtype=model_dtype, policy=policy)
+    return ((back.double() - latent.double()).abs().max() / latent.double().abs().max()).item()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("prediction", ["eps", "v", "flow"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("steps", [5, 6, 49, 50])
+def test_round_trip_is_exact_and_far_below_ddim_inversion(method, prediction, batch, steps):
+    toy = MixtureToy(prediction, batch)
+    latent, sigmas = toy.sample_data(), schedule(prediction, steps)
+    err = relative_round_trip(toy, latent, sigmas, method)
+    assert err <= 1e-6, err
+    ddim = ddim_round_trip(toy, latent, sigmas) / latent.abs().max().item()
+    assert ddim > 1000 * err, (ddim, err)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("prediction", ["eps", "v", "flow"])
+@pytest.mark.parametrize("start", [10, 37])
+def test_partial_schedule_round_trips_exactly(method, prediction, start):
+    """An edit strength: the schedule's tail from step ``start`` (BasicScheduler's denoise < 1)."""
+    toy = MixtureToy(prediction, 3)
+    sigmas = schedule(prediction, 50)[start:]
+    assert relative_round_trip(toy, toy.sample_data(), sigmas, method) <= 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("prediction", ["eps", "flow"])
+def test_video_latents_round_trip_exactly(method, prediction):
+    """5-D latents [batch, channels, frames, height, width] (Wan, Hunyuan video)."""
+    toy = MixtureToy(prediction, 2)
+    g = torch.Generator().manual_seed(5)
+    toy.cond_means = 1.0 + 0.5 * torch.rand(2, 4, 3, 6, 10, generator=g, dtype=torch.float64)
+    toy.uncond_means = 0.3 + 0.5 * torch.rand(2, 4, 3, 6, 10, generator=g, dtype=torch.float64)
+    latent = toy.sample_data()
+    assert latent.ndim == 5
+    assert relative_round_trip(toy, latent, schedule(prediction, 9), method) <= 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", ["uniform", "random"])
+def test_non_uniform_and_uniform_schedules_round_trip_exactly(method, shape):
+    steps = 12
+    if shape == "uniform":
+        sigmas = torch.linspace(10.0, 0.0, steps + 1)
+    else:  # random descending step sizes spanning two orders of magnitude
+        sizes = torch.exp(4 * torch.rand(steps, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+        sigmas = torch.cat([sizes.flip(0).cumsum(0).flip(0), torch.zeros(1, dtype=torch.float64)]).float()
+    toy = MixtureToy("eps", 3)
+    assert relative_round_trip(toy, toy.sample_data(), sigmas, method) <= 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("prediction", ["eps", "flow"])
+def test_model_in_float32_keeps_the_float64_round_trip_exact(method, prediction):
+    toy = MixtureToy(prediction, 3)
+    err = relative_round_trip(toy, toy.sample_data(), schedule(prediction, 25), method, model_dtype=torch.float32)
+    assert err <= 1e-6, err
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float32_state_is_close_but_not_exact(method):
+    toy = MixtureToy("eps", 3)
+    latent, sigmas = toy.sample_data(), schedule("eps", 50)
+    err32 = relative_round_trip(toy, latent, sigmas, method, torch.float32, torch.float32)
+    err64 = relative_round_trip(toy, latent, sigmas, method)
+    assert err64 < err32 < 1e-3, (err64, err32)
+
+
+def test_flow_pair_starts_at_sigma_one_and_is_finite():
+    """The flow family's sigma-1 end: nothing divides by 1 - sigma (the round trips above start there)."""
+    toy = MixtureToy("flow", 3)
+    sigmas, latent = schedule("flow", 8), toy.sample_data()
+    assert float(sigmas[0]) == 1.0
+    for method in METHODS:
+        (upper, lower), _ = invert(toy, latent, sigmas, method)
+        assert torch.isfinite(upper).all() and torch.isfinite(lower).all()
+        assert (upper - latent).abs().max() > 0.5 and (upper - lower).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_evaluation_per_step_never_at_sigma_zero(method):
+    toy = MixtureToy("eps", 1)
+    seen = []
+    estimates = toy.estimates
+
+    def spy(x, sigma):
+        seen.append(float(sigma.reshape(-1)[0]))
+        return estimates(x, sigma)
+
+    toy.estimates = spy
+    sigmas, steps = schedule("eps", 7), 7
+    pair, up = invert(toy, toy.sample_data(), sigmas, method)
+    assert len(seen) == steps and min(seen) > 0
+    sample_pair(toy, toy.sample_data(), sigmas, pair, method)
+    assert len(seen) == 2 * steps - 1 and min(seen) > 0  # n up, n - 1 down
+    assert up.run.finish().nfe_per_step == [2.0] * steps  # cond + uncond, one evaluation per step
+
+
+def test_the_registered_samplers_are_the_core_rules_at_their_defaults():
+    toy = MixtureToy("eps", 2)
+    sigmas = schedule("eps", 6)
+    noise = 14.6 * torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(4))
+    for name, options in [("o_belm", {}), ("bdia", {"gamma": 0.5})]:
+        registered = SAMPLERS[name](model_for(toy, sigmas), noise, sigmas, {}, disable=True)
+        core = sample_bidirectional(model_for(toy, sigmas), noise, sigmas, method=name, **options)
+        assert torch.equal(registered, core) and torch.isfinite(core).all() and core.dtype == noise.dtype
+        assert SAMPLERS[name].evaluations_per_step == 1
+    with pytest.raises(ValueError, match="ascending"):
+        SAMPLERS["o_belm"](model_for(toy, sigmas), noise, sigmas.flip(0), {})
+
+
+def test_bdia_with_gamma_zero_is_ddim_step_for_step():
+    toy = MixtureToy("flow", 3)
+    sigmas = schedule("flow", 12)
+    noise = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(1))
+    bdia = sample_bidirectional(model_for(toy, sigmas), noise, sigmas, method="bdia", gamma=0.0)
+    ddim = SAMPLERS["euler"](model_for(toy, sigmas), noise, sigmas, {}, disable=True)
+    assert torch.equal(bdia, ddim)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "flow"])
+def test_o_belm_samples_closer_to_the_ode_solution_than_euler(prediction):
+    """Second order: at 20 steps O-BELM lands nearer a 2000-step Euler reference than Euler does."""
+    toy = MixtureToy(prediction, 3)
+    top = 1.0 if prediction == "flow" else 14.6
+    noise = top * torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    fine = schedule(prediction, 2000).double()
+    reference = SAMPLERS["euler"](model_for(toy, fine), noise, fine, {}, disable=True)
+    sigmas = schedule(prediction, 20).double()
+    euler = (SAMPLERS["euler"](model_for(toy, sigmas), noise, sigmas, {}, disable=True) - reference).abs().max()
+    o_belm = (sample_bidirectional(model_for(toy, sigmas), noise, sigmas, method="o_belm") - reference).abs().max()
+    assert o_belm < 0.7 * euler, (o_belm, euler)
+
+
+def test_an_edited_prompt_changes_the_sample_and_the_same_prompt_does_not():
+    toy = MixtureToy("eps", 1)
+    latent, sigmas = toy.sample_data(), schedule("eps", 20)[6:]
+    for method in METHODS:
+        pair, _ = invert(toy, latent, sigmas, method)
+        edited_toy = MixtureToy("eps", 1, seed=7)
+        edited, _ = sample_pair(edited_toy, latent, sigmas, pair, method)
+        same, _ = sample_pair(toy, latent, sigmas, pair, method)
+        assert (edited - latent).abs().max() > 1e6 * (same - latent).abs().max()
+
+
+def test_apg_without_momentum_round_trips_exactly():
+    toy = MixtureToy("v", 3)
+    policy = APGPolicy(scale=5.0, eta=0.0, norm_threshold=2.0, momentum=0.0)
+    for method in METHODS:
+        assert relative_round_trip(toy, toy.sample_data(), schedule("v", 9), method, policy=policy) <= 1e-6
+
+
+def test_steps_and_their_inverses_undo_each_other():
+    g = torch.Generator().manual_seed(0)
+    z_prev, z, f = (torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    for a, h_prev, h_next in [(0.96, -0.7, -0.5), (2.25, -0.02, -0.03), (1.0, -1.0, -1.0)]:
+        z_next = bidirectional_step(z_prev, z, f, a, h_prev, h_next)
+        assert torch.allclose(bidirectional_inverse_step(z_next, z, f, a, h_prev, h_next), z_prev, atol=1e-14)
+        # expanded form: a z_{k-1} + (1 - a) z_k + (h_next + a h_prev) f_k
+        assert torch.allclose(z_next, a * z_prev + (1 - a) * z + (h_next + a * h_prev) * f, atol=1e-14)
+
+
+def test_weights_and_the_inversion_gain():
+    o_belm, bdia = rule_for("o_belm"), rule_for("bdia", 0.9)
+    assert o_belm.weight(-1.0, -1.0) == 1.0 and o_belm.weight(-2.0, -1.0) == 0.25  # leapfrog on a uniform grid
+    assert bdia.weight(-2.0, -1.0) == 0.9
+    sigmas = schedule("eps", 10).tolist()
+    assert math.isclose(inversion_gain(sigmas, bdia), 0.9 ** -9)
+    first, last = sigmas[1] - sigmas[0], sigmas[-1] - sigmas[-2]
+    assert math.isclose(inversion_gain(sigmas, o_belm), (first / last) ** 2)  # the ratios telescope
+
+
+@pytest.mark.parametrize("gamma", [0.0, -0.1, 1.01, math.nan, "0.9", True])
+def test_gamma_outside_zero_one_is_refused_for_inversion(gamma):
+    with pytest.raises(ValueError, match="gamma must be strictly above 0"):
+        rule_for("bdia", gamma)
+
+
+def test_gamma_zero_is_allowed_for_plain_sampling_and_unknown_methods_are_refused():
+    assert rule_for("bdia", 0.0, invertible=False).gamma == 0.0
+    with pytest.raises(ValueError, match="unknown method"):
+        rule_for("belm")
+
+
+@pytest.mark.parametrize("sigmas, problem", [
+    ([], "0 step"), ([14.6, 0.0], "1 step"), ([0.0, 1.0, 14.6], "ascending"), ([14.6, 1.0, 1.0, 0.0], "repeats"),
+    ([14.6, 0.0, 0.0], "before its last"), ([3.0, 1.0, -0.1], "negative"), ([math.inf, 1.0, 0.0], "finite"),
+])
+def test_bad_schedules_are_refused(sigmas, problem):
+    with pytest.raises(ValueError, match=problem):
+        check_schedule(sigmas)
