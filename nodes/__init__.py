@@ -11,6 +11,7 @@ from .cfg import CFGGuiderNode
 from .ddim_inversion import DDIMInvertNode
 from .default_model import DefaultModelLoaderNode
 from .edict import EdictInvertNode, EdictSampleNode
+from .hallucination import HallucinationFilterNode, HallucinationScoreNode
 from .linear_ag import LinearAGCalibrateNode, LinearAGGuiderNode
 from .model_patch import GuidanceModelPatchNode, GuidanceReportNode
 from .record_plot import RecordPlotNode
@@ -22,7 +23,7 @@ NODES = [CFGGuiderNode, APGGuiderNode, AdaptiveGuiderNode, LinearAGCalibrateNode
          GuidanceModelPatchNode, GuidanceReportNode, SamplerSelectNode, GuidedSamplerNode, RecordPlotNode,
          DefaultModelLoaderNode, SmoothLoraLoaderNode, SmoothInterpolateNode, SmoothnessNode,
          EdictInvertNode, EdictSampleNode, DDIMInvertNode, EdictInterpolateNode, AGDAdapterLoaderNode,
-         AGDGuiderNode, AGDTrainNode]
+         AGDGuiderNode, AGDTrainNode, HallucinationScoreNode, HallucinationFilterNode]
 
 
 def register_shipped_folders() -> None:
