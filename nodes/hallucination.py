@@ -16,7 +16,7 @@ from .validation import NodeInputError, checks_inputs
 # Threshold of the Filter node's default: chosen on the flow default model at CFG 3 on seeds the
 # benchmark does not score (docs/benchmark/hallucination/). In latent units: another model's
 # latent scale needs its own (or the keep-best mode).
-DEFAULT_THRESHOLD = 0.002
+DEFAULT_THRESHOLD = 0.0012
 
 RECORD_TOOLTIP = ("The 'record' output of a Guided Sampler, or of a Guidance Report connected to a KSampler "
                   "whose MODEL went through Guidance Model Patch (JSON). It carries each sample's score.")
