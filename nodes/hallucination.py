@@ -8,6 +8,7 @@ import json
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..guiders.trajectory_variance import DEFAULT_WINDOW, split_by_score
 from .bridge.hallucination import record_scores, score_plot
@@ -16,7 +17,7 @@ from .validation import NodeInputError, checks_inputs
 # Threshold of the Filter node's default: chosen on the flow default model at CFG 3 on seeds the
 # benchmark does not score (docs/benchmark/hallucination/). In latent units: another model's
 # latent scale needs its own (or the keep-best mode).
-DEFAULT_THRESHOLD = 0.0012
+DEFAULT_THRESHOLD = 0.0011
 
 RECORD_TOOLTIP = ("The 'record' output of a Guided Sampler, or of a Guidance Report connected to a KSampler "
                   "whose MODEL went through Guidance Model Patch (JSON). It carries each sample's score.")
@@ -75,7 +76,8 @@ class HallucinationFilterNode(io.ComfyNode):
             category="Guidance Lab/diagnostics",
             description="Splits a sampled batch by its hallucination score (trajectory variance, Aithal et al. "
                         "2024): images at or below the threshold are kept, the others flagged; or keeps the "
-                        "k lowest-scored. Either output may be an empty batch.",
+                        "k lowest-scored. A side left with no image is blocked: the nodes it feeds (its Save "
+                        "Image) do not run, as a stock Save Image cannot save an empty batch.",
             inputs=[
                 io.Image.Input("images", tooltip="The decoded batch of the run the record describes, in "
                                                  "batch order (VAE Decode of the sampler's output)."),
@@ -114,4 +116,5 @@ class HallucinationFilterNode(io.ComfyNode):
         cut = max(s for s, k in zip(scores, kept) if k) if mode == "keep_best" and any(kept) else None
         plot = _picture(scores, float(threshold) if mode == "threshold" else cut, kept,
                         f"kept {sum(kept)} of {len(kept)} ({rule})")
-        return io.NodeOutput(images[mask], images[~mask], plot, report, ui=ui.PreviewText(report))
+        side = lambda keep: images[keep] if bool(keep.any()) else ExecutionBlocker(None)  # noqa: E731
+        return io.NodeOutput(side(mask), side(~mask), plot, report, ui=ui.PreviewText(report))
