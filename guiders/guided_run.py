@@ -30,6 +30,7 @@ import torch
 
 from .policy import GuidancePolicy, Guided, StepContext
 from .record import GuidanceRecord
+from .trajectory_variance import DEFAULT_WINDOW, TrajectoryVariance
 
 Evaluate = Callable[[bool], "tuple[torch.Tensor, Optional[torch.Tensor]]"]
 
@@ -46,7 +47,8 @@ class NonFiniteEstimate(ValueError):
 
 class GuidedRun:
     def __init__(self, policy: GuidancePolicy, total_steps: int, batch_size: int, family: str = "eps",
-                 plan: Optional[Sequence[int]] = None):
+                 plan: Optional[Sequence[int]] = None, schedule: Optional[Sequence[float]] = None,
+                 variance_window: float = DEFAULT_WINDOW):
         self.policy = policy
         self.family = family
         # NaN watch: one float32 sum of each guided estimate (NaN and inf survive a sum, a
@@ -57,6 +59,10 @@ class GuidedRun:
         self.total_steps = total_steps
         self.policy_run = policy.start(total_steps)
         self.record = GuidanceRecord(policy.name, policy.settings(), batch_size, total_steps)
+        # The hallucination score (trajectory_variance.py) from the guided estimates the sampler
+        # receives anyway: no extra evaluation. Needs the host-side schedule to place its window.
+        self.trajectory = (TrajectoryVariance(schedule, family, variance_window)
+                           if schedule is not None and len(schedule) == total_steps + 1 else None)
         self.step_index = 0
         self.evaluations = 0  # guided evaluations so far (one per guider call, whole batch)
         self._since_callback = 0
@@ -112,6 +118,8 @@ class GuidedRun:
         # it used shows there (CFG at any scale, AG, LinearAG's prediction, APG's projection).
         self._sums.append(guided.denoised.sum(dtype=torch.float32))
         self._sum_steps.append(step.index)
+        if self.trajectory is not None:
+            self.trajectory.note(step.index, guided.denoised)
         self.record.note_call(step.index, step.sigma, need_uncond, guided.metrics)
         return guided
 
@@ -131,4 +139,6 @@ class GuidedRun:
 
     def finish(self) -> GuidanceRecord:
         self.check_finite()
+        if self.trajectory is not None:
+            self.record.note_trajectory_variance(self.trajectory)
         return self.record.finish(self.policy_run.decisions())

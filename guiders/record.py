@@ -44,6 +44,10 @@ class GuidanceRecord:
         # Things the user should know about the run (shown in the report, not only logged).
         self.warnings: list[str] = []
         self.finished = False
+        # The hallucination score (trajectory_variance.py): per-sample list, or None when the run
+        # was not scored (no schedule) or its window held fewer than two estimates.
+        self.hallucination: Optional[dict] = None
+        self._pending_scores = None
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -67,10 +71,22 @@ class GuidanceRecord:
         if metrics:
             rec._pending.extend(metrics.items())
 
+    def note_trajectory_variance(self, trajectory) -> None:
+        """The run's TrajectoryVariance, read in ``finish``."""
+        self.hallucination = {"metric": "trajectory_variance", "window_noise_level": trajectory.window,
+                              "estimates": trajectory.count, "space": "latent", "score": None}
+        self._pending_scores = trajectory.scores()
+        if self._pending_scores is None:
+            self.warn(f"the hallucination score needs at least two denoised estimates at noise level <= "
+                      f"{trajectory.window:g} and this run made {trajectory.count}: use more steps")
+
     def finish(self, decisions: Optional[dict] = None) -> "GuidanceRecord":
         """Read the device-side values to the host, once, after the last step."""
         if decisions:
             self.decisions.update(decisions)
+        if self._pending_scores is not None:
+            self.hallucination["score"] = self._pending_scores.detach().float().cpu().tolist()
+            self._pending_scores = None
         for rec in self.steps:
             for name, value in rec._pending:
                 values = torch.as_tensor(value).detach().reshape(-1).float().cpu().tolist()
@@ -104,7 +120,7 @@ class GuidanceRecord:
                 "total_steps": self.total_steps, "total_nfe": self.total_nfe,
                 "nfe_per_image": self.nfe_per_image, "nfe_per_step": self.nfe_per_step,
                 "uncond_steps": self.uncond_steps, "decisions": self.decisions, "warnings": self.warnings,
-                "steps": [s.to_dict() for s in self.steps]}
+                "hallucination": self.hallucination, "steps": [s.to_dict() for s in self.steps]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -121,5 +137,10 @@ class GuidanceRecord:
         ]
         if self.decisions:
             lines.append("decisions: " + json.dumps(self.decisions))
+        scores = (self.hallucination or {}).get("score")
+        if scores:
+            lines.append("hallucination score (trajectory variance, noise level <= "
+                         f"{self.hallucination['window_noise_level']:g}): "
+                         + " ".join(f"{v:.3g}" for v in scores[:16]) + (" ..." if len(scores) > 16 else ""))
         lines.extend(f"WARNING: {w}" for w in self.warnings)
         return "\n".join(lines)

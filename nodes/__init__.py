@@ -12,6 +12,7 @@ from .cfg import CFGGuiderNode
 from .ddim_inversion import DDIMInvertNode
 from .default_model import DefaultModelLoaderNode
 from .edict import EdictInvertNode, EdictSampleNode
+from .hallucination import HallucinationFilterNode, HallucinationScoreNode
 from .linear_ag import LinearAGCalibrateNode, LinearAGGuiderNode
 from .model_patch import GuidanceModelPatchNode, GuidanceReportNode
 from .record_plot import RecordPlotNode
@@ -24,7 +25,7 @@ NODES = [CFGGuiderNode, APGGuiderNode, AdaptiveGuiderNode, LinearAGCalibrateNode
          DefaultModelLoaderNode, SmoothLoraLoaderNode, SmoothInterpolateNode, SmoothnessNode,
          EdictInvertNode, EdictSampleNode, DDIMInvertNode, EdictInterpolateNode, AGDAdapterLoaderNode,
          AGDGuiderNode, AGDTrainNode, BidirectionalInvertNode, BidirectionalSampleNode,
-         BidirectionalSamplerNode]
+         BidirectionalSamplerNode, HallucinationScoreNode, HallucinationFilterNode]
 
 
 def register_shipped_folders() -> None:

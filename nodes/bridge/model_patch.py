@@ -110,7 +110,7 @@ def _run(executor, policy, node_name, args, kwargs):
     except ValueError as err:
         raise ValueError(f"{node_name}: {err}") from err
     run = GuidedRun(run_policy, total_steps=max(len(schedule) - 1, 0), batch_size=int(latent.shape[0]),
-                    family=family, plan=evaluation_plan(sampler, schedule, family))
+                    family=family, plan=evaluation_plan(sampler, schedule, family), schedule=schedule)
     _install(guider, run)
 
     callback = given.get("callback")

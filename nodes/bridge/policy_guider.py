@@ -52,7 +52,7 @@ class PolicyGuider(comfy.samplers.CFGGuider):
         # Which schedule step each model evaluation belongs to (guiders/guided_run.py).
         run = GuidedRun(self.policy, total_steps=max(int(sigmas.shape[-1]) - 1, 0),
                         batch_size=int(latent_image.shape[0]), family=family,
-                        plan=evaluation_plan(sampler, schedule, family))
+                        plan=evaluation_plan(sampler, schedule, family), schedule=schedule)
 
         def step_callback(step, x0, x, total_steps):
             run.step_done(step)
