@@ -67,7 +67,12 @@ def test_every_pack_sampler_up_a_flipped_schedule_is_finite_or_refused(model_and
                                                  "SplitSigmas"):
                 run(model, pos, neg, sampler, full, samples, scale(name))
         else:
-            assert torch.isfinite(run(model, pos, neg, sampler, full, samples, scale(name))).all(), name
+            try:
+                out = run(model, pos, neg, sampler, full, samples, scale(name))
+            except ValueError as refusal:  # a sampler that only walks down (BDIA, O-BELM) refuses the rise
+                assert "ascending" in str(refusal), (name, refusal)
+                continue
+            assert torch.isfinite(out).all(), name
     for name in ("ddim_inversion", "ddim_cfg_pp_inversion"):
         out = run(model, pos, neg, pack_sampler(name), below_one, samples, scale(name))
         assert torch.isfinite(out).all(), name
