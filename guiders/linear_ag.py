@@ -30,7 +30,7 @@ import torch
 
 from ..samplers.sigma_space import denoised_from_noise, expand, noise_from_denoised
 from .cfg import CFGRun, cfg
-from .policy import GuidancePolicy, Guided, PolicyRun, StepContext
+from .policy import GuidancePolicy, Guided, PolicyRun, SettingMismatch, StepContext
 
 FEATURES = ("eps_c", "x_scaled", "eps_c_last_evaluated", "eps_u_last_evaluated", "bias")
 RCOND = 1e-12  # relative singular-value cut-off of the fit (see NormalEquations.solve)
@@ -231,7 +231,8 @@ class LinearAGPolicy(GuidancePolicy):
     scale: float
     coefficients: torch.Tensor = field(compare=False)  # [steps, K], each step's at its schedule's lag
     evaluate_at: frozenset = frozenset({0})
-    # fits(sampler, sigmas, sampler_options) -> reason it does not fit, or None (the calibration's own check)
+    # fits(sampler, sigmas, sampler_options) -> why it does not fit (a message naming the node and
+    # input the coefficients came from), or None (the calibration's own check)
     fits: Optional[object] = field(default=None, compare=False)
     guided_steps: Optional[int] = None  # steps from this index on are conditional-only; None: guide all
     name = "linear-ag"
@@ -239,8 +240,7 @@ class LinearAGPolicy(GuidancePolicy):
     def check_run(self, sampler: str, sigmas: list, sampler_options: Optional[dict] = None) -> None:
         reason = self.fits(sampler, sigmas, sampler_options or {}) if self.fits is not None else None
         if reason:
-            raise ValueError(f"the LinearAG coefficients do not fit this run: {reason}; "
-                             f"calibrate again with this sampler (and its options) and schedule")
+            raise SettingMismatch(reason)
 
     def __post_init__(self):
         if not math.isfinite(self.scale):

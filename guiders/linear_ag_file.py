@@ -56,18 +56,28 @@ class Calibration:
 
     def mismatch(self, sampler: str, sigmas: list, model_fingerprint: str,
                  sampler_options: "dict | None" = None) -> "str | None":
-        """Why this calibration does not fit a run, or None when it does."""
+        """Why this calibration does not fit a run, or None when it does.
+
+        A sampler is its function's name, where that function comes from and its options: two
+        functions of one name from different places (ComfyUI's ``euler`` and the pack's, equal
+        in exact arithmetic) are refused as different samplers, since the file vouches only for
+        the trajectories it was fitted on; the message names the source that differs."""
         if model_fingerprint != self.model_fingerprint:
             return "it was calibrated on another model (fingerprints differ)"
         if sampler != self.sampler:
             return f"it was calibrated with sampler {self.sampler!r}, this run uses {sampler!r}"
         if sampler_options is not None:
-            ours, theirs = _flat(self.sampler_options), _flat(json.loads(json.dumps(sampler_options)))
-            for key in sorted(set(ours) | set(theirs)):
-                if ours.get(key) != theirs.get(key):
-                    name = key.removeprefix("options.")
-                    return (f"it was calibrated with sampler option {name} = {ours.get(key, 'unset')!r}, "
-                            f"this run's sampler has {name} = {theirs.get(key, 'unset')!r}")
+            ours, theirs = dict(self.sampler_options), json.loads(json.dumps(sampler_options))
+            if ours.get("source") != theirs.get("source"):
+                return (f"it was calibrated with {_source(ours.get('source'))}'s {sampler!r}, this run's "
+                        f"{sampler!r} is {_source(theirs.get('source'))}'s (a sampler function of the same "
+                        f"name from elsewhere)")
+            for section, what in (("options", "sampler option"), ("inpaint_options", "inpaint option")):
+                mine, yours = _flat(ours.get(section) or {}), _flat(theirs.get(section) or {})
+                for key in sorted(set(mine) | set(yours)):
+                    if mine.get(key, _UNSET) != yours.get(key, _UNSET):
+                        return (f"it was calibrated with {what} {key} = {_shown(mine.get(key, _UNSET))}, "
+                                f"this run's sampler has {key} = {_shown(yours.get(key, _UNSET))}")
         if len(sigmas) != len(self.sigmas):
             return f"it was calibrated for {self.steps} steps, this run has {len(sigmas) - 1}"
         worst = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(sigmas, self.sigmas))
@@ -76,8 +86,25 @@ class Calibration:
         return None
 
 
+_UNSET = object()
+
+
+def _shown(value) -> str:
+    return "not set" if value is _UNSET else repr(value)
+
+
+def _source(source) -> str:
+    """A sampler function's source as a person reads it."""
+    if source == "guidance_lab":
+        return "Guidance Lab"
+    if isinstance(source, str) and source.startswith("comfy"):
+        return f"ComfyUI ({source})"
+    return repr(source)
+
+
 def _flat(options: dict, prefix: str = "") -> dict:
-    """Nested options as {"options.eta": 1.0, ...}, so that a mismatch names the one that differs."""
+    """Nested options as {"eta": 1.0, "tau_func.closure.eta": ...}, so that a mismatch names the one
+    that differs."""
     flat = {}
     for key, value in options.items():
         if isinstance(value, dict) and value:

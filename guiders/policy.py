@@ -29,6 +29,11 @@ from typing import Optional
 import torch
 
 
+class SettingMismatch(ValueError):
+    """A policy's settings (a LinearAG calibration) do not fit the run; the message already
+    names the node and input they came from, so hosts pass it on unprefixed."""
+
+
 @dataclass(frozen=True)
 class StepContext:
     """Where in the run an evaluation happens; ``index`` is the schedule step it belongs to
@@ -104,7 +109,8 @@ class GuidancePolicy:
 
     def check_run(self, sampler: str, sigmas: list, sampler_options: Optional[dict] = None) -> None:
         """Raise ValueError if the policy cannot serve a run with this sampler (function name and
-        options: eta, s_noise, ...) and schedule."""
+        options: eta, s_noise, ...) and schedule (``SettingMismatch`` where the message names
+        the node and input the settings came from)."""
 
     def is_stateless(self) -> bool:
         """True where each guided estimate depends only on that evaluation's D_c, D_u, x and

@@ -5,6 +5,7 @@ imports ComfyUI."""
 from comfy_api.latest import ComfyExtension
 
 from .adaptive import AdaptiveGuiderNode
+from .bridge import prompt_checks
 from .agd import AGDAdapterLoaderNode, AGDGuiderNode, AGDTrainNode
 from .apg import APGGuiderNode
 from .bidirectional import BidirectionalInvertNode, BidirectionalSampleNode, BidirectionalSamplerNode
@@ -44,4 +45,5 @@ class GuidanceLabExtension(ComfyExtension):
     async def get_node_list(self):
         # Here rather than in on_load, which ComfyUI 0.3.75 does not call.
         register_shipped_folders()
+        prompt_checks.register(NODES)
         return list(NODES)

@@ -141,8 +141,11 @@ def trainable_problem(model) -> str:
                 "model, so they would be in the teacher and not in the student; connect the model as the "
                 "checkpoint loader gives it")
     if not attn2_layout(model):
-        return (f"({type(model.model.diffusion_model).__name__}) has no cross-attention blocks, which AGD's "
-                "adapters sit beside: SD1.x/SD2.x-style UNets and the pack's default models have them")
+        # Not "no cross-attention": Wan has it, but inside transformer blocks without these hooks.
+        return (f"({type(model.model.diffusion_model).__name__}) has no UNet transformer block with ComfyUI's "
+                "cross-attention patch hooks (attn2_patch / attn2_output_patch), where AGD's adapters sit: "
+                "SD1.x/SD2.x-style UNets and the pack's default models have them; AGD for transformer models "
+                "(SD3, Flux, Wan, Lumina 2 ...) is not supported")
     if getattr(model.model, "adm_channels", 0):
         return ("is conditioned on a pooled text embedding as well (SDXL-style), which the trainer does not "
                 "pass on: it trains SD1.x/SD2.x-style models and the pack's default models")

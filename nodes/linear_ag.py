@@ -135,8 +135,14 @@ class LinearAGGuiderNode(io.ComfyNode):
         def fits(sampler, sigmas, options):
             # The model is checked above and wherever the policy meets another MODEL input
             # (guider_common.require_policy_fits); a run checks sampler, schedule and options.
+            # It runs when sampling starts, so ComfyUI marks the sampling node: the message
+            # names this node and its input, whichever node (Guided Sampler, a KSampler
+            # through the Guidance Model Patch) sampled with it.
             reason = cal.mismatch(sampler, sigmas, cal.model_fingerprint, options)
-            return reason and f"input 'coefficients_file' ({coefficients_file!r}): {reason}"
+            return reason and (
+                f"{cls.DISPLAY}: input 'coefficients_file' ({coefficients_file!r}) does not fit the run "
+                f"sampling with this guider (checked as sampling starts): {reason}; sample with the sampler "
+                f"(options included) and schedule it was calibrated with, or calibrate again with these")
 
         def policy():
             return LinearAGPolicy(cal.cfg, coefficients, evaluate_at, fits=fits, guided_steps=guided_steps)

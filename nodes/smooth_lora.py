@@ -6,7 +6,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from .bridge.files import file_stamp, find_model_file
-from .bridge.lora import LoraFileError, apply_lora, plan_lora
+from .bridge.lora import LoraFileError, apply_lora, plan_lora, takes_processor_layout
 from .validation import NodeInputError, checks_inputs
 
 
@@ -56,6 +56,13 @@ class SmoothLoraLoaderNode(io.ComfyNode):
     def execute(cls, model, lora_name, strength) -> io.NodeOutput:
         path = find_model_file(cls.DISPLAY, "lora_name", "loras", lora_name)
         tensors = read_safetensors(cls.DISPLAY, "lora_name", str(path))
+        if not takes_processor_layout(model):
+            # Said of the model, not the file: a LoRA for this model's own layers is not "for
+            # another architecture", the layout just has no place on it.
+            raise NodeInputError(cls.DISPLAY, "model", f"is a {type(model.model).__name__} model, on which "
+                                 "ComfyUI places no LoRA of the attention-processor layout (it maps those names "
+                                 "onto SD1.x/SD2.x/SDXL UNets only), whatever model the LoRA was made for; load "
+                                 "a LoRA for it with ComfyUI's LoraLoaderModelOnly in a key format ComfyUI reads")
         try:
             plan = plan_lora(model, tensors)
         except LoraFileError as error:

@@ -31,9 +31,11 @@ REGISTRY = {spec.name: spec for spec in (
                 family_aware=True),
     SamplerSpec("dpmpp_2m_cfg_pp", cfg_pp_sampler("dpmpp_2m"), "CFG++ DPM++ 2M.", family_aware=True),
     SamplerSpec("ddim_cfg_pp_inversion", cfg_pp_sampler("ddim_inversion"),
-                "CFG++ DDIM inversion (sigmas ascending, e.g. FlipSigmas).", family_aware=True),
+                "CFG++ DDIM inversion (sigmas ascending, e.g. FlipSigmas; on flow models ending below 1).",
+                family_aware=True),
     SamplerSpec("ddim_inversion", sampler_function(ddim_inversion),
-                "DDIM inversion, the usual approximate one (sigmas ascending, e.g. FlipSigmas)."),
+                "DDIM inversion, the usual approximate one (sigmas ascending, e.g. FlipSigmas; on flow models "
+                "ending below 1, e.g. FlipSigmas of SplitSigmas' low_sigmas)."),
     SamplerSpec("o_belm", sample_o_belm, "O-BELM, second-order two-step, exactly invertible (one evaluation "
                 "per step)."),
     SamplerSpec("bdia", sample_bdia, "BDIA-DDIM at gamma 0.5, exactly invertible (one evaluation per step)."),

@@ -25,7 +25,7 @@ class AdapterSet(nn.Module):
     def __init__(self, layout: dict, config: AdapterConfig):
         super().__init__()
         if not layout:
-            raise ValueError("the model has no cross-attention blocks to put adapters on")
+            raise ValueError("the layout lists no cross-attention blocks to put adapters on")
         self.config = config
         self.layout = {name: (int(h), int(c)) for name, (h, c) in sorted(layout.items())}
         generator = torch.Generator().manual_seed(config.seed)

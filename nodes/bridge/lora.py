@@ -64,6 +64,13 @@ def lora_layers(tensors: dict) -> dict:
     return layers
 
 
+def takes_processor_layout(model) -> bool:
+    """Whether ComfyUI's LoRA key map places diffusers' attention-processor names on this model:
+    it does for UNets (SD1.x, SD2.x, SDXL), not for transformer models (Wan, Flux, SD3 ...),
+    whatever attention layers those have."""
+    return any(".processor.to_" in key for key in comfy.lora.model_lora_keys_unet(model.model, {}))
+
+
 def plan_lora(model, tensors: dict) -> LoraPlan:
     """Place every layer of a Smooth-LoRA file on the model with ComfyUI's key map and adapter."""
     layers = lora_layers(tensors)

@@ -40,6 +40,7 @@ from ...guiders import GuidancePolicy, GuidanceRecord, GuidedRun
 from ...guiders.adaptive import AdaptivePolicy
 from ...guiders.guided_run import NonFiniteEstimate
 from ...guiders.linear_ag import LinearAGPolicy
+from ...guiders.policy import SettingMismatch
 from .policy_guider import PolicyGuider, sampler_name
 from .samplers import evaluation_plan, model_family, sampler_options
 
@@ -107,6 +108,8 @@ def _run(executor, policy, node_name, args, kwargs):
     try:
         run_policy = policy_at_scale(policy, float(guider.cfg))
         run_policy.check_run(sampler_name(sampler), schedule, sampler_options(sampler))
+    except SettingMismatch:
+        raise  # names the guider node and input the settings came from, not this patch
     except ValueError as err:
         raise ValueError(f"{node_name}: {err}") from err
     run = GuidedRun(run_policy, total_steps=max(len(schedule) - 1, 0), batch_size=int(latent.shape[0]),

@@ -11,6 +11,7 @@ import torch
 
 from ...guiders import GuidancePolicy, GuidanceRecord, GuidedRun
 from ...guiders.guided_run import NonFiniteEstimate
+from ...guiders.policy import SettingMismatch
 from .samplers import evaluation_plan, model_family, sampler_options
 
 log = logging.getLogger("guidance_lab")
@@ -46,6 +47,8 @@ class PolicyGuider(comfy.samplers.CFGGuider):
         schedule = sigmas.tolist()  # read once, before the loop: the plan and the checks use it
         try:
             self.policy.check_run(sampler_name(sampler), schedule, sampler_options(sampler))
+        except SettingMismatch:
+            raise  # names the node and input the settings came from
         except ValueError as err:
             raise ValueError(f"{self.node_name}: {err}") from err
         family = self.model_family()

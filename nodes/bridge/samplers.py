@@ -21,12 +21,30 @@ def model_family(model_sampling) -> str:
     return "flow" if isinstance(model_sampling, comfy.model_sampling.CONST) else "eps"
 
 
-def _with_family(fn):
-    """Tell a family-aware core sampler which family the guider's model belongs to."""
+def flow_end_problem(name: str, family: str, sigmas) -> "str | None":
+    """Why a run of ``name`` cannot end where ``sigmas`` does, or None. KSAMPLER hands back a
+    flow model's state at the last sigma as x / (1 - sigma): at sigma 1 (where FlipSigmas puts
+    the end of an inversion) that is inf everywhere, and sampling on from it gives NaN."""
+    if family != "flow" or len(sigmas) < 2 or float(sigmas[-1]) < 1.0:
+        return None
+    return (f"Sampler (Guidance Lab) '{name}': the schedule ends at sigma {float(sigmas[-1]):g} on a flow model, "
+            "and ComfyUI keeps a partly noised flow latent as x / (1 - sigma), which has no value at sigma 1 "
+            "(the result would be all inf); end it below 1: SplitSigmas at step 1 and FlipSigmas on its "
+            "low_sigmas (sample back down on those low_sigmas), or use EDICT Invert")
+
+
+def _on_host(fn, name: str, family_aware: bool):
+    """A pack sampler as ComfyUI runs it: refuses a schedule whose end ComfyUI cannot hand back
+    (``flow_end_problem``) and tells a family-aware core sampler the model's family."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-        sampling = model.inner_model.model_patcher.get_model_object("model_sampling")
-        return fn(model, x, sigmas, extra_args, callback, disable, family=model_family(sampling), **options)
+        family = model_family(model.inner_model.model_patcher.get_model_object("model_sampling"))
+        problem = flow_end_problem(name, family, sigmas)
+        if problem:
+            raise ValueError(problem)
+        if family_aware:
+            options["family"] = family
+        return fn(model, x, sigmas, extra_args, callback, disable, **options)
 
     sample.__name__ = fn.__name__
     sample.evaluations_per_step = getattr(fn, "evaluations_per_step", None)
@@ -37,8 +55,7 @@ def pack_sampler(name: str, **options) -> comfy.samplers.KSAMPLER:
     if name not in REGISTRY:
         raise ValueError(f"unknown Guidance Lab sampler {name!r}; choose one of {sorted(REGISTRY)}")
     spec = REGISTRY[name]
-    fn = _with_family(spec.function) if spec.family_aware else spec.function
-    return comfy.samplers.KSAMPLER(fn, extra_options=options)
+    return comfy.samplers.KSAMPLER(_on_host(spec.function, name, spec.family_aware), extra_options=options)
 
 
 def _ancestral_down_is_zero(s: float, s_next: float, eta: float, family: str, name: str) -> bool:

@@ -82,3 +82,20 @@ def test_nothing_outside_tests_imports_from_tests():
         if any(m == "tests" or m.startswith(("tests.", "guidance_lab.tests")) for m in imported):
             offenders.append(str(rel))
     assert not offenders, offenders
+
+
+def test_scripts_live_under_tools_and_every_named_script_exists():
+    """docs/ and workflows/ hold what the tools wrote, not the tools (issue 29, item 6); a
+    script path named in the README, the docs or a tool's own usage line exists."""
+    import re
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    misplaced = [p for p in tracked if p.split("/", 1)[0] in ("docs", "workflows") and p.endswith(".py")]
+    assert not misplaced, f"scripts outside tools/: {misplaced}"
+    texts = [p for p in tracked if p == "README.md" or (p.split("/", 1)[0] in ("docs", "tools")
+                                                         and p.endswith((".md", ".json", ".py")))]
+    named = {m for p in texts for m in re.findall(r"\b(?:docs|tools)/[\w./-]+\.py\b", (REPO / p).read_text())}
+    assert named, "no script path found: the pattern is wrong"
+    missing = sorted(n for n in named if not (REPO / n).is_file())
+    assert not missing, f"named but absent: {missing}"

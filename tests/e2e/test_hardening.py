@@ -204,3 +204,19 @@ def test_item8_ag_inside_ag_reports_its_own_threshold_and_space(server, ckpt):
     assert "policy: ag (threshold=0.9, space=x0, inner=ag, inner_threshold=0.5, inner_space=eps" in report
     assert '"threshold": 0.9, "space": "x0"' in report
     serves_next(server, ckpt)
+
+
+def test_issue29_a_json_boolean_for_a_number_input_is_refused(server, ckpt):
+    """ComfyUI's validation turns ``true`` into 1.0 / 1 before a node sees it; the pack refuses
+    it at the door (HTTP 400) naming the node and the input."""
+    for node_id, name in (("4", "cfg"), ("16", "runs")):
+        graph = calibrate_graph(ckpt, "linear_ag/boolean")
+        graph[node_id]["inputs"][name] = True
+        ids, message, rejected = failure(server, graph)
+        assert rejected and ids == {node_id}, (ids, message)
+        assert name in message and "a JSON boolean" in message, message
+    graph = base_graph(ckpt)
+    graph["4"]["inputs"]["cfg"] = {"__value__": False}
+    ids, message, rejected = failure(server, graph)
+    assert rejected and ids == {"4"} and "false (a JSON boolean; give a number)" in message, message
+    serves_next(server, ckpt)

@@ -123,8 +123,8 @@ def test_refuses_a_file_calibrated_with_other_sampler_options(fixture_model, out
     for eta, s_noise, option in ((0.0, 1.0, "eta = 1.0, this run's sampler has eta = 0.0"),
                                  (1.0, 0.5, "s_noise = 1.0, this run's sampler has s_noise = 0.5")):
         other = node_out(cs.SamplerEulerAncestral.execute(eta, s_noise))[0]
-        with pytest.raises(ValueError, match=r"LinearAG Guider \(Guidance Lab\): .*input 'coefficients_file' "
-                                             rf"\('{path}'\): .*sampler option {option}"):
+        with pytest.raises(ValueError, match=r"LinearAG Guider \(Guidance Lab\): input 'coefficients_file' "
+                                             rf"\('{path}'\) does not fit .*sampler option {option}"):
             sample(guider, None, STEPS, empty_latent(1), seed=1, sampler=other)
 
 
@@ -190,3 +190,43 @@ def test_a_gap_longer_than_the_calibration_recorded_names_evaluate_every(fixture
     assert LinearAGGuiderNode.execute(model, pos, neg, path, 1, MAX_LAG).args[0] is not None
     with pytest.raises(NodeInputError, match=rf"input 'evaluate_every'.*more than {MAX_LAG} steps after"):
         LinearAGGuiderNode.execute(model, pos, neg, path, 1, 0)
+
+
+def test_a_sampler_of_the_same_name_from_elsewhere_is_named_by_its_source(fixture_model, output_dir):
+    """Issue 29, item 3: ComfyUI's euler and the pack's (the same function name, equal in exact
+    arithmetic) are different samplers to a calibration, and the refusal says so, naming the
+    guider's input however the run was sampled, instead of a phantom 'options' setting."""
+    from guidance_lab.nodes.bridge.samplers import pack_sampler
+    from guidance_lab.nodes.model_patch import GuidanceModelPatchNode
+    from guidance_lab.nodes.sampling import GuidedSamplerNode
+    from comfy_extras import nodes_custom_sampler as cs
+    import nodes
+
+    model, pos, neg = fixture_model
+    path, _ = calibrate(model, pos, neg)  # with ComfyUI's euler
+    guider = LinearAGGuiderNode.execute(model, pos, neg, path, 1, 0).args[0]
+    refusal = (rf"^LinearAG Guider \(Guidance Lab\): input 'coefficients_file' \('{path}'\) does not fit .*"
+               r"calibrated with ComfyUI \(comfy\.k_diffusion\.sampling\)'s 'sample_euler', this run's "
+               r"'sample_euler' is Guidance Lab's")
+    noise = node_out(cs.RandomNoise.execute(1))[0]
+    with pytest.raises(ValueError, match=refusal) as raised:
+        GuidedSamplerNode.execute(noise, guider, pack_sampler("euler"), schedule(model, STEPS), empty_latent(1))
+    assert "unset" not in str(raised.value) and "options =" not in str(raised.value)
+    # Through the stock KSampler the refusal still names the guider's input, not the patch node.
+    patched = GuidanceModelPatchNode.execute(model, guider).args[0]
+    with pytest.raises(ValueError, match=r"^LinearAG Guider \(Guidance Lab\): input 'coefficients_file'.*"
+                                         r"calibrated for 6 steps, this run has 8"):
+        nodes.KSampler().sample(patched, 1, STEPS + 2, 6.0, "euler", "normal", pos, neg, empty_latent(1))
+    # The same source and function with other options names the option, not "options".
+    assert cal_options_mismatch({"source": "x", "options": {}, "inpaint_options": {}},
+                                {"source": "x", "options": {"eta": 1.0}, "inpaint_options": {}}) == \
+        "it was calibrated with sampler option eta = not set, this run's sampler has eta = 1.0"
+
+
+def cal_options_mismatch(recorded: dict, run: dict):
+    from guidance_lab.guiders import linear_ag_file
+    from guidance_lab.guiders.linear_ag import NormalEquations
+
+    cal = linear_ag_file.Calibration(NormalEquations(1), torch.zeros(1), "sample_x", [1.0, 0.0], 1.0, "eps",
+                                     "f", 0.0, {}, recorded)
+    return cal.mismatch("sample_x", [1.0, 0.0], "f", run)

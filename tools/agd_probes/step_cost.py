@@ -2,7 +2,7 @@
 conditional pass alone (CFG 1), with the shipped AGD adapters, and CFG's batched pair (2b images),
 at b = 1, 4 (the benchmark's 4 seeds), 16 and 64.
 
-    PYTHONPATH=. OMP_NUM_THREADS=2 .host/venv/bin/python docs/agd/probes/step_cost.py {vpred32|flow32} OUT.json
+    PYTHONPATH=. OMP_NUM_THREADS=2 .host/venv/bin/python tools/agd_probes/step_cost.py {vpred32|flow32} OUT.json
 """
 import json, os, platform, sys, time
 

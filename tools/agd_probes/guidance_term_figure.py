@@ -1,7 +1,7 @@
 """Figure: D_c, D_u, the CFG output and g = D_c - D_u (normalised) at steps 0, 1, 2, 4, 7, 12 of
 8 stored CFG trajectories (rows: 4 prompts x 2).
 
-    PYTHONPATH=. .host/venv/bin/python docs/agd/probes/guidance_term_figure.py vpred32 DATA OUT.png
+    PYTHONPATH=. .host/venv/bin/python tools/agd_probes/guidance_term_figure.py vpred32 DATA OUT.png
 (DATA as for guidance_term.py)."""
 import sys, torch, numpy as np
 from PIL import Image

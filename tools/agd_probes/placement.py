@@ -3,7 +3,7 @@ attn2 adapters (8x8 only) do not? Mode ``full`` trains every base weight too (lr
 adapters' 1e-3): what any one-pass student of the network recovers at this budget. Same data,
 budget and loss; teacher-forced on held-out states and sampled (Euler, same noise) against CFG.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 .host/venv/bin/python docs/agd/probes/placement.py {attn2|hires|full} \
+    PYTHONPATH=. OMP_NUM_THREADS=1 .host/venv/bin/python tools/agd_probes/placement.py {attn2|hires|full} \
         vpred32 TRAIN HELD 1500 32 OUT.json
 TRAIN: `python -m tools.training.agd generate --data TRAIN
 --model default_model/weights/guidance_lab_vpred32.safetensors --prompts 144 --per-prompt 2 --steps 20

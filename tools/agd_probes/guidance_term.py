@@ -2,7 +2,7 @@
 the guidance term g = D_c - D_u is a function of the prompt alone (its mean over one prompt's
 trajectories) rather than of the state?
 
-    PYTHONPATH=. .host/venv/bin/python docs/agd/probes/guidance_term.py vpred32 DATA OUT.json
+    PYTHONPATH=. .host/venv/bin/python tools/agd_probes/guidance_term.py vpred32 DATA OUT.json
 
 DATA: `python -m tools.training.agd generate --data DATA --model default_model/weights/guidance_lab_<model>.safetensors
 --prompts 4 --per-prompt 4 --steps 20 --scale-range 1 8` (4 prompts x 4 trajectories)."""

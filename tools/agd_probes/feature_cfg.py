@@ -1,7 +1,7 @@
 """Probe: one pass, but every attn2 extrapolated as attn2(c) + gain (w-1) (attn2(c) - attn2(empty)).
 Teacher-forced per-step RMSE to the stored CFG output, against the plain conditional pass.
 
-    PYTHONPATH=. .host/venv/bin/python docs/agd/probes/feature_cfg.py vpred32 DATA 0.25,0.5,1 OUT.json
+    PYTHONPATH=. .host/venv/bin/python tools/agd_probes/feature_cfg.py vpred32 DATA 0.25,0.5,1 OUT.json
 (DATA as for guidance_term.py)."""
 import json, sys, torch, numpy as np
 from tools.training import agd as T
