@@ -30,7 +30,7 @@ NEXT_FRAME = "() => new Promise(r => requestAnimationFrame(() => requestAnimatio
 
 GRAPH_STATE = """async () => {
     const nodes = app.graph._nodes.map(n => ({
-        id: n.id, type: n.type, known: n.type in LiteGraph.registered_node_types,
+        id: String(n.id), type: n.type, known: n.type in LiteGraph.registered_node_types,
         widgets: (n.widgets || []).map(w => [w.name, w.value]),
         widgets_values: n.serialize().widgets_values ?? [],
     }));
@@ -71,18 +71,32 @@ def close_dialogs(page):
 
 
 def wait_for_graph(page, workflow):
-    """Until the canvas holds exactly the file's nodes (ids and types)."""
-    expected = sorted([n["id"], n["type"]] for n in workflow["nodes"])
+    """Until the canvas holds exactly the file's nodes (ids and types). Ids compare as text:
+    frontend 1.32 keeps a file's numeric ids, 1.49 turns them into strings."""
+    expected = sorted([str(n["id"]), n["type"]] for n in workflow["nodes"])
     page.wait_for_function("""expected => {
-        const got = app.graph._nodes.map(n => [n.id, n.type]).sort((a, b) => a[0] - b[0]);
+        const got = app.graph._nodes.map(n => [String(n.id), n.type])
+            .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
         return JSON.stringify(got) === JSON.stringify(expected);
     }""", arg=expected)
     page.evaluate(NEXT_FRAME)
 
 
+def sidebar_tab(page, name):
+    """A sidebar tab by its accessible name ("Templates", "Node Library (n)"): the visible
+    caption is shorter on some frontends and soft-hyphenated on 1.49 ("Tem\xadplates")."""
+    return page.get_by_role("button", name=re.compile(rf"^{name}\b")).first
+
+
+def node_search_box(page):
+    """The node search that a double click on the canvas opens: a combobox named by its
+    placeholder, "Search Nodes..." on frontend 1.32, "Add a node..." on 1.49."""
+    return page.get_by_role("combobox", name=re.compile(r"^(Search Nodes|Add a node)"))
+
+
 def open_templates(page):
-    page.locator(".side-bar-button, button").filter(has_text=re.compile(r"^\s*Templates\s*$")).first.click()
-    dialog = page.locator("[role=dialog]:visible").filter(has_text="EXTENSIONS").first
+    sidebar_tab(page, "Templates").click()
+    dialog = page.get_by_role("dialog").filter(has_text="EXTENSIONS").first
     dialog.get_by_text("guidance_lab", exact=True).first.click()
     return dialog
 
@@ -129,7 +143,7 @@ def load_problems(page, console, mark, workflow, api_graph) -> list[str]:
     state = page.evaluate(GRAPH_STATE)
     by_id = {n["id"]: n for n in state["nodes"]}
     for saved in workflow["nodes"]:
-        node = by_id.get(saved["id"])
+        node = by_id.get(str(saved["id"]))
         if node is None:
             problems.append(f"node {saved['id']} ({saved['type']}) not on the canvas")
             continue
@@ -208,7 +222,7 @@ def test_node_search_box_finds_the_pack_nodes(page):
     page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true) }")
     canvas = page.locator("#graph-canvas")
     box = canvas.bounding_box()
-    search = page.get_by_placeholder("Search Nodes...")
+    search = node_search_box(page)
     # A fresh-clone CI run once saw no search box in 60 s after one double click. LiteGraph
     # tells a double click from two clicks by the events' timestamps, which a busy page can
     # stamp apart; so the gesture is repeated, as a user would, before the test gives up.
@@ -221,7 +235,7 @@ def test_node_search_box_finds_the_pack_nodes(page):
             if attempt == 2:
                 raise
     search.fill(PACK_CATEGORY)
-    options = page.locator("[role=option]")
+    options = page.get_by_role("option")
     page.wait_for_function("""names => { const t = [...document.querySelectorAll('[role=option]')]
         .map(o => o.innerText).join('\\n'); return names.every(n => t.includes(n)) }""", arg=names)
     texts = options.all_inner_texts()
@@ -235,10 +249,9 @@ def test_node_search_box_finds_the_pack_nodes(page):
 
 def test_node_library_lists_the_pack_nodes_under_its_category(page):
     defs = pack_node_defs(page)
-    tab = page.locator(".side-bar-button, button").filter(has_text=re.compile(r"^\s*Nodes\s*$")).first
+    tab = sidebar_tab(page, "Node Library")
     tab.click()
-    folder = page.locator("[role=treeitem]").filter(
-        has=page.get_by_text(PACK_CATEGORY, exact=True)).first
+    folder = page.get_by_role("treeitem").filter(has=page.get_by_text(PACK_CATEGORY, exact=True)).first
     folder.get_by_text(PACK_CATEGORY, exact=True).first.click()
     for sub in sorted({d["category"].split("/", 1)[1] for d in defs if "/" in d["category"]}):
         folder.get_by_text(sub.split("/")[0], exact=True).first.click()
