@@ -251,12 +251,18 @@ def test_node_library_lists_the_pack_nodes_under_its_category(page):
     defs = pack_node_defs(page)
     tab = sidebar_tab(page, "Node Library")
     tab.click()
-    folder = page.get_by_role("treeitem").filter(has=page.get_by_text(PACK_CATEGORY, exact=True)).first
-    folder.get_by_text(PACK_CATEGORY, exact=True).first.click()
-    for sub in sorted({d["category"].split("/", 1)[1] for d in defs if "/" in d["category"]}):
-        folder.get_by_text(sub.split("/")[0], exact=True).first.click()
+    label = page.get_by_role("treeitem").get_by_text(PACK_CATEGORY, exact=True).first
+    label.click()
+
+    def under_the_pack(text):
+        # What the library shows after the pack's folder: its children on 1.32's nested tree
+        # and on 1.49's flat one alike (XPath's following axis is document order).
+        return label.locator(f"xpath=following::*[normalize-space(text())='{text}']").first
+
+    for sub in sorted({d["category"].split("/")[1] for d in defs if "/" in d["category"]}):
+        under_the_pack(sub).click()
     for node_def in defs:
-        folder.get_by_text(node_def["display_name"], exact=True).first.wait_for(state="visible")
+        under_the_pack(node_def["display_name"]).wait_for(state="visible")
     tab.click()
 
 

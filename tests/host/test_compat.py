@@ -130,6 +130,20 @@ def test_patched_model_options_are_left_as_they_were_by_a_run(fixture_model):
     assert (repr(patched.model_options), repr(clone.model_options)) == before
 
 
+def test_dynamic_vram_is_not_exercised_on_these_machines(host):
+    """0.33 makes dynamic VRAM (ModelPatcherDynamic, with comfy-aimdo) the default on CUDA, where
+    forward wrappers that hold block references can see unpatched LoRA weights. The pack holds
+    no block references (AGD patches attn2 through ComfyUI's patch lists, Smooth-LoRA goes
+    through comfy.lora), but no run here shows it: this records the gap in the test report."""
+    import comfy.model_patcher
+
+    if not hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
+        pytest.skip("this ComfyUI (0.3.75) has no dynamic VRAM (ModelPatcherDynamic)")
+    pytest.skip("dynamic VRAM (ModelPatcherDynamic) is CUDA-only; these CPU machines never construct it, "
+                "so the pack under it is untested here" if not torch.cuda.is_available() else
+                "no test of the pack under dynamic VRAM has been written on a CUDA machine yet")
+
+
 # ---------------------------------------------------------------- nested latents (0.33)
 
 class TwoStreamNet(torch.nn.Module):
