@@ -331,7 +331,8 @@ def unpack_source(src, dest):
         for m in members:
             if m.name.startswith("/") or ".." in Path(m.name).parts or m.issym() or m.islnk() or m.isdev():
                 raise StepFailed(f"unsafe or unexpected member {m.name!r} in {src.name}")
-        tf.extractall(dest, members=members)
+        # the "data" filter (Python >= 3.11.4) refuses what the check above would miss
+        tf.extractall(dest, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     tops = [p for p in dest.iterdir()]
     if len(tops) == 1 and tops[0].is_dir() and not (dest / "main.py").exists():
         return tops[0]  # the usual ComfyUI-<version>/ top folder
