@@ -259,10 +259,21 @@ def test_node_library_lists_the_pack_nodes_under_its_category(page):
         # and on 1.49's flat one alike (XPath's following axis is document order).
         return label.locator(f"xpath=following::*[normalize-space(text())='{text}']").first
 
-    for sub in sorted({d["category"].split("/")[1] for d in defs if "/" in d["category"]}):
-        under_the_pack(sub).click()
+    def pack_folder_to_top():
+        # 1.49 renders only the rows in view: bring the pack's rows into it, as a user scrolls.
+        label.evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.evaluate(NEXT_FRAME)
+
+    by_folder = {}
     for node_def in defs:
-        under_the_pack(node_def["display_name"]).wait_for(state="visible")
+        by_folder.setdefault(node_def["category"].split("/")[1], []).append(node_def["display_name"])
+    for sub, names in sorted(by_folder.items()):
+        pack_folder_to_top()
+        under_the_pack(sub).click()
+        for name in names:
+            under_the_pack(name).wait_for(state="visible")
+        pack_folder_to_top()
+        under_the_pack(sub).click()  # folded again, so the next folder's rows are in view
     tab.click()
 
 
