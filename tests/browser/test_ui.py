@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import time
 
 import pytest
 from PIL import Image
@@ -25,6 +26,7 @@ SCREENSHOTS = ARTIFACTS / "screenshots"
 DOCS_SCREENSHOTS = REPO / "docs" / "screenshots"
 UPDATE_DOCS = os.environ.get("GUIDANCE_LAB_UPDATE_SCREENSHOTS") == "1"
 RUN_SIZE, RUN_STEPS = 64, 4
+TIMEOUT_S = 60
 
 NEXT_FRAME = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
 
@@ -255,14 +257,33 @@ def test_node_library_lists_the_pack_nodes_under_its_category(page):
     label.click()
 
     def under_the_pack(text):
-        # What the library shows after the pack's folder: its children on 1.32's nested tree
-        # and on 1.49's flat one alike (XPath's following axis is document order).
-        return label.locator(f"xpath=following::*[normalize-space(text())='{text}']").first
+        """The row showing ``text`` below the pack's folder on screen, as a person reads the
+        library: 1.32 nests the pack's rows in its folder, 1.49 draws a flat virtual list whose
+        rows are in no particular document order, so position is what both agree on."""
+        rows = page.get_by_role("treeitem").get_by_text(text, exact=True)
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            top = label.bounding_box()["y"]
+            for row in rows.all():
+                box = row.bounding_box()
+                if box and box["y"] > top and row.is_visible():
+                    return row
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} is not shown under {PACK_CATEGORY} in the node library")
+            page.evaluate(NEXT_FRAME)
 
     def pack_folder_to_top():
-        # 1.49 renders only the rows in view: bring the pack's rows into it, as a user scrolls.
+        # 1.49 renders only the rows in view: bring the pack's rows into it, as a user scrolls,
+        # and wait until the list has settled (its virtual rows move while it measures them).
         label.evaluate("e => e.scrollIntoView({block: 'start'})")
-        page.evaluate(NEXT_FRAME)
+        deadline, last = time.monotonic() + TIMEOUT_S, None
+        while time.monotonic() < deadline:
+            page.evaluate(NEXT_FRAME)
+            box = label.bounding_box()
+            if box == last:
+                return
+            last = box
+        raise AssertionError("the node library kept moving after scrolling to the pack's folder")
 
     by_folder = {}
     for node_def in defs:
@@ -271,7 +292,7 @@ def test_node_library_lists_the_pack_nodes_under_its_category(page):
         pack_folder_to_top()
         under_the_pack(sub).click()
         for name in names:
-            under_the_pack(name).wait_for(state="visible")
+            under_the_pack(name)
         pack_folder_to_top()
         under_the_pack(sub).click()  # folded again, so the next folder's rows are in view
     tab.click()
