@@ -191,12 +191,12 @@ def training_copy(model):
     ComfyUI runs nodes under ``torch.inference_mode``, so the weights a loader node made are
     inference tensors, which backpropagation through the frozen model cannot save; the copy
     (made outside inference mode) holds ordinary tensors. It costs one more copy of the model."""
-    import copy
-
     import comfy.model_patcher
 
+    from .compat import copy_network
+
     with torch.inference_mode(False):
-        base = copy.deepcopy(model.model)
+        base = copy_network(model.model)
         originals = {k: v[0][0] for k, v in model.get_key_patches("diffusion_model.").items()}
         for name, value in originals.items():
             target = base.get_parameter(name) if name in dict(base.named_parameters()) else None

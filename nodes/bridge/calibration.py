@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import comfy.sample
 import comfy.utils
 import torch
 from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
@@ -12,6 +11,7 @@ from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 from ...guiders import linear_ag_file
 from ...guiders.linear_ag import CalibrationPolicy, NormalEquations
 from ..validation import NodeInputError
+from .compat import fix_empty_latent
 from .fingerprint import model_fingerprint
 from .policy_guider import PolicyGuider, sampler_name
 from .samplers import sampler_options
@@ -27,7 +27,7 @@ def calibrate_linear_ag(model, positive, negative, sampler, sigmas, latent_image
     equations = NormalEquations(steps)
     guider = PolicyGuider(model, CalibrationPolicy(float(cfg), equations), node_name=node_name)
     guider.set_conds(positive, negative)
-    latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+    latent = fix_empty_latent(model, latent_image)
     bar = comfy.utils.ProgressBar(runs * steps)
     for run in range(runs):
         noise = Noise_RandomNoise(first_seed + run).generate_noise({"samples": latent})

@@ -7,6 +7,8 @@ handled here and nowhere else, so an update that moves an internal is fixed in o
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 
 
 def flux_network_kwargs(config: dict) -> dict:
@@ -52,3 +54,67 @@ def flux_state_dict_canonical(state_dict: dict) -> dict:
     """A Flux state dict in BFL's names (what the pack writes to files, on every host)."""
     old, new = _FLUX_NORM_GAIN[1], _FLUX_NORM_GAIN[0]
     return {(k[: -len(old)] + new if k.endswith(old) else k): v for k, v in state_dict.items()}
+
+
+def copy_network(base_model):
+    """A deep copy of a ``comfy.model_base.BaseModel`` (weights and all) that shares its model
+    config with the original.
+
+    Since upstream 092ee8a5 (0.4 and later) ``comfy.supported_models_base.BASE`` answers every
+    missing attribute with None, so ``copy.deepcopy`` finds ``__setstate__ = None`` on the config
+    and calls it ("'NoneType' object is not callable"). The config is read-only metadata
+    (unet_config, latent_format, sampling settings), so the copy shares it on every host."""
+    import copy
+
+    memo = {}
+    config = getattr(base_model, "model_config", None)
+    if config is not None:
+        memo[id(config)] = config
+    return copy.deepcopy(base_model, memo)
+
+
+def ancestral_noise_sampler(x, seed):
+    """The host's own noise source for ancestral steps on ``x``: ``noise(sigma, sigma_next)``.
+
+    0.33 (upstream 1e4e342f) seeds the CPU generator with seed + 1, so the step noise no longer
+    repeats the initial noise drawn from the same seed on the CPU; 0.3.75 seeds it with the
+    seed. Taking the host's function keeps the pack's ancestral CFG++ sampler equal to core's
+    sampler of the same name on each host, as a user switching between them expects."""
+    from comfy.k_diffusion.sampling import default_noise_sampler
+
+    return default_noise_sampler(x, seed=seed)
+
+
+def fix_empty_latent(model, latent: dict):
+    """A LATENT's samples as the model takes them, as the host's own samplers prepare them.
+
+    0.33's ``fix_empty_latent_channels`` also resizes an empty latent made for another
+    downscale ratio (the LATENT's ``downscale_ratio_spacial`` / ``_temporal``); 0.3.75's takes
+    the model and the samples only."""
+    import comfy.sample
+
+    fix = comfy.sample.fix_empty_latent_channels
+    if "downscale_ratio_spacial" in inspect.signature(fix).parameters:
+        return fix(model, latent["samples"], latent.get("downscale_ratio_spacial"),
+                   latent.get("downscale_ratio_temporal"))
+    return fix(model, latent["samples"])
+
+
+def ksampler(fn, extra_options: dict | None = None):
+    """``comfy.samplers.KSAMPLER`` over one of the pack's sampler functions.
+
+    ``KSAMPLER.sample`` calls ``fn(model, x, sigmas, extra_args=, callback=, disable=,
+    **extra_options)``; hosts add arguments over time (0.33 added ``latent_shapes`` to the
+    guider's methods), so any other keyword a host passes is dropped rather than failing the
+    run. A wrong extra option of the pack's own still fails. ``functools.wraps`` keeps the
+    function's name, module, attributes (``evaluations_per_step``) and signature, which
+    calibration files and the NFE plan read."""
+    import comfy.samplers
+
+    @functools.wraps(fn)
+    def sample(model, x, sigmas, *args, **kwargs):
+        known = {"extra_args", "callback", "disable", *wrapped.extra_options}
+        return fn(model, x, sigmas, *args, **{k: v for k, v in kwargs.items() if k in known})
+
+    wrapped = comfy.samplers.KSAMPLER(sample, extra_options=dict(extra_options or {}))
+    return wrapped

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import comfy.model_management
-import comfy.sample
-import comfy.samplers
 import comfy.utils
 import torch
 
 from ...samplers import SAMPLERS
 from ...samplers.edict import sample_edict, sample_edict_inversion
+from .compat import fix_empty_latent, ksampler
 from .policy_guider import PolicyGuider
 
 
@@ -103,15 +102,14 @@ def _run(guider: PolicyGuider, sampler, latent: torch.Tensor, sigmas: torch.Tens
 
 def model_latent(model, latent: dict) -> torch.Tensor:
     """A LATENT's samples as the model takes them (empty latents get the model's channel count)."""
-    return comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    return fix_empty_latent(model, latent)
 
 
 def edict_invert(guider: PolicyGuider, latent: torch.Tensor, sigmas: torch.Tensor, p: float,
                  state_dtype: torch.dtype) -> "tuple[torch.Tensor, torch.Tensor]":
     """The pair (x, y) at sigmas[0], from x = y = the latent at sigmas[-1], on the intermediate device."""
     result: dict = {}
-    sampler = comfy.samplers.KSAMPLER(sample_edict_inversion,
-                                      extra_options={"p": p, "state_dtype": state_dtype, "result": result})
+    sampler = ksampler(sample_edict_inversion, {"p": p, "state_dtype": state_dtype, "result": result})
     # Ascending, with the final 0 kept (unlike FlipSigmas): ComfyUI then starts from the latent itself.
     _run(guider, sampler, latent, sigmas.flip(0))
     device = comfy.model_management.intermediate_device()
@@ -122,7 +120,7 @@ def edict_sample(guider: PolicyGuider, edict: EdictLatent, sigmas: torch.Tensor)
     """EDICT generation from the latent's pair: x at sigmas[-1] as a LATENT's samples (float32),
     and the final pair in the model's latent space and the state's dtype."""
     result: dict = {}
-    sampler = comfy.samplers.KSAMPLER(sample_edict, extra_options={
+    sampler = ksampler(sample_edict, {
         "p": edict.p, "state_dtype": edict.x.dtype, "pair": (edict.x, edict.y), "result": result})
     # An all-zero start: ComfyUI leaves it unshifted and noise-scales it to zero; the sampler
     # starts from the pair instead.
@@ -140,7 +138,7 @@ def to_latent_space(model, x: torch.Tensor) -> torch.Tensor:
 def ddim_invert(guider: PolicyGuider, latent: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """DDIM inversion up the schedule; the result is a LATENT a stock sampler with noise disabled
     continues from at sigmas[0] (ComfyUI's own convention for a partly noised latent)."""
-    sampler = comfy.samplers.KSAMPLER(SAMPLERS["ddim_inversion"])
+    sampler = ksampler(SAMPLERS["ddim_inversion"])
     return _run(guider, sampler, latent, sigmas.flip(0))
 
 

@@ -123,7 +123,7 @@ class PolicyGuider(comfy.samplers.CFGGuider):
         self.model_options.setdefault("transformer_options", {}).update(self.policy.transformer_options())
         return super().outer_sample(*args, **kwargs)
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
+    def predict_noise(self, x, timestep, model_options={}, seed=None, **host_kwargs):
         run = self._guided_run
         if run is None:
             raise RuntimeError(f"{self.node_name}: predict_noise was called outside of sample()")

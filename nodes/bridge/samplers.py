@@ -14,6 +14,7 @@ import comfy.samplers
 import torch
 
 from ...samplers import REGISTRY
+from .compat import ancestral_noise_sampler, ksampler
 
 
 def model_family(model_sampling) -> str:
@@ -35,13 +36,18 @@ def flow_end_problem(name: str, family: str, sigmas) -> "str | None":
 
 def _on_host(fn, name: str, family_aware: bool):
     """A pack sampler as ComfyUI runs it: refuses a schedule whose end ComfyUI cannot hand back
-    (``flow_end_problem``) and tells a family-aware core sampler the model's family."""
+    (``flow_end_problem``), tells a family-aware core sampler the model's family, and hands one
+    that draws ancestral noise the host's own noise source (compat.ancestral_noise_sampler)."""
+    draws_noise = family_aware and "noise_sampler" in inspect.signature(fn).parameters
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         family = model_family(model.inner_model.model_patcher.get_model_object("model_sampling"))
         problem = flow_end_problem(name, family, sigmas)
         if problem:
             raise ValueError(problem)
+        if draws_noise and options.get("noise_sampler") is None:
+            host_noise = ancestral_noise_sampler(x, (extra_args or {}).get("seed"))
+            options["noise_sampler"] = lambda z: host_noise(None, None)
         if family_aware:
             options["family"] = family
         return fn(model, x, sigmas, extra_args, callback, disable, **options)
@@ -55,7 +61,7 @@ def pack_sampler(name: str, **options) -> comfy.samplers.KSAMPLER:
     if name not in REGISTRY:
         raise ValueError(f"unknown Guidance Lab sampler {name!r}; choose one of {sorted(REGISTRY)}")
     spec = REGISTRY[name]
-    return comfy.samplers.KSAMPLER(_on_host(spec.function, name, spec.family_aware), extra_options=options)
+    return ksampler(_on_host(spec.function, name, spec.family_aware), options)
 
 
 def _ancestral_down_is_zero(s: float, s_next: float, eta: float, family: str, name: str) -> bool:
@@ -86,18 +92,22 @@ def _stages(n):
     return lambda i, s, s_next, sig, o, family, name: 1 if s_next == 0 else n
 
 
-# Model evaluations per step of ComfyUI's samplers (0.3.75), read from comfy/k_diffusion/
-# sampling.py and comfy/extra_samplers/uni_pc.py: (i, s_i, s_{i+1}, sigmas, options, family,
-# name) -> count. A sampler not listed (dpm_fast and dpm_adaptive keep their own schedule;
-# custom nodes' samplers) is keyed on its callbacks; GuidedRun checks every plan against them.
+# Model evaluations per step of ComfyUI's samplers (0.3.75 and 0.33), read from comfy/
+# k_diffusion/sampling.py and comfy/extra_samplers/uni_pc.py: (i, s_i, s_{i+1}, sigmas, options,
+# family, name) -> count. Samplers a host does not ship never match. A sampler not listed
+# (dpm_fast and dpm_adaptive keep their own schedule, UNPLANNED; custom nodes' samplers) is
+# keyed on its callbacks; GuidedRun checks every plan against them, and the host tests fail on
+# a host sampler missing here (tests/host/test_step_accounting.py).
 _ONE = ("euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "lms", "dpmpp_2m",
         "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
         "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep",
         "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
         "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "unipc", "unipc_bh2")
+UNPLANNED = ("dpm_fast", "dpm_adaptive")
 COMFY_EVALUATIONS = {
     **{f"sample_{n}": (lambda *a: 1) for n in _ONE},
-    **{f"sample_{n}": _stages(2) for n in ("heun", "dpm_2", "dpmpp_sde", "dpmpp_sde_gpu", "seeds_2")},
+    **{f"sample_{n}": _stages(2) for n in ("heun", "dpm_2", "dpmpp_sde", "dpmpp_sde_gpu", "seeds_2",
+                                            "exp_heun_2_x0", "exp_heun_2_x0_sde")},  # 0.33: seeds_2 at r=1
     "sample_seeds_3": _stages(3),
     "sample_heunpp2": _heunpp2,
     **{f"sample_{n}": _ancestral

