@@ -46,6 +46,11 @@ OVERRIDES = {
     "GuidanceLab_AGDTrain": {"sampling_steps": 1, "training_steps": 1, "batch_size": 1, "adapter_width": 4,
                              "image_size": 64, "filename": "agd/property", "overwrite": True},
 }
+# Support-node inputs a node's valid graph needs changed: the hallucination score needs two
+# denoised estimates at noise level <= 1 (more than the base graph's 2 steps), and the filter
+# takes the images of the run that made its record (one image, not the batch of 2 of "10").
+BASELINE_EDITS = {"GuidanceLab_HallucinationScore": {"6": {"steps": 10}},
+                  "GuidanceLab_HallucinationFilter": {"6": {"steps": 10}, "11": {"batch_size": 1}}}
 # Nodes whose valid graph cannot be built on the test server, and why; they still get every
 # bad input, only without the check that the unchanged graph runs.
 NO_BASELINE = {"GuidanceLab_SmoothLoraLoader": "the test server has no LoRA in its loras folder",
@@ -85,6 +90,8 @@ def valid_graph(info: dict, class_type: str, ckpt: str, coefficients: str, node_
             graph.update(valid_graph(info, maker, ckpt, coefficients, maker_id))
             inputs[name] = [maker_id, info[maker]["output"].index(kind)]
     graph[node_id] = {"class_type": class_type, "inputs": inputs}
+    for support_id, edits in BASELINE_EDITS.get(class_type, {}).items():
+        graph[support_id]["inputs"].update(edits)
     if node_id == TARGET and not info[class_type]["output_node"]:
         graph["101"] = {"class_type": "PreviewAny", "inputs": {"source": [TARGET, 0]}}
     return graph
