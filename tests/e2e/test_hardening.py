@@ -212,8 +212,9 @@ def test_item8_ag_inside_ag_reports_its_own_threshold_and_space(server, ckpt):
 def test_issue29_a_json_boolean_for_a_number_input_is_refused(server, ckpt):
     """ComfyUI's validation turns ``true`` into 1.0 / 1 before a node sees it; the pack refuses
     it at the door (HTTP 400) naming the node and the input."""
-    for node_id, name in (("4", "cfg"), ("16", "runs")):
-        graph = calibrate_graph(ckpt, "linear_ag/boolean")
+    calibrate_only = calibrate_graph(ckpt, "linear_ag/boolean")
+    del calibrate_only["12"]  # an output the bad input does not feed would still run (and "succeed")
+    for graph, node_id, name in ((base_graph(ckpt), "4", "cfg"), (calibrate_only, "16", "runs")):
         graph[node_id]["inputs"][name] = True
         ids, message, rejected = failure(server, graph)
         assert rejected and ids == {node_id}, (ids, message)
