@@ -206,9 +206,6 @@ def test_item8_ag_inside_ag_reports_its_own_threshold_and_space(server, ckpt):
     serves_next(server, ckpt)
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 29, item 4): the on-prompt handler refuses the boolean "
-                   "in-process (nodes/bridge/prompt_checks.refuse_booleans), but the real server still runs "
-                   "the prompt; why it is not applied there is not found yet")
 def test_issue29_a_json_boolean_for_a_number_input_is_refused(server, ckpt):
     """ComfyUI's validation turns ``true`` into 1.0 / 1 before a node sees it; the pack refuses
     it at the door (HTTP 400) naming the node and the input."""
