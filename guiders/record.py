@@ -77,8 +77,10 @@ class GuidanceRecord:
                               "estimates": trajectory.count, "space": "latent", "score": None}
         self._pending_scores = trajectory.scores()
         if self._pending_scores is None:
-            self.warn(f"the hallucination score needs at least two denoised estimates at noise level <= "
-                      f"{trajectory.window:g} and this run made {trajectory.count}: use more steps")
+            # Said in the score's own entry, not as a run warning: every short run would warn.
+            self.hallucination["note"] = (f"the hallucination score needs at least two denoised estimates at "
+                                          f"noise level <= {trajectory.window:g} and this run made "
+                                          f"{trajectory.count}: use more steps")
 
     def finish(self, decisions: Optional[dict] = None) -> "GuidanceRecord":
         """Read the device-side values to the host, once, after the last step."""

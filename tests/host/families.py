@@ -76,8 +76,12 @@ def tiny_model(name: str):
     import comfy.model_patcher
     import comfy.supported_models
 
+    from guidance_lab.nodes.bridge.compat import flux_network_kwargs
+
     spec = _SPECS[name]
-    config = getattr(comfy.supported_models, spec[0])(dict(spec[1]))
+    # Flux's parameters differ between hosts (0.33 requires txt_ids_dims): the pack's seam.
+    unet_config = flux_network_kwargs(spec[1]) if spec[1].get("image_model") == "flux" else dict(spec[1])
+    config = getattr(comfy.supported_models, spec[0])(unet_config)
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     _init(model.diffusion_model, seed=sum(map(ord, name)))

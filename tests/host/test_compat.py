@@ -105,10 +105,15 @@ def test_the_extension_registers_its_folders_once_whether_or_not_the_host_calls_
     from guidance_lab import comfy_entrypoint
     from guidance_lab.default_model import LORAS_DIR
 
-    extension = asyncio.run(comfy_entrypoint())
-    asyncio.run(extension.on_load())
-    asyncio.run(extension.get_node_list())
-    asyncio.run(extension.get_node_list())
+    # A loop of its own: an earlier test of the session may have left one running in this thread.
+    loop = asyncio.new_event_loop()
+    try:
+        extension = loop.run_until_complete(comfy_entrypoint())
+        loop.run_until_complete(extension.on_load())
+        loop.run_until_complete(extension.get_node_list())
+        loop.run_until_complete(extension.get_node_list())
+    finally:
+        loop.close()
     if LORAS_DIR.is_dir():
         assert folder_paths.get_folder_paths("loras").count(str(LORAS_DIR)) == 1
 

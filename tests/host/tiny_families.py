@@ -47,10 +47,14 @@ def _config(family: str):
                                                    "params": {"in_features": 32, "out_features": 128}},
                        "pos_embed_scaling_factor": None})
     if family == "flux":
-        return sm.Flux({"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16,
-                        "patch_size": 2, "vec_in_dim": 16, "context_in_dim": 32, "hidden_size": 64,
-                        "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-                        "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True})
+        from guidance_lab.nodes.bridge.compat import flux_network_kwargs
+
+        # Flux's parameters differ between hosts (0.33 requires txt_ids_dims): the pack's seam.
+        return sm.Flux(flux_network_kwargs({
+            "image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16,
+            "patch_size": 2, "vec_in_dim": 16, "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0,
+            "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000,
+            "qkv_bias": True}))
     if family == "wan":
         return sm.WAN21_T2V({"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2),
                              "in_dim": 16, "dim": 64, "ffn_dim": 128, "freq_dim": 32, "text_dim": 32,
