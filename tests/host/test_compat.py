@@ -3,6 +3,7 @@
 
 import ast
 import asyncio
+import concurrent.futures
 import inspect
 
 import pytest
@@ -105,15 +106,16 @@ def test_the_extension_registers_its_folders_once_whether_or_not_the_host_calls_
     from guidance_lab import comfy_entrypoint
     from guidance_lab.default_model import LORAS_DIR
 
-    # A loop of its own: an earlier test of the session may have left one running in this thread.
-    loop = asyncio.new_event_loop()
-    try:
-        extension = loop.run_until_complete(comfy_entrypoint())
-        loop.run_until_complete(extension.on_load())
-        loop.run_until_complete(extension.get_node_list())
-        loop.run_until_complete(extension.get_node_list())
-    finally:
-        loop.close()
+    # In a thread of its own: an earlier test of the session (Playwright's sync API) may leave
+    # an event loop marked running in the main thread, where asyncio.run refuses to start.
+    async def load_twice():
+        extension = await comfy_entrypoint()
+        await extension.on_load()
+        await extension.get_node_list()
+        await extension.get_node_list()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, load_twice()).result()
     if LORAS_DIR.is_dir():
         assert folder_paths.get_folder_paths("loras").count(str(LORAS_DIR)) == 1
 
