@@ -285,16 +285,22 @@ def test_node_library_lists_the_pack_nodes_under_its_category(page):
             last = box
         raise AssertionError("the node library kept moving after scrolling to the pack's folder")
 
+    def toggle(row):
+        # A click event on the visible row, not Playwright's click: its scroll-into-view of a row
+        # in 1.49's virtual list makes the list re-measure, which moves the row again, and the
+        # wait for a stable element then never ends (seen once in CI on a loaded machine).
+        row.dispatch_event("click")
+
     by_folder = {}
     for node_def in defs:
         by_folder.setdefault(node_def["category"].split("/")[1], []).append(node_def["display_name"])
     for sub, names in sorted(by_folder.items()):
         pack_folder_to_top()
-        under_the_pack(sub).click()
+        toggle(under_the_pack(sub))
         for name in names:
             under_the_pack(name)
         pack_folder_to_top()
-        under_the_pack(sub).click()  # folded again, so the next folder's rows are in view
+        toggle(under_the_pack(sub))  # folded again, so the next folder's rows are in view
     tab.click()
 
 
