@@ -60,14 +60,19 @@ def test_benchmark_runs_every_method_through_the_server(tmp_path):
         assert row["adherence_ci"][0] <= row["adherence"] <= row["adherence_ci"][1]
     assert (out / "tradeoff.png").is_file()
     assert {"cfg", "ksampler_patch", "ag", "linear_ag", "apg_15", "agd", "agd_3"} <= judged, judged
-    # the inversion section: both inversions of every pair judged, timed side by side, reconstructed
+    # the inversion section: every inversion of every pair judged, timed side by side, reconstructed
     inversion = results["inversion"]
+    assert inversion["methods"] == ["edict", "bdia", "o_belm", "ddim"]
     assert inversion["pairs"] == 2 and inversion["cost_ratio_median"] > 0
+    assert all(inversion["cost_ratios"][m]["median"] > 0 for m in ("edict", "bdia", "o_belm"))
     assert inversion["rows"][0]["pair"]["edit"] == "a blue circle on a white background"
-    # EDICT's round trip is exact; DDIM inversion's is not
-    assert inversion["reconstruction_psnr_median"]["edict"] > 60 > inversion["reconstruction_psnr_median"]["ddim"]
-    assert {"EDICT editing", "EDICT round trip <= 2.1x DDIM inversion + sampling wall time"} <= judged_full(results)
-    assert Image.open(out / "inversion.png").size[0] > 3 * 96
+    # the exact inversions' round trips are exact; DDIM inversion's is not
+    psnr = inversion["reconstruction_psnr_median"]
+    assert min(psnr["edict"], psnr["bdia"], psnr["o_belm"]) > 60 > psnr["ddim"]
+    assert {"EDICT editing", "EDICT round trip <= 2.1x DDIM inversion + sampling wall time",
+            "BDIA editing", "BDIA round trip <= 1.1x DDIM inversion + sampling wall time",
+            "O-BELM editing", "O-BELM round trip <= 1.1x DDIM inversion + sampling wall time"} <= judged_full(results)
+    assert Image.open(out / "inversion.png").size[0] > 5 * 96
     table = (out / "results.md").read_text()
     assert all(m.label in table for m in METHODS)
     for name in [m.name for m in METHODS]:
@@ -96,7 +101,7 @@ def test_the_source_graph_runs_what_both_timed_edit_graphs_share():
     pair = inv.edit_pairs(1, 0)[0]
     source = inv.source_graph(pair, 4, "w.safetensors")
     previews = {n["inputs"]["source"][0] for n in source.values() if n["class_type"] == "PreviewAny"}
-    for method in ("edict", "ddim"):
+    for method in inv.METHODS:
         edit = inv.edit_graph(pair, 4, "w.safetensors", method)
         shared = {k for k, n in edit.items() if n["class_type"] in ("CLIPTextEncode", "VAEEncode", "SplitSigmas")}
         assert all(source[k] == edit[k] for k in shared)  # the same nodes: ComfyUI's cache serves them
@@ -107,7 +112,8 @@ def test_inversion_edit_graph_wires_the_edit_negative():
     from tools.benchmark import inversion as inv
 
     pair = inv.edit_pairs(1, 0)[0]
-    for method, sampler in (("edict", "GuidanceLab_EDICTSample"), ("ddim", "SamplerCustom")):
+    for method, sampler in (("edict", "GuidanceLab_EDICTSample"), ("bdia", "GuidanceLab_BidirectionalSample"),
+                            ("o_belm", "GuidanceLab_BidirectionalSample"), ("ddim", "SamplerCustom")):
         default = inv.edit_graph(pair, 4, "w.safetensors", method)
         source = inv.edit_graph(pair, 4, "w.safetensors", method, settings=inv.EditSettings(edit_negative="source"))
         node = next(n for n in default.values() if n["class_type"] == sampler)
@@ -129,6 +135,7 @@ def test_inversion_under_the_empty_prompt_reconstructs_under_it_and_edits_under_
     pair = inv.edit_pairs(1, 0)[0]
     settings = inv.EditSettings(inversion_prompt="empty", steps=7, scheduler="beta")
     for method, invert, sampler in (("edict", "GuidanceLab_EDICTInvert", "GuidanceLab_EDICTSample"),
+                                    ("o_belm", "GuidanceLab_BidirectionalInvert", "GuidanceLab_BidirectionalSample"),
                                     ("ddim", "GuidanceLab_DDIMInvert", "SamplerCustom")):
         for prompt, text in (("edit", pair.edit), ("positive", "")):
             graph = inv.edit_graph(pair, 4, "w.safetensors", method, prompt=prompt, settings=settings)

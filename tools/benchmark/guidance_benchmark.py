@@ -4,6 +4,7 @@ real ComfyUI server, scored by the quality harness.
     make benchmark            # = .host/venv/bin/python -m tools.benchmark.guidance_benchmark
     .host/venv/bin/python -m tools.benchmark.guidance_benchmark --prompts 4 --seeds 2 --steps 6  # quick look
     .host/venv/bin/python -m tools.benchmark.guidance_benchmark --regenerate   # tables and plot from results.json
+    .host/venv/bin/python -m tools.benchmark.guidance_benchmark --inversion-only  # re-run the inversion section
 
 Starts ComfyUI with the pack, calibrates LinearAG on prompts and seeds the scoring never
 uses, then for each scoring prompt queues one graph per method (rotating their order, after
@@ -67,7 +68,11 @@ def parse_args(argv=None):
                         "the pack's CFG; stock and patched KSampler), same prompt and seed, alternating "
                         "which goes first")
     p.add_argument("--inversion-pairs", type=int, default=24,
-                   help="source/edit prompt pairs of the inversion section (EDICT beside DDIM inversion); 0 skips it")
+                   help="source/edit prompt pairs of the inversion section (EDICT, BDIA and O-BELM beside DDIM "
+                        "inversion); 0 skips it")
+    p.add_argument("--inversion-only", action="store_true",
+                   help="run only the inversion section and put it into the results.json stored in --out "
+                        "(the other rows kept as they are), then regenerate the tables as --regenerate does")
     p.add_argument("--page", "--readme", dest="page", type=Path, default=None,
                    help="Markdown page to copy the tables into, between the model's benchmark markers "
                         "(default: docs/benchmark.md, when --out is the default)")
@@ -207,6 +212,8 @@ def main(argv=None) -> int:
         print(summary)
         publish(args, summary)
         return 0
+    if args.inversion_only:
+        return rerun_inversion(args)
     import_pack()
     from tools.benchmark.methods import BASELINE, BY_NAME, CFG, LINEAR_AG_CALIBRATION, METHODS, tuned
     from tools.benchmark.report import write_results
@@ -272,14 +279,7 @@ def main(argv=None) -> int:
         # Overhead targets: the row and its baseline back to back, pair by pair, on one prompt.
         timing = {m.name: measure_overhead(runner, BY_NAME[m.paired_with], m, prompts[0], args.timing_pairs)
                   for m in methods if m.paired_with and m.paired_with in names}
-        inversion = None
-        if args.inversion_pairs:
-            from tools.benchmark import inversion as inv
-
-            # Another dataset seed than the scoring prompts': editing is judged on fresh scenes.
-            pairs = inv.edit_pairs(args.inversion_pairs, args.eval_seed + 3)
-            inversion = inv.run_section(runner, pairs, args.steps, args.weights,
-                                        log=lambda line: print(line, flush=True))
+        inversion = run_inversion(runner, args) if args.inversion_pairs else None
 
     real_images, real_prompts, _ = make_batch(args.eval_seed + 1, 0, args.real_count, 32)
     dataset_images, dataset_prompts, _ = make_batch(args.eval_seed + 2, 0, args.prompts * args.seeds, 32)
@@ -289,6 +289,38 @@ def main(argv=None) -> int:
         calibration={"prompt": calibration_prompts[0], **LINEAR_AG_CALIBRATION, "report": calibration_report},
         settings=tuned(Path(args.weights).name),
         wall_seconds=time.monotonic() - t_start, timing=timing, inversion=inversion)
+    print(summary)
+    publish(args, summary)
+    return 0
+
+
+def run_inversion(runner, args) -> dict:
+    from tools.benchmark import inversion as inv
+
+    # Another dataset seed than the scoring prompts': editing is judged on fresh scenes.
+    pairs = inv.edit_pairs(args.inversion_pairs, args.eval_seed + 3)
+    return inv.run_section(runner, pairs, args.steps, args.weights, log=lambda line: print(line, flush=True))
+
+
+def rerun_inversion(args) -> int:
+    """The inversion section alone, on the model and steps of the results stored in ``args.out``."""
+    from tools.benchmark.report import regenerate, store_inversion
+    from tools.bootstrap import ensure_host_importable
+    from tools.host.comfy_server import ComfyServer
+
+    ensure_host_importable()
+    stored = json.loads((args.out / "results.json").read_text())
+    args.weights, args.steps = stored["meta"]["weights"], stored["meta"]["steps"]
+    workdir = args.workdir or run_workdir("benchmark-inversion")
+    shutil.rmtree(workdir, ignore_errors=True)
+    t_start = time.monotonic()
+    with ComfyServer(workdir) as server:
+        inversion = run_inversion(Runner(server, args), args)
+    stored["inversion"] = store_inversion(args.out, inversion)
+    stored["meta"]["inversion_rerun"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                         "wall_seconds": time.monotonic() - t_start}
+    (args.out / "results.json").write_text(json.dumps(stored))
+    summary = regenerate(args.out)
     print(summary)
     publish(args, summary)
     return 0

@@ -1,11 +1,12 @@
-"""The benchmark's inversion section: EDICT against DDIM inversion on images the model made.
+"""The benchmark's inversion section: the exact inversions (EDICT, BDIA, O-BELM) against DDIM
+inversion on images the model made.
 
 For each source/edit prompt pair the runner samples a source image (stock KSampler, CFG 5),
-then, side by side and alternating which goes first, inverts it with EDICT and with DDIM
-inversion under the source prompt and re-samples both with the edit prompt: EDICT Invert +
-EDICT Sample against DDIM Invert + SamplerCustom (euler, noise off) on the same sigmas. The
-source graph runs first, untimed, so ComfyUI's cache serves it to both timed graphs and
-their execution times hold only the inversion, the re-sampling and one decode.
+then, side by side and rotating which goes first, inverts it with each method under the source
+prompt and re-samples with the edit prompt: EDICT Invert + EDICT Sample, BDIA / O-BELM Invert +
+Sample, and DDIM Invert + SamplerCustom (euler, noise off), all on the same sigmas. The source
+graph runs first, untimed, so ComfyUI's cache serves it to every timed graph and their execution
+times hold only the inversion, the re-sampling and one decode.
 
 An edit succeeds when the analyser finds the edited attribute of the edit prompt; it keeps
 what it should when the backdrop is the source's, the blob's centre moved at most
@@ -16,7 +17,7 @@ what it should when the backdrop is the source's, the blob's centre moved at mos
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -41,6 +42,11 @@ POSITION_TOLERANCE = 0.10  # blob centre, as a fraction of the image side
 COVERAGE_TOLERANCE = 1.5  # blob area ratio, colour edits only (a new shape has another area)
 FIRST_PAIR = ("a red circle on a white background", "a blue circle on a white background")
 KEPT_PARTS = ("background", "position", "shape", "area")  # what "rest kept" checks; shape and area: recolouring
+METHODS = ("edict", "bdia", "o_belm", "ddim")  # DDIM inversion last: every other one's cost is a ratio to it
+EXACT = ("edict", "bdia", "o_belm")
+LABELS = {"edict": "EDICT", "bdia": "BDIA", "o_belm": "O-BELM", "ddim": "DDIM inversion"}
+ONE_EVALUATION_COST = 1.10  # issue 32: BDIA / O-BELM round trip at most this x DDIM inversion + sampling
+EDICT_COST = 2.1
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class EditSettings:
     edit_guidance: str = "cfg"
     apg_eta: float = 0.0
     apg_norm_threshold: float = 0.0
+    gamma: float = 0.96  # BDIA's gamma (samplers/bidirectional.py EDIT_GAMMA), for its inversion and re-sampling
 
     def __post_init__(self):
         if self.edit_negative not in ("empty", "source"):
@@ -72,7 +79,7 @@ class EditSettings:
     def parse(cls, text: str) -> "EditSettings":
         """Comma-separated values in field order, the rest left at their defaults:
         ``"3,8,1.0,empty,0.8"``, ``"3,8,1.0,empty,0.86,30"``, ``"1,8,1.0,empty,0.8,0,empty,beta"``,
-        ``"3,12,1.0,empty,0.8,0,source,normal,apg,0,4"``."""
+        ``"3,12,1.0,empty,0.8,0,source,normal,apg,0,4"``, ``"3,8,1.0,empty,0.93,0,source,normal,cfg,0,0,0.98"``."""
         values, names = text.split(","), fields(cls)
         if len(values) > len(names):
             raise ValueError(f"{text!r}: at most {len(names)} values ({', '.join(f.name for f in names)})")
@@ -99,8 +106,15 @@ TUNED = {
 }
 
 
-def settings_for(weights: str) -> EditSettings:
-    return TUNED.get(weights.removesuffix(".safetensors"), EditSettings())
+# BDIA's and O-BELM's own, per default model, chosen the same way (tune_inversion.py --methods
+# bdia o_belm; tables in docs/benchmark/<model>/tune_inversion_bidirectional.json); a method or
+# model not listed uses the model's EDICT settings above (mixing weight aside, which they lack).
+TUNED_ONE_EVALUATION: dict = {}
+
+
+def settings_for(weights: str, method: str = "edict") -> EditSettings:
+    model = weights.removesuffix(".safetensors")
+    return TUNED_ONE_EVALUATION.get(model, {}).get(method) or TUNED.get(model, EditSettings())
 
 
 @dataclass(frozen=True)
@@ -165,7 +179,7 @@ def source_graph(pair: EditPair, steps: int, weights: str, settings: "EditSettin
 
 def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: str = "edit",
                settings: EditSettings = EditSettings()) -> dict:
-    """Invert the source with ``method`` ("edict" or "ddim") and re-sample under ``prompt``
+    """Invert the source with ``method`` (one of METHODS) and re-sample under ``prompt``
     ("edit", or "positive" for the reconstruction: the inversion's own prompt and scale)."""
     g, ids = _source_nodes(pair, steps, weights, settings)
     guided = {"model": ids["model"], "negative": ids["negative"], "sigmas": ids["sigmas"]}
@@ -188,7 +202,14 @@ def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: st
         sampled = g.add("GuidanceLab_EDICTSample", "resample", positive=resample_positive, mixing_weight=p,
                         edict_latent=out(inverted), cfg=resample_cfg,
                         **{**guided, "negative": resample_negative}, **({"guidance": ids["guidance"]} if apg else {}))
-    else:
+    elif method in ("bdia", "o_belm"):
+        rule = {"method": method, "gamma": settings.gamma}
+        inverted = g.add("GuidanceLab_BidirectionalInvert", "invert", positive=inversion_positive,
+                         latent_image=ids["encoded"], precision="float64", cfg=settings.inversion_cfg, **rule, **guided)
+        sampled = g.add("GuidanceLab_BidirectionalSample", "resample", positive=resample_positive,
+                        pair=out(inverted), cfg=resample_cfg, **rule,
+                        **{**guided, "negative": resample_negative}, **({"guidance": ids["guidance"]} if apg else {}))
+    elif method == "ddim":
         inverted = g.add("GuidanceLab_DDIMInvert", "invert", positive=inversion_positive,
                          latent_image=ids["encoded"], cfg=settings.inversion_cfg, **guided)
         sampler = g.add("KSamplerSelect", "sampler", sampler_name="euler")
@@ -200,6 +221,8 @@ def edit_graph(pair: EditPair, steps: int, weights: str, method: str, prompt: st
             sampled = g.add("SamplerCustom", "resample", model=ids["model"], add_noise=False, noise_seed=0,
                             cfg=resample_cfg, positive=resample_positive, negative=resample_negative,
                             sampler=out(sampler), sigmas=ids["sigmas"], latent_image=out(inverted))
+    else:
+        raise ValueError(f"unknown inversion method {method!r}; one of {', '.join(METHODS)}")
     decoded = g.add("VAEDecode", "decode", samples=out(sampled), vae=ids["vae"])
     g.add("SaveImage", "save", images=out(decoded), filename_prefix=f"benchmark/inversion/{method}_{prompt}")
     return g.nodes
@@ -234,9 +257,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_section(runner, pairs: list, steps: int, weights: str, log=print,
-                settings: "EditSettings | None" = None) -> dict:
-    """Every pair through both inversions (timed, alternating), plus each one's reconstruction,
-    with ``settings`` or the model's tuned ones."""
+                settings: "EditSettings | None" = None, methods: tuple = METHODS) -> dict:
+    """Every pair through every inversion in ``methods`` (timed, rotating which goes first), plus
+    each one's reconstruction, with ``settings`` or each method's tuned ones for the model."""
     from ..image_grid import load_images
     from .guidance_benchmark import execution_seconds
 
@@ -244,41 +267,75 @@ def run_section(runner, pairs: list, steps: int, weights: str, log=print,
         entry = runner.run(graph)
         return load_images(runner.server.output_images(entry))[0], execution_seconds(entry)
 
-    settings = settings or settings_for(weights)
+    methods = tuple(m for m in METHODS if m in methods)
+    chosen = {m: settings or settings_for(weights, m) for m in methods}
     results = []
     for k, pair in enumerate(pairs):
-        source, _ = images(source_graph(pair, steps, weights, settings))
+        # The source graph is every method's, so it is the same image whatever the settings.
+        source, _ = images(source_graph(pair, steps, weights, chosen[methods[0]]))
         row = {"pair": pair.__dict__, "seconds": {}, "judged": {}, "reconstruction_psnr": {}}
         edited = {}
-        for method in (("edict", "ddim") if k % 2 == 0 else ("ddim", "edict")):
+        for method in methods[k % len(methods):] + methods[:k % len(methods)]:
             edited[method], row["seconds"][method] = images(edit_graph(pair, steps, weights, method,
-                                                                       settings=settings))
-        for method in ("edict", "ddim"):
+                                                                       settings=chosen[method]))
+        for method in methods:
             row["judged"][method] = judge(pair, source, edited[method])
-            rebuilt, _ = images(edit_graph(pair, steps, weights, method, prompt="positive", settings=settings))
+            rebuilt, _ = images(edit_graph(pair, steps, weights, method, prompt="positive", settings=chosen[method]))
             row["reconstruction_psnr"][method] = psnr(rebuilt, source)
         row["images"] = {"source": source, **edited}
         results.append(row)
         log(f"[benchmark] inversion pair {k + 1}/{len(pairs)}: {pair.source!r} -> {pair.edit!r}: "
-            + ", ".join(f"{m} {'ok' if row['judged'][m]['both'] else 'miss'}" for m in ("edict", "ddim")))
-    return summarise(results, steps, settings)
+            + ", ".join(f"{m} {'ok' if row['judged'][m]['both'] else 'miss'}" for m in methods))
+    return summarise(results, steps, chosen)
 
 
-def summarise(results: list, steps: int, settings: EditSettings) -> dict:
-    ratios = sorted(r["seconds"]["edict"] / r["seconds"]["ddim"] for r in results)
+def _quartiles(values: list) -> dict:
+    return {"median": statistics.median(values),
+            "iqr": [float(np.percentile(values, 25)), float(np.percentile(values, 75))]}
+
+
+def summarise(results: list, steps: int, chosen: "dict | EditSettings") -> dict:
+    """The section's figures; ``chosen`` maps each method to its settings (or one for all)."""
+    methods = [m for m in METHODS if m in results[0]["judged"]]
+    if isinstance(chosen, EditSettings):
+        chosen = {m: chosen for m in methods}
     share = {m: {key: float(np.mean([r["judged"][m][key] for r in results])) for key in ("landed", "kept", "both")}
-             for m in ("edict", "ddim")}
-    for m in ("edict", "ddim"):
+             for m in methods}
+    for m in methods:
         share[m].update(kept_parts([r["judged"][m] for r in results]))
-    recon = {m: float(np.median([min(r["reconstruction_psnr"][m], 99.0) for r in results])) for m in ("edict", "ddim")}
-    return {"pairs": len(results), "steps": settings.steps or steps, "strength": settings.strength,
-            "cfg": settings.inversion_cfg, "edit_cfg": settings.edit_cfg, "mixing_weight": settings.mixing_weight,
-            "edit_negative": settings.edit_negative, "inversion_prompt": settings.inversion_prompt,
-            "scheduler": settings.scheduler, "edit_guidance": settings.edit_guidance,
-            "apg_eta": settings.apg_eta, "apg_norm_threshold": settings.apg_norm_threshold,
-            "cost_ratio_median": statistics.median(ratios),
-            "cost_ratio_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
-            "success": share, "reconstruction_psnr_median": recon, "rows": results}
+    recon = {m: float(np.median([min(r["reconstruction_psnr"][m], 99.0) for r in results])) for m in methods}
+    costs = {m: _quartiles([r["seconds"][m] / r["seconds"]["ddim"] for r in results])
+             for m in methods if m != "ddim" and "ddim" in methods}
+    settings = chosen.get("edict") or chosen[methods[0]]
+    summary = {"pairs": len(results), "steps": settings.steps or steps, "strength": settings.strength,
+               "cfg": settings.inversion_cfg, "edit_cfg": settings.edit_cfg, "mixing_weight": settings.mixing_weight,
+               "edit_negative": settings.edit_negative, "inversion_prompt": settings.inversion_prompt,
+               "scheduler": settings.scheduler, "edit_guidance": settings.edit_guidance,
+               "apg_eta": settings.apg_eta, "apg_norm_threshold": settings.apg_norm_threshold,
+               "methods": methods, "settings": {m: asdict(s) for m, s in chosen.items()}, "cost_ratios": costs,
+               "success": share, "reconstruction_psnr_median": recon, "rows": results}
+    if "edict" in costs:  # the keys results stored before BDIA / O-BELM joined the section carry
+        summary["cost_ratio_median"], summary["cost_ratio_iqr"] = costs["edict"]["median"], costs["edict"]["iqr"]
+    return summary
+
+
+def _methods(summary: dict) -> list:
+    return summary.get("methods") or ["edict", "ddim"]
+
+
+def _cost(summary: dict, method: str) -> dict:
+    if method == "ddim":
+        return {"median": 1.0, "iqr": [1.0, 1.0]}
+    return (summary.get("cost_ratios") or {}).get(method) or {"median": summary["cost_ratio_median"],
+                                                              "iqr": summary["cost_ratio_iqr"]}
+
+
+def _settings_note(summary: dict, method: str) -> str:
+    s = (summary.get("settings") or {}).get(method)
+    if not s:
+        return f"p {summary['mixing_weight']:g}" if method == "edict" else ""
+    own = {"edict": f"p {s['mixing_weight']:g}", "bdia": f"gamma {s['gamma']:g}"}.get(method, "")
+    return ", ".join(x for x in (own, f"edit {_edit_guidance(s)}", f"strength {s['strength']:g}") if x)
 
 
 def _edit_guidance(s: dict) -> str:
@@ -304,51 +361,87 @@ def _share(summary: dict, method: str, key: str) -> str:
 
 
 def markdown(summary: dict) -> str:
-    s, e, d = summary, summary["success"]["edict"], summary["success"]["ddim"]
+    s, methods = summary, _methods(summary)
     kinds = [r["pair"]["changes"] for r in s.get("rows", [])]
     mix = (f"{kinds.count('colour')} recolour, {kinds.count('shape')} reshape" if kinds
            else "recolour and reshape alternately")
-    cells = {m: " | ".join(_share(s, m, k) for k in ("landed", "kept", "both")) for m in ("edict", "ddim")}
     lines = [
         f"Inversion: {s['pairs']} source/edit prompt pairs ({mix}) on images the model "
         f"made (KSampler, CFG {SOURCE_CFG:g}); each inverted under the {s['inversion_prompt']} prompt at CFG "
-        f"{s['cfg']:g} and re-sampled under the edit prompt at {_edit_guidance(s)}, {s['steps']} steps "
-        f"({s['scheduler']} schedule) at strength {s['strength']:g}, EDICT (p {s['mixing_weight']:g}) beside DDIM "
-        "inversion + SamplerCustom, or SamplerCustomAdvanced for APG (the same settings; tuned per model on "
-        "other pairs with tune_inversion.py).",
+        f"{s['cfg']:g} and re-sampled under the edit prompt, {s['steps']} steps ({s['scheduler']} schedule), "
+        f"{', '.join(LABELS[m] for m in methods if m != 'ddim')} beside DDIM inversion + SamplerCustom (or "
+        "SamplerCustomAdvanced for APG) at EDICT's settings; each method's edit settings (last column) "
+        "tuned per model on other pairs with tune_inversion.py.",
         "",
         "| inversion | edit lands (95% CI) | rest kept (95% CI) | both (95% CI) | reconstruction PSNR (dB, median) "
-        "| time (EDICT / DDIM, median of pairs) |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| EDICT | {cells['edict']} | "
-        f"{s['reconstruction_psnr_median']['edict']:.1f} | {s['cost_ratio_median']:.2f}x (IQR "
-        f"{s['cost_ratio_iqr'][0]:.2f}-{s['cost_ratio_iqr'][1]:.2f}) |",
-        f"| DDIM inversion | {cells['ddim']} | "
-        f"{s['reconstruction_psnr_median']['ddim']:.1f} | 1 |",
+        "| time / DDIM's (median of pairs, IQR) | settings |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in methods:
+        cells = " | ".join(_share(s, m, k) for k in ("landed", "kept", "both"))
+        cost = _cost(s, m)
+        time_cell = "1" if m == "ddim" else f"{cost['median']:.2f}x ({cost['iqr'][0]:.2f}-{cost['iqr'][1]:.2f})"
+        note = _settings_note(s, "edict" if m == "ddim" else m)
+        lines.append(f"| {LABELS[m]} | {cells} | {s['reconstruction_psnr_median'][m]:.1f} | {time_cell} | {note} |")
+    lines += [
         "",
         f"Rest kept: same backdrop, blob centre within {POSITION_TOLERANCE:.0%} of the image, and for "
         f"recolouring the same shape and an area within {COVERAGE_TOLERANCE}x. Reconstruction: re-sampled "
         "under the source prompt (PSNR capped at 99 dB for exact round trips). Intervals: Wilson's, over the "
         "pairs.",
         "",
-        "Each part of \"rest kept\" on its own (EDICT / DDIM): " + ", ".join(
-            f"{part} {e['parts'][part]:.0%} / {d['parts'][part]:.0%}" for part in e["parts"])
-        + f"; median centre move {e['moved_median']:.3f} / {d['moved_median']:.3f} of the image side.",
+        f"Each part of \"rest kept\" on its own ({' / '.join(LABELS[m] for m in methods)}): " + ", ".join(
+            f"{part} " + " / ".join(f"{s['success'][m]['parts'][part]:.0%}" for m in methods)
+            for part in s["success"][methods[0]]["parts"])
+        + "; median centre move " + " / ".join(f"{s['success'][m]['moved_median']:.3f}" for m in methods)
+        + " of the image side.",
     ]
     return "\n".join(lines)
 
 
+def kept_difference(summary: dict, method: str, other: str = "edict") -> dict:
+    """``method``'s rest-kept share minus ``other``'s on the same pairs, with a bootstrap interval."""
+    rows = summary["rows"]
+    return stats.paired_bootstrap([float(r["judged"][method]["kept"]) for r in rows],
+                                  [float(r["judged"][other]["kept"]) for r in rows])
+
+
+def not_below(diff: dict) -> str:
+    """At least as often: met when the paired difference is >= 0 on these pairs and not
+    significantly below 0; not met when its whole interval is below 0; undecided otherwise."""
+    if diff["hi"] < 0:
+        return stats.NOT_MET
+    return stats.MET if diff["mean"] >= 0 else stats.UNDECIDED
+
+
 def targets(summary: dict) -> list:
-    """The EDICT issue's two measured targets, as (description, verdict, numbers): the share of
-    edits that land judged on its Wilson interval, the cost on its median of paired timings."""
-    e = summary["success"]["edict"]
-    lo, hi = share_interval(summary, "edict", "landed")
-    return [
-        ("EDICT editing: the edited attribute lands in >= 80% of pairs", stats.judge_at_least(lo, hi, 0.8),
-         f"{e['landed']:.0%} of {summary['pairs']} pairs (95% CI {lo:.0%}-{hi:.0%}; rest kept in "
-         f"{e['kept']:.0%}); DDIM inversion {summary['success']['ddim']['landed']:.0%}"),
-        ("EDICT round trip <= 2.1x DDIM inversion + sampling wall time, same steps",
-         stats.exact(summary["cost_ratio_median"] <= 2.1),
-         f"{summary['cost_ratio_median']:.2f}x (median of {summary['pairs']} alternating pairs, IQR "
-         f"{summary['cost_ratio_iqr'][0]:.2f}-{summary['cost_ratio_iqr'][1]:.2f})"),
-    ]
+    """The measured targets of the EDICT issue and of the one-evaluation inversions' (issue 32), as
+    (description, verdict, numbers): shares of edits that land judged on Wilson's interval, rest
+    kept against EDICT's on the paired bootstrap interval, cost on the median of paired timings."""
+    methods, pairs = _methods(summary), summary["pairs"]
+    checks = []
+    for m in (x for x in EXACT if x in methods):
+        share, cost = summary["success"][m], _cost(summary, m)
+        lo, hi = share_interval(summary, m, "landed")
+        bound = EDICT_COST if m == "edict" else ONE_EVALUATION_COST
+        landed = (f"{LABELS[m]} editing: the edited attribute lands in >= 80% of pairs",
+                  stats.judge_at_least(lo, hi, 0.8),
+                  f"{share['landed']:.0%} of {pairs} pairs (95% CI {lo:.0%}-{hi:.0%}; rest kept in "
+                  f"{share['kept']:.0%})" + (f"; DDIM inversion {summary['success']['ddim']['landed']:.0%}"
+                                             if "ddim" in methods else ""))
+        if m != "edict" and "edict" in methods and summary.get("rows"):
+            diff = kept_difference(summary, m)
+            keeps = (f"{LABELS[m]} keeps the rest at least as often as EDICT (paired difference >= 0)",
+                     not_below(diff),
+                     f"{share['kept']:.0%} vs EDICT's {summary['success']['edict']['kept']:.0%}: "
+                     f"{stats.fmt_points(diff)}")
+            checks.append((landed[0] + " with the rest kept at least as often as EDICT's",
+                           stats.combine(landed[1], keeps[1]), landed[2] + "; " + keeps[2]))
+        else:
+            checks.append(landed)
+        if "ddim" in methods:
+            checks.append((f"{LABELS[m]} round trip <= {bound:g}x DDIM inversion + sampling wall time, same steps",
+                           stats.exact(cost["median"] <= bound),
+                           f"{cost['median']:.2f}x (median of {pairs} alternating pairs, IQR "
+                           f"{cost['iqr'][0]:.2f}-{cost['iqr'][1]:.2f})"))
+    return checks

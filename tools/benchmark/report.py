@@ -197,11 +197,21 @@ def write_grids(out: Path, methods, results: dict, prompts: list, grid_prompts: 
 
 
 def write_inversion(out: Path, inversion: dict, rows: int = 8) -> Path:
-    """Source, EDICT edit and DDIM edit of the first pairs, side by side."""
-    shown = inversion["rows"][:rows]
-    tiles = [[r["images"]["source"], r["images"]["edict"], r["images"]["ddim"]] for r in shown]
+    """The source and every inversion's edit of the first pairs, side by side."""
+    from .inversion import LABELS
+
+    shown, methods = inversion["rows"][:rows], inversion.get("methods") or ["edict", "ddim"]
+    tiles = [[r["images"]["source"]] + [r["images"][m] for m in methods] for r in shown]
     labels = [f"{r['pair']['source']} -> {r['pair']['edit'].split(' on ')[0]}" for r in shown]
-    return image_grid(out / "inversion.png", tiles, labels, ["source", "EDICT edit", "DDIM edit"], label_width=420)
+    return image_grid(out / "inversion.png", tiles, labels,
+                      ["source"] + [f"{LABELS[m].removesuffix(' inversion')} edit" for m in methods], label_width=420)
+
+
+def store_inversion(out: Path, inversion: dict) -> dict:
+    """Writes the inversion section's picture; returns the section as results.json keeps it (no images)."""
+    write_inversion(out, inversion)
+    return {k: v for k, v in inversion.items() if k != "rows"} | {
+        "rows": [{k: v for k, v in r.items() if k != "images"} for r in inversion["rows"]]}
 
 
 def write_results(out: Path, methods, results: dict, prompts: list, args, real_images, dataset, calibration,
@@ -223,9 +233,7 @@ def write_results(out: Path, methods, results: dict, prompts: list, args, real_i
             "eval_seed": args.eval_seed, "calibration": calibration, "settings": settings or {},
             "excluded_prompts": getattr(args, "excluded_prompts", []), "per_image_scores": True}
     if inversion:
-        write_inversion(out, inversion)
-        inversion = {k: v for k, v in inversion.items() if k != "rows"} | {
-            "rows": [{k: v for k, v in r.items() if k != "images"} for r in inversion["rows"]]}
+        inversion = store_inversion(out, inversion)
     stored = {"meta": meta, "methods": rows, "dataset": data_row, "prompts": prompts, "overhead_timing": timing,
               "inversion": inversion}
     write_grids(out, methods, results, prompts, args.grid_prompts)

@@ -36,10 +36,10 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--settings", nargs="+", default=["3,3,0.8", "3,5,1.0"],
                    help="inversion_cfg,edit_cfg,strength[,edit_negative[,mixing_weight[,steps[,inversion_prompt"
-                        "[,scheduler[,edit_guidance[,apg_eta[,apg_norm_threshold]]]]]]]]] (edit_negative and "
+                        "[,scheduler[,edit_guidance[,apg_eta[,apg_norm_threshold[,gamma]]]]]]]]]] (edit_negative and "
                         "inversion_prompt: empty or source; steps: of the inversion and re-sampling, 0 for --steps; "
-                        "scheduler: ComfyUI's, default normal; edit_guidance: cfg or apg, momentum 0)")
-    p.add_argument("--methods", nargs="+", default=["edict", "ddim"], choices=["edict", "ddim"])
+                        "scheduler: ComfyUI's, default normal; edit_guidance: cfg or apg, momentum 0; gamma: BDIA's)")
+    p.add_argument("--methods", nargs="+", default=["edict", "ddim"], choices=["edict", "bdia", "o_belm", "ddim"])
     p.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
     return p.parse_args(argv)
 
