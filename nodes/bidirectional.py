@@ -125,9 +125,10 @@ class BidirectionalInvertNode(io.ComfyNode):
             raise NodeInputError(node, "latent_image", "is a nested (multi-part) latent; BDIA / O-BELM invert "
                                                        "one image or video latent")
         fingerprint = model_fingerprint(model)
-        upper, lower = bidirectional_invert(guider, latent, sigmas, rule, state_dtype)
+        upper, lower, upper_low, lower_low = bidirectional_invert(guider, latent, sigmas, rule, state_dtype)
         pair = BidirectionalPair(upper, lower, tuple(schedule), sigmas.detach().cpu().clone(), rule, fingerprint,
-                                 tuple(latent.shape), guider.model_family(), f"{policy.name} {policy.settings()}")
+                                 tuple(latent.shape), guider.model_family(), f"{policy.name} {policy.settings()}",
+                                 upper_low, lower_low)
         return io.NodeOutput(pair, {"samples": to_latent_space(model, upper)})
 
 

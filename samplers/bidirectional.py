@@ -59,6 +59,16 @@ Decisions (algorithms.md, "Exact inversion at one evaluation per step"):
   rounding a visible part of the inverted noise. The model runs in its own dtype on the
   float64 state (the wrapper casts; casting before it would put the cast's rounding into
   f, see samplers/edict.py).
+- Compensated states. (B) keeps the pair's difference mode alive (factor -a_k per step; BDIA's
+  0.96 barely damps it), so plain float64 rounding made at the top of a schedule, where the
+  states are ~sigma_max large, reaches the small states at the bottom, where one float32 ulp
+  of the network's input is ~1e-7: a 1e-12 mismatch between the way up and the way down then
+  casts some element to the other float32 neighbour, and the round trip loses ~1e-5 (seen on
+  the v-prediction default model, sigma_max 106, BDIA at 50 steps, batch 3). So each state is
+  an unevaluated sum hi + lo of two numbers of the state's dtype (double-word arithmetic:
+  Dekker 1971, Knuth's TwoSum), (B) and (B^-1) are computed in it, and the network sees hi:
+  the two ways then agree to ~1e-30 and evaluate the model on the same hi. The inverted pair
+  carries both words.
 - Every sigma must be below the one before: O-BELM divides by h_prev, and a zero step
   has no direction to extrapolate.
 - Exactness needs the same f both ways: a deterministic network and a stateless guidance
@@ -69,7 +79,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -79,15 +89,80 @@ SAMPLING_GAMMA = 0.5  # BDIA's sampling runs and the BELM repository's BDIA samp
 
 # The way up's first guess is only a starting point: any value gives an exact round trip. But
 # the latent is float32 and the DDIM increment nearly so (D = x - sigma * out with a float32
-# out), so their plain sum often sits exactly halfway between two float32 numbers; the way down
-# reproduces it only to float64 rounding, and a model whose network input is the raw state
-# (flow models: ComfyUI's calculate_input is the identity) then casts it to the other
-# neighbour, one ulp that costs ~1e-6 in the round trip (seen on tiny SD3, Flux and Wan
-# models). A relative 2^-40 on the step moves the guess ~1e-12 off every such tie, far more
-# than the way down's rounding and far less than anything the method does.
-GUESS_NUDGE = 1.0 + 2.0 ** -40
+# out), so their plain sum often sits exactly halfway between two numbers of the network's
+# dtype. The way down reproduces the guess only to float64 rounding, grown by the steps' weights
+# a_k (O-BELM's reach ~15 at the end of flow schedules), and a model whose network input is the
+# raw state (flow models: ComfyUI's calculate_input is the identity) then casts it to the other
+# neighbour: one ulp that costs ~1e-6 in the round trip (seen on tiny SD3, Flux and Wan models).
+# So the guess is moved to a quarter ulp (of the network's dtype) above the number it rounds to:
+# as far from a tie as a value can be, and closer to the guess than its own DDIM error.
+OFF_TIE_ULPS = 0.25
+
+
+def off_tie(t: torch.Tensor, network_dtype: torch.dtype) -> torch.Tensor:
+    """``t`` moved to a quarter ulp of ``network_dtype`` above its nearest ``network_dtype`` number."""
+    if t.dtype == network_dtype:
+        return t
+    base = t.to(network_dtype)
+    ulp = torch.nextafter(base, torch.full_like(base, float("inf"))).to(t.dtype) - base.to(t.dtype)
+    return base.to(t.dtype) + OFF_TIE_ULPS * ulp
+
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+class Words(NamedTuple):
+    """A state as the unevaluated sum hi + lo, |lo| <= half an ulp of hi (double-word)."""
+
+    hi: torch.Tensor
+    lo: torch.Tensor
+
+    @classmethod
+    def of(cls, t: torch.Tensor, lo: Optional[torch.Tensor] = None) -> "Words":
+        return cls(t, torch.zeros_like(t) if lo is None else lo.to(t))
+
+
+def _two_sum(a: torch.Tensor, b: torch.Tensor) -> Words:
+    """a + b exactly, as a rounded sum and its error (Knuth's TwoSum)."""
+    total = a + b
+    b_part = total - a
+    return Words(total, (a - (total - b_part)) + (b - b_part))
+
+
+def _split(t, dtype: torch.dtype):
+    """Dekker's split of t into a high and low half (each exact in half the mantissa)."""
+    factor = 134217729.0 if dtype == torch.float64 else 4097.0  # 2^ceil(p/2) + 1
+    c = factor * t
+    high = c - (c - t)
+    return high, t - high
+
+
+def _two_prod(t: torch.Tensor, c: float) -> Words:
+    """t * c exactly, as a rounded product and its error (Dekker's TwoProduct)."""
+    product = t * c
+    t_hi, t_lo = _split(t, t.dtype)
+    c_hi, c_lo = _split(torch.tensor(c, dtype=t.dtype), t.dtype)
+    return Words(product, ((t_hi * c_hi - product) + t_hi * c_lo + t_lo * c_hi) + t_lo * c_lo)
+
+
+def _add(x: Words, y: Words) -> Words:
+    total = _two_sum(x.hi, y.hi)
+    return _two_sum(total.hi, total.lo + (x.lo + y.lo))
+
+
+def _neg(x: Words) -> Words:
+    return Words(-x.hi, -x.lo)
+
+
+def _scale(x: Words, c: float) -> Words:
+    product = _two_prod(x.hi, c)
+    return _two_sum(product.hi, product.lo + x.lo * c)
+
+
+def _divide(x: Words, c: float) -> Words:
+    quotient = x.hi / c
+    rest = _add(x, _neg(_two_prod(quotient, c)))
+    return _two_sum(quotient, (rest.hi + rest.lo) / c)
 StepCallback = Optional[Callable[[int, float, torch.Tensor, torch.Tensor], None]]
 
 
@@ -156,60 +231,69 @@ def direction(denoise: Denoise, z: torch.Tensor, sigma: float,
     return (z - denoised) / sigma, denoised
 
 
-def bidirectional_step(z_prev, z, f, a: float, h_prev: float, h_next: float) -> torch.Tensor:
-    """(B): z_{k+1} from (z_{k-1}, z_k) and f_k."""
-    return (z + h_next * f) + a * (z_prev - (z - h_prev * f))
+def bidirectional_step(z_prev: Words, z: Words, f: torch.Tensor, a: float, h_prev: float,
+                       h_next: float) -> Words:
+    """(B): z_{k+1} = (z_k + h_next f_k) + a (z_{k-1} - (z_k - h_prev f_k)), in double words."""
+    ddim_next = _add(z, _two_prod(f, h_next))
+    missed = _add(z_prev, _neg(_add(z, _neg(_two_prod(f, h_prev)))))
+    return _add(ddim_next, _scale(missed, a))
 
 
-def bidirectional_inverse_step(z_next, z, f, a: float, h_prev: float, h_next: float) -> torch.Tensor:
-    """(B^-1): z_{k-1} from (z_{k+1}, z_k) and f_k."""
-    return (z - h_prev * f) + (z_next - (z + h_next * f)) / a
+def bidirectional_inverse_step(z_next: Words, z: Words, f: torch.Tensor, a: float, h_prev: float,
+                               h_next: float) -> Words:
+    """(B^-1): z_{k-1} = (z_k - h_prev f_k) + (z_{k+1} - (z_k + h_next f_k)) / a, in double words."""
+    ddim_prev = _add(z, _neg(_two_prod(f, h_prev)))
+    missed = _add(z_next, _neg(_add(z, _two_prod(f, h_next))))
+    return _add(ddim_prev, _divide(missed, a))
 
 
 def denoise_states(denoise: Denoise, z, sigmas: Sequence[float], rule: Bidirectional,
                    above: Optional[tuple] = None, model_dtype: Optional[torch.dtype] = None,
-                   callback: StepCallback = None) -> "tuple[torch.Tensor, torch.Tensor]":
-    """Sampling from z at sigmas[0] down the descending schedule; returns (z_{n-1}, z_n).
+                   callback: StepCallback = None) -> "tuple[Words, Words]":
+    """Sampling from z (a tensor or Words) at sigmas[0] down the descending schedule; returns
+    (z_{n-1}, z_n) as Words.
 
     ``above``: (state, sigma) one step above sigmas[0], e.g. an inverted pair's upper
     state; then every step is (B). Without it step 0 is the DDIM step that starts the pair.
     """
-    model_dtype = model_dtype or z.dtype
-    prev = above
+    z = z if isinstance(z, Words) else Words.of(z)
+    model_dtype = model_dtype or z.hi.dtype
+    prev = None if above is None else (above[0] if isinstance(above[0], Words) else Words.of(above[0]), above[1])
     for k in range(len(sigmas) - 1):
         s, h_next = sigmas[k], sigmas[k + 1] - sigmas[k]
-        f, denoised = direction(denoise, z, s, model_dtype)
+        f, denoised = direction(denoise, z.hi, s, model_dtype)
         if prev is None:
-            z_next = z + h_next * f  # first step: DDIM
+            z_next = _add(z, _two_prod(f, h_next))  # first step: DDIM
         else:
             h_prev = s - prev[1]
             z_next = bidirectional_step(prev[0], z, f, rule.weight(h_prev, h_next), h_prev, h_next)
         if callback is not None:
-            callback(k, s, z, denoised)
+            callback(k, s, z.hi, denoised)
         prev, z = (z, s), z_next
     return (prev[0] if prev is not None else z), z
 
 
 def invert_states(denoise: Denoise, z, sigmas: Sequence[float], rule: Bidirectional,
-                  model_dtype: Optional[torch.dtype] = None,
-                  callback: StepCallback = None) -> "tuple[torch.Tensor, torch.Tensor]":
-    """The way up from z at sigmas[-1] (descending ``sigmas``, >= 2 steps): the pair (z_0, z_1)
-    that ``denoise_states(z_1, sigmas[1:], above=(z_0, sigmas[0]))`` maps back to z."""
+                  model_dtype: Optional[torch.dtype] = None, callback: StepCallback = None,
+                  network_dtype: torch.dtype = torch.float32) -> "tuple[Words, Words]":
+    """The way up from z at sigmas[-1] (descending ``sigmas``, >= 2 steps): the pair (z_0, z_1),
+    as Words, that ``denoise_states(z_1, sigmas[1:], above=(z_0, sigmas[0]))`` maps back to z.
+    ``network_dtype``: what the network's input is cast to, wherever that happens (off_tie)."""
     model_dtype = model_dtype or z.dtype
     n = len(sigmas) - 1
-    # Step 0 of the way up: the DDIM-inversion guess of z_{n-1}, f at s_{n-1}, nudged off the
-    # network dtype's grid (GUESS_NUDGE).
+    # Step 0 of the way up: the DDIM-inversion guess of z_{n-1}, f at s_{n-1}, moved off the
+    # network dtype's ties (off_tie).
     f, denoised = direction(denoise, z, sigmas[n - 1], model_dtype)
-    lower, upper = z, z + ((sigmas[n - 1] - sigmas[n]) * GUESS_NUDGE) * f
+    lower, upper = Words.of(z), Words.of(off_tie(z + (sigmas[n - 1] - sigmas[n]) * f, network_dtype))
     if callback is not None:
         callback(0, sigmas[n], z, denoised)
     for j in range(1, n):
         k = n - j  # undo denoising step k: (z_{k+1}, z_k) -> z_{k-1}
         h_prev, h_next = sigmas[k] - sigmas[k - 1], sigmas[k + 1] - sigmas[k]
-        f, denoised = direction(denoise, upper, sigmas[k], model_dtype)
+        f, denoised = direction(denoise, upper.hi, sigmas[k], model_dtype)
         older = bidirectional_inverse_step(lower, upper, f, rule.weight(h_prev, h_next), h_prev, h_next)
         if callback is not None:
-            callback(j, sigmas[k], upper, denoised)
+            callback(j, sigmas[k], upper.hi, denoised)
         lower, upper = upper, older
     return upper, lower
 
@@ -248,36 +332,42 @@ def sample_bidirectional(model, x, sigmas, extra_args=None, callback=None, disab
                          method: str = "o_belm", gamma: float = SAMPLING_GAMMA, above=None,
                          above_sigma: Optional[float] = None, start=None,
                          state_dtype: Optional[torch.dtype] = None, result: Optional[dict] = None,
-                         model_dtype: Optional[torch.dtype] = None):
+                         model_dtype: Optional[torch.dtype] = None, above_low=None, start_low=None):
     """k-diffusion-form BDIA / O-BELM sampling on descending ``sigmas`` from x (or ``start``,
-    the lower state of an inverted pair, with ``above`` its upper state at ``above_sigma``).
-    Returns the final state in x's dtype; the final pair goes to ``result["pair"]``."""
+    the lower state of an inverted pair, with ``above`` its upper state at ``above_sigma``;
+    ``*_low``: their low words). Returns the final state in x's dtype; the final pair goes to
+    ``result["pair"]`` (rounded states) and ``result["pair_low"]`` (their low words)."""
     rule = rule_for(method, gamma, invertible=above is not None)
     state_dtype = state_dtype or (above.dtype if above is not None else x.dtype)
-    z = _state(x if start is None else start, x, state_dtype)
-    prev = None if above is None else (_state(above, x, state_dtype), float(above_sigma))
+    z = Words.of(_state(x if start is None else start, x, state_dtype),
+                 None if start_low is None else _state(start_low, x, state_dtype))
+    prev = None if above is None else (Words.of(_state(above, x, state_dtype),
+                                                None if above_low is None else _state(above_low, x, state_dtype)),
+                                       float(above_sigma))
     schedule = check_schedule(sigmas.tolist(), min_steps=1)  # the one read of the schedule
     pair = denoise_states(_k_denoise(model, x, sigmas, extra_args), z, schedule, rule, prev, model_dtype,
                           _k_callback(callback, x.dtype))
     if result is not None:
-        result["pair"] = pair
-    return pair[1].to(x.dtype)
+        result["pair"], result["pair_low"] = tuple(w.hi for w in pair), tuple(w.lo for w in pair)
+    return pair[1].hi.to(x.dtype)
 
 
 @torch.no_grad()
 def sample_bidirectional_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None,
                                    method: str = "o_belm", gamma: float = EDIT_GAMMA,
                                    state_dtype: torch.dtype = torch.float64, result: Optional[dict] = None,
-                                   model_dtype: Optional[torch.dtype] = None):
+                                   model_dtype: Optional[torch.dtype] = None,
+                                   network_dtype: torch.dtype = torch.float32):
     """k-diffusion-form inversion on ascending ``sigmas`` (the schedule flipped, its 0 kept);
-    the pair (z_0, z_1) goes to ``result["pair"]``, z_0 is returned in x's dtype."""
+    the pair (z_0, z_1) goes to ``result["pair"]`` (rounded) and ``result["pair_low"]`` (low
+    words), z_0 is returned in x's dtype."""
     rule = rule_for(method, gamma)
     schedule = check_schedule(sigmas.flip(0).tolist())
     pair = invert_states(_k_denoise(model, x, sigmas, extra_args), _state(x, x, state_dtype), schedule, rule,
-                         model_dtype, _k_callback(callback, x.dtype))
+                         model_dtype, _k_callback(callback, x.dtype), network_dtype)
     if result is not None:
-        result["pair"] = pair
-    return pair[0].to(x.dtype)
+        result["pair"], result["pair_low"] = tuple(w.hi for w in pair), tuple(w.lo for w in pair)
+    return pair[0].hi.to(x.dtype)
 
 
 def sample_o_belm(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):

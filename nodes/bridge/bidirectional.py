@@ -35,9 +35,17 @@ class BidirectionalPair:
     shape: tuple
     family: str  # "eps" (eps and v-prediction) or "flow"
     guidance: str  # the guidance policy and its settings, for information
+    # The states' low words (samplers/bidirectional.py, "Compensated states"): upper + upper_low
+    # is the state the way up ended at; None reads as zero.
+    upper_low: Optional[torch.Tensor] = None
+    lower_low: Optional[torch.Tensor] = None
 
     def part(self, start: int, stop: int) -> "BidirectionalPair":
+        def rows(t):
+            return None if t is None else t[start:stop]
+
         return dataclasses.replace(self, upper=self.upper[start:stop], lower=self.lower[start:stop],
+                                   upper_low=rows(self.upper_low), lower_low=rows(self.lower_low),
                                    shape=(stop - start,) + tuple(self.shape[1:]))
 
     def mismatch(self, sigmas: list, rule: Bidirectional, fingerprint: str, channels: int) -> Optional[str]:
@@ -72,16 +80,18 @@ def _options(rule: Bidirectional) -> dict:
 
 
 def bidirectional_invert(guider: PolicyGuider, latent: torch.Tensor, sigmas: torch.Tensor, rule: Bidirectional,
-                         state_dtype: torch.dtype) -> "tuple[torch.Tensor, torch.Tensor]":
-    """(upper, lower) at (sigmas[0], sigmas[1]) from the latent at sigmas[-1], on the intermediate device."""
+                         state_dtype: torch.dtype) -> "tuple[torch.Tensor, ...]":
+    """(upper, lower, upper_low, lower_low) at (sigmas[0], sigmas[1]) from the latent at
+    sigmas[-1], on the intermediate device."""
     result: dict = {}
     sampler = comfy.samplers.KSAMPLER(sample_bidirectional_inversion,
                                       extra_options={**_options(rule), "state_dtype": state_dtype,
+                                                     "network_dtype": guider.model_patcher.model_dtype(),
                                                      "result": result})
     # Ascending with the final 0 kept: ComfyUI then starts from the latent itself.
     _run(guider, sampler, latent, sigmas.flip(0))
     device = comfy.model_management.intermediate_device()
-    return tuple(t.to(device) for t in result["pair"])
+    return tuple(t.to(device) for t in result["pair"] + result["pair_low"])
 
 
 def bidirectional_sample(guider: PolicyGuider, pair: BidirectionalPair):
@@ -91,7 +101,8 @@ def bidirectional_sample(guider: PolicyGuider, pair: BidirectionalPair):
     result: dict = {}
     sampler = comfy.samplers.KSAMPLER(sample_bidirectional, extra_options={
         **_options(pair.rule), "above": pair.upper, "above_sigma": pair.sigmas[0], "start": pair.lower,
-        "state_dtype": pair.upper.dtype, "result": result})
+        "above_low": pair.upper_low, "start_low": pair.lower_low, "state_dtype": pair.upper.dtype,
+        "result": result})
     # An all-zero start: ComfyUI leaves it unshifted and noise-scales it to zero; the sampler
     # starts from the pair instead, one step below the schedule's top.
     _run(guider, sampler, torch.zeros(pair.shape), pair.schedule[1:])

@@ -99,19 +99,26 @@ def test_inversion_makes_one_evaluation_per_step(fixture_model):
     assert guider.last_record.nfe_per_step == [2.0] * 5 and not guider.last_record.warnings
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_float32_state_round_trips_closely(fixture_model, method, request):
-    if method == "o_belm":
-        # Measured: Invert's rounding guard refuses O-BELM's float32 pair at 6 steps of this
-        # schedule (1.1e5-fold growth); the test's schedule or the guard is open (issue 32).
-        request.applymarker(pytest.mark.xfail(strict=False, reason="O-BELM float32 refused by the rounding guard"))
-    model, pos, neg = fixture_model
+@pytest.mark.parametrize("method, family", [("bdia", "eps"), ("bdia", "flow"), ("o_belm", "flow")])
+def test_float32_state_round_trips_closely(fixture_model, families, method, family):
+    _, pos, neg = fixture_model
+    model = families[family]
     sigmas, latent = sigmas_for(model, 6), source_latent(1)
     pair = invert(model, pos, neg, sigmas, latent, method, precision="float32")[0]
     assert pair.upper.dtype == torch.float32
     err = ((sample(model, pos, neg, sigmas, pair, method) - latent["samples"]).abs().max()
            / latent["samples"].abs().max()).item()
     assert err < 1e-3, err
+
+
+def test_float32_o_belm_on_a_schedule_whose_steps_shrink_is_refused(fixture_model):
+    """O-BELM's way up grows the pair's rounding by (h_0 / h_{n-1})^2: on SD1.5's normal schedule
+    (steps from ~5 down to ~0.03 in sigma) a float32 pair would be rounding, so Invert says so."""
+    model, pos, neg = fixture_model
+    with pytest.raises(NodeInputError) as err:
+        invert(model, pos, neg, sigmas_for(model, 6), source_latent(1), "o_belm", precision="float32")
+    message = str(err.value)
+    assert message.startswith(f"{INVERT}: input 'sigmas'") and "float64" in message and "rounding" in message
 
 
 def test_apg_without_momentum_inverts_exactly(fixture_model):

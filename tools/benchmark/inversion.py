@@ -109,7 +109,15 @@ TUNED = {
 # BDIA's and O-BELM's own, per default model, chosen the same way (tune_inversion.py --methods
 # bdia o_belm; tables in docs/benchmark/<model>/tune_inversion_bidirectional.json); a method or
 # model not listed uses the model's EDICT settings above (mixing weight aside, which they lack).
-TUNED_ONE_EVALUATION: dict = {}
+TUNED_ONE_EVALUATION: dict = {
+    # 16 tuning pairs (tune_inversion_bidirectional_*.json). BDIA: gamma 0.92 at edit CFG 5 lands
+    # 81 % and keeps 62 % (gamma 0.96: 81 %, 56 %; edit CFG 8 and 12 land less: 69 %, 50 %).
+    # O-BELM reaches 80 % nowhere: CFG 3-4 land 69 % and keep 69 %, and higher CFG lands *less*
+    # (CFG 8: 31 %, CFG 12: 6 %); strength 0.8, inversion CFG 1 and the source prompt as the
+    # edit's negative land less.
+    "guidance_lab_flow32": {"bdia": EditSettings(edit_cfg=5.0, gamma=0.92),
+                            "o_belm": EditSettings(edit_cfg=4.0)},
+}
 
 
 def settings_for(weights: str, method: str = "edict") -> EditSettings:
