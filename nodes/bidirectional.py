@@ -4,7 +4,6 @@ prompt (the same latent, to rounding) or an edited one; and both as plain sample
 
 from __future__ import annotations
 
-import comfy.model_management
 import torch
 from comfy_api.latest import io
 
@@ -12,8 +11,8 @@ from ..samplers.bidirectional import (EDIT_GAMMA, METHODS, SAMPLING_GAMMA, Bidir
                                       inversion_gain, rule_for)
 from .bridge.bidirectional import BidirectionalPair, bidirectional_invert, bidirectional_sample, bidirectional_sampler
 from .bridge.fingerprint import model_fingerprint
-from .bridge.inversion import model_latent, to_latent_space
-from .edict import PRECISIONS, edict_policy, guidance_input
+from .bridge.inversion import to_latent_space
+from .edict import PRECISIONS, checked_latent, checked_precision, edict_policy, guidance_input
 from .guider_common import build_guider, cfg_input, model_and_prompt_inputs
 from .validation import NodeInputError, checks_inputs
 
@@ -114,16 +113,11 @@ class BidirectionalInvertNode(io.ComfyNode):
                 guidance=None) -> io.NodeOutput:
         node = cls.DISPLAY
         rule, schedule = checked_rule(node, method, gamma), checked_schedule(node, sigmas)
-        state_dtype = PRECISIONS[precision]
-        if state_dtype == torch.float64 and comfy.model_management.get_torch_device().type == "mps":
-            raise NodeInputError(node, "precision", "is float64, which this device (MPS) lacks; choose float32")
+        state_dtype = checked_precision(node, precision)
         check_gain(node, schedule, rule, state_dtype)
         policy = edict_policy(node, cfg, guidance, model)
         guider = build_guider(node, model, positive, negative, lambda: policy)
-        latent = model_latent(model, latent_image)
-        if getattr(latent, "is_nested", False):
-            raise NodeInputError(node, "latent_image", "is a nested (multi-part) latent; BDIA / O-BELM invert "
-                                                       "one image or video latent")
+        latent = checked_latent(node, model, latent_image, "BDIA / O-BELM")
         fingerprint = model_fingerprint(model)
         upper, lower, upper_low, lower_low = bidirectional_invert(guider, latent, sigmas, rule, state_dtype)
         pair = BidirectionalPair(upper, lower, tuple(schedule), sigmas.detach().cpu().clone(), rule, fingerprint,

@@ -120,20 +120,32 @@ class EdictInvertNode(io.ComfyNode):
                 guidance=None) -> io.NodeOutput:
         node = cls.DISPLAY
         p, schedule = checked_p(node, mixing_weight), checked_schedule(node, sigmas)
-        state_dtype = PRECISIONS[precision]
-        if state_dtype == torch.float64 and comfy.model_management.get_torch_device().type == "mps":
-            raise NodeInputError(node, "precision", "is float64, which this device (MPS) lacks; choose float32")
+        state_dtype = checked_precision(node, precision)
         policy = edict_policy(node, cfg, guidance, model)
         guider = build_guider(node, model, positive, negative, lambda: policy)
-        latent = model_latent(model, latent_image)
-        if getattr(latent, "is_nested", False):
-            raise NodeInputError(node, "latent_image", "is a nested (multi-part) latent; EDICT inverts one "
-                                                       "image or video latent")
+        latent = checked_latent(node, model, latent_image, "EDICT")
         fingerprint = model_fingerprint(model)
         x, y = edict_invert(guider, latent, sigmas, p, state_dtype)
         edict = EdictLatent(x, y, tuple(schedule), sigmas.detach().cpu().clone(), p, fingerprint,
                             tuple(latent.shape), guider.model_family(), f"{policy.name} {policy.settings()}")
         return io.NodeOutput(edict, {"samples": to_latent_space(model, x)})
+
+
+def checked_precision(node: str, precision: str) -> torch.dtype:
+    """The inverted state's dtype; float64 refused where the device lacks it."""
+    state_dtype = PRECISIONS[precision]
+    if state_dtype == torch.float64 and comfy.model_management.get_torch_device().type == "mps":
+        raise NodeInputError(node, "precision", "is float64, which this device (MPS) lacks; choose float32")
+    return state_dtype
+
+
+def checked_latent(node: str, model, latent_image: dict, method: str) -> torch.Tensor:
+    """The latent to invert, in the model's space; a nested (multi-part) latent refused."""
+    latent = model_latent(model, latent_image)
+    if getattr(latent, "is_nested", False):
+        raise NodeInputError(node, "latent_image", f"is a nested (multi-part) latent; {method} inverts one "
+                                                   "image or video latent")
+    return latent
 
 
 class EdictSampleNode(io.ComfyNode):

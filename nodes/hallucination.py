@@ -27,7 +27,7 @@ def _scores(node: str, record):
     try:
         return record_scores(record)
     except ValueError as err:
-        raise NodeInputError(node, "record", str(err)) from None
+        raise NodeInputError(node, "record", f"cannot be read: {err}") from None
 
 
 def _picture(scores, threshold, kept, title) -> torch.Tensor:

@@ -3,13 +3,12 @@ read it from the record JSON, split a batch by it, draw it (PIL, like record_plo
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .record_plot import MAX_RECORD_CHARS, MAX_VALUES
+from .record_plot import MAX_VALUES, record_json
 
 WIDTH, HEIGHT, LEFT, TOP, RIGHT, BOTTOM = 760, 260, 64, 40, 16, 34
 BACKGROUND, AXIS, GRID, TEXT = (24, 24, 28), (150, 150, 160), (55, 55, 62), (225, 225, 230)
@@ -19,29 +18,22 @@ KEPT, FLAGGED, LINE = (120, 220, 120), (240, 110, 110), (255, 170, 60)
 def record_scores(text) -> tuple:
     """(per-sample scores, the record's ``hallucination`` block) of a run record's JSON text;
     ValueError says what is missing."""
-    if not isinstance(text, str):
-        raise ValueError(f"is a {type(text).__name__}, not a run record's JSON text")
-    if len(text) > MAX_RECORD_CHARS:
-        raise ValueError(f"is {len(text)} characters long; at most {MAX_RECORD_CHARS} are read")
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as err:
-        raise ValueError(f"is not JSON ({str(err)[:200]})") from None
+    data = record_json(text, use="read")
     block = data.get("hallucination") if isinstance(data, dict) else None
     if not isinstance(block, dict):
-        raise ValueError("holds no hallucination score: connect the 'record' output of a Guided Sampler "
+        raise ValueError("it holds no hallucination score: connect the 'record' output of a Guided Sampler "
                          "or a Guidance Report (Guidance Lab) of this run")
     scores = block.get("score")
     if scores is None:
-        raise ValueError(f"holds no hallucination score: the run made {block.get('estimates', 0)} denoised "
+        raise ValueError(f"it holds no hallucination score: the run made {block.get('estimates', 0)} denoised "
                          f"estimates at noise level <= {block.get('window_noise_level')} and the score "
                          f"needs two; sample with more steps")
     if not isinstance(scores, list) or not scores or len(scores) > MAX_VALUES:
-        raise ValueError(f"has a hallucination score that is not a list of 1 to {MAX_VALUES} numbers")
+        raise ValueError(f"it has a hallucination score that is not a list of 1 to {MAX_VALUES} numbers")
     clean = []
     for i, v in enumerate(scores):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"has hallucination score {i} = {repr(v)[:40]}, not a finite number")
+            raise ValueError(f"it has hallucination score {i} = {repr(v)[:40]}, not a finite number")
         clean.append(float(v))
     return clean, block
 

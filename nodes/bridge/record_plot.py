@@ -83,17 +83,23 @@ def _number(value, where: str, finite: bool = True) -> float:
     return value
 
 
-def parse_record(text) -> dict:
-    """The record in ``text`` (a Guided Sampler's ``record`` JSON), checked; ValueError says
-    what is wrong. Returns only what the plot reads, in the types it expects."""
+def record_json(text, use: str = "plotted"):
+    """``text`` (a run record's JSON) parsed, within the size the nodes read; ValueError says
+    what is wrong with it."""
     if not isinstance(text, str):
         raise ValueError(f"it is a {type(text).__name__}, not a JSON text")
     if len(text) > MAX_RECORD_CHARS:
-        raise ValueError(f"it is {len(text)} characters long; at most {MAX_RECORD_CHARS} are plotted")
+        raise ValueError(f"it is {len(text)} characters long; at most {MAX_RECORD_CHARS} are {use}")
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError) as err:
         raise ValueError(f"it is not JSON ({str(err)[:200]})") from None
+
+
+def parse_record(text) -> dict:
+    """The record in ``text`` (a Guided Sampler's ``record`` JSON), checked; ValueError says
+    what is wrong. Returns only what the plot reads, in the types it expects."""
+    data = record_json(text)
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
         raise ValueError("it is not a Guidance Lab run record (no list of steps)")
     if len(data["steps"]) > MAX_STEPS:

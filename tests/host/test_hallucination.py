@@ -133,7 +133,7 @@ def test_filter_names_itself_and_the_input_on_bad_input(flow_model):
         HallucinationFilterNode.execute(images, record, "threshold", 0.1, 1)
     unscored = json.dumps({"steps": [], "hallucination": {"score": None, "estimates": 1,
                                                            "window_noise_level": 0.5}})
-    with pytest.raises(NodeInputError, match=r"input 'record' holds no hallucination score.*more steps"):
+    with pytest.raises(NodeInputError, match=r"input 'record' cannot be read: it holds no hallucination score.*more steps"):
         HallucinationFilterNode.execute(images, unscored, "threshold", 0.1, 1)
     for bad in ("{}", "not json", json.dumps({"hallucination": {"score": [1.0, "x"]}})):
         with pytest.raises(NodeInputError, match=r"Hallucination Score \(Guidance Lab\): input 'record'"):
