@@ -169,6 +169,18 @@ def linear_ag_with(settings: Optional[dict] = None):
     return build
 
 
+def bidirectional_sampler(method: str, cfg: float):
+    """ComfyUI's CFGGuider with the pack's BDIA / O-BELM Sampler in SamplerCustomAdvanced: the
+    sampler's own quality at CFG's NFE (one guided evaluation per step, like euler's)."""
+    def build(g, ids, ctx):
+        from guidance_lab.samplers.bidirectional import SAMPLING_GAMMA  # the pack is imported by then
+
+        guider = g.add("CFGGuider", "guider", cfg=cfg, **prompts(ids))
+        sampler = g.add("GuidanceLab_BidirectionalSampler", "sampler", method=method, gamma=SAMPLING_GAMMA)
+        return out(guider), out(sampler), False
+    return build
+
+
 def agd(scale: float):
     """The shipped AGD adapters on the model, the AGD Guider at ``scale``: 1 NFE per step."""
     def build(g, ids, ctx):
@@ -205,6 +217,11 @@ METHODS = [
     Method("cfg_pp", f"CFG++ Euler (lambda {CFG_PP_LAMBDA:g})", pack_cfg(CFG_PP_LAMBDA, "euler_cfg_pp"),
            CFG, "comfy_cfg"),
     Method("apg", f"APG, CFG {CFG:g}", pack_apg(CFG), CFG, "comfy_cfg"),
+    # The one-evaluation exact inversions as plain samplers (issue 32): quality beside euler's.
+    Method("o_belm", f"O-BELM sampler + ComfyUI CFGGuider, CFG {CFG:g}", bidirectional_sampler("o_belm", CFG), CFG,
+           "comfy_cfg", target=targets.not_significantly_below("comfy_cfg")),
+    Method("bdia", f"BDIA sampler (gamma 0.5) + ComfyUI CFGGuider, CFG {CFG:g}", bidirectional_sampler("bdia", CFG),
+           CFG, "comfy_cfg", target=targets.not_significantly_below("comfy_cfg")),
     Method("agd", f"AGD (shipped adapters), scale {CFG:g}", agd(CFG), CFG, "comfy_cfg", needs_agd=True,
            target=targets.distilled("comfy_cfg", "comfy_cfg_1")),
     Method("comfy_cfg_3", f"ComfyUI CFGGuider, CFG {LOW_CFG:g}", comfy_cfg(LOW_CFG), LOW_CFG, needs_agd=True),

@@ -132,6 +132,22 @@ def guidance_matters(points: float, unguided: str) -> Target:
     return check
 
 
+def not_significantly_below(reference: str) -> Target:
+    """A sampler's own quality claim: adherence not significantly below ``reference``'s (the
+    paired 95% interval of the difference reaches 0 or above), scene distance reported."""
+    def check(name, rows, dataset, timing):
+        if reference not in rows:
+            return None
+        diff = adherence_difference(rows, name, reference)
+        row, ref = rows[name], rows[reference]
+        text = (f"adherence {row['adherence']:.3f} vs {ref['adherence']:.3f} ("
+                + (stats.fmt_points(diff) if diff else "paired interval: re-run for per-image scores")
+                + f"); scene distance {row['scene_distance']:.3f} vs {ref['scene_distance']:.3f}")
+        verdict = stats.RERUN if diff is None else stats.NOT_MET if diff["hi"] < 0 else stats.MET
+        return f"{name}: adherence not significantly below {reference}'s", verdict, text
+    return check
+
+
 def oversaturates(name, rows, dataset, timing):
     """The model's own check: high guidance shows its failure (what APG exists to fix)."""
     r = rows[name]
