@@ -1,6 +1,7 @@
 """AGD, adapter guidance distillation (Jensen & Sadat, TMLR 2025): pure torch, no ComfyUI.
 
-``adapter``: one cross-attention adapter; ``adapter_set``: the adapters of a model, keyed by
+``adapter``: one cross-attention adapter (UNets) or offset adapter (transformer blocks);
+``adapter_set``: the adapters of a model, keyed by
 block; ``adapter_file``: the safetensors file; ``policy``: 1-NFE sampling at scale w;
 ``training``: loss, schedule, batches; ``trajectories``: the training data on disk.
 
@@ -13,11 +14,11 @@ settings read in cristianpjensen/agd.
 The host side (injection through ComfyUI's attention patches) is ``nodes/bridge/agd.py``.
 """
 
-from .adapter import (AdapterConfig, CrossAttentionAdapter, ScaleEncoder, fourier_features,
+from .adapter import (AdapterConfig, CrossAttentionAdapter, OffsetAdapter, ScaleEncoder, fourier_features,
                       sinusoidal_embedding)
 from .adapter_set import AdapterSet, block_name, relative_size
 from .policy import AGDPolicy, check_scale
 
-__all__ = ["AdapterConfig", "CrossAttentionAdapter", "ScaleEncoder", "fourier_features",
+__all__ = ["AdapterConfig", "CrossAttentionAdapter", "OffsetAdapter", "ScaleEncoder", "fourier_features",
            "sinusoidal_embedding",
            "AdapterSet", "block_name", "relative_size", "AGDPolicy", "check_scale"]
