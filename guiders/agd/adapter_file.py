@@ -70,8 +70,8 @@ def _check_tensors(layout: dict, config: AdapterConfig, tensors: dict, kind: str
     for name, dims in layout.items():
         if (len(dims) not in ((2, 3) if kind == "cross_attention" else (3,))
                 or not all(isinstance(d, int) and d >= 0 for d in dims) or min(dims[:2]) < 1):
-            raise ValueError(f"the recorded layout of block {name} is {list(dims)}, not (hidden, context[, pooled]) "
-                             f"widths for {kind} adapters")
+            raise ValueError(f"the recorded layout of block {name} is {list(dims)}, not positive widths "
+                             f"(hidden, context[, pooled]) for {kind} adapters")
         hidden, context, pooled = (*dims, 0)[:3]
         expected = {"time_token.weight": (config.width, config.time_features),
                     "scale_token.freq": (config.fourier_features,),

@@ -62,7 +62,8 @@ class TrajectoryStore:
     def create(cls, root: Path, meta: dict, samples: int, state_shape, prompt_shape, extra_shapes=None):
         extra_shapes = dict(extra_shapes or {})
         if sorted(extra_shapes) != sorted(meta.get("extras", [])):
-            raise ValueError(f"extra conditioning {sorted(extra_shapes)} differs from meta's {meta.get('extras', [])}")
+            raise ValueError(f"extra conditioning {sorted(extra_shapes)} differs from meta's "
+                             f"{meta.get('extras', [])}")
         shapes = {"states": ((samples, *state_shape), np.float16),
                   "targets": ((samples, *state_shape), np.float16),
                   "sigmas": ((samples,), np.float32), "scales": ((samples,), np.float32),

@@ -398,7 +398,8 @@ def call_options(agd: AGDAdapters) -> dict:
     if agd.adapters.kind == "cross_attention":
         options["patches"] = {"attn2_patch": [agd.input_patch], "attn2_output_patch": [agd.output_patch]}
     else:
-        options["patches_replace"] = {"dit": {_dit_key(name): _BlockOffset(agd, name) for name in agd.adapters.layout}}
+        blocks = {_dit_key(name): _BlockOffset(agd, name) for name in agd.adapters.layout}
+        options["patches_replace"] = {"dit": blocks}
     return options
 
 

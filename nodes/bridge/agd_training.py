@@ -118,7 +118,8 @@ def encode_with_empty(clip, prompts: list) -> tuple:
     pooled output; the pooled ones None where the encoder has none). The fingerprint covers what
     the text encoder (its weights, LoRAs, clip skip) made of them, so trajectories made with
     another encoder are never taken for these."""
-    (embeddings, pooled), (empty, empty_pooled) = encode_prompts(clip, prompts, True), encode_prompts(clip, [""], True)
+    embeddings, pooled = encode_prompts(clip, prompts, True)
+    empty, empty_pooled = encode_prompts(clip, [""], True)
     digest = hashlib.blake2b(digest_size=8)
     for tensor in (embeddings, empty, pooled, empty_pooled):
         if tensor is not None:
@@ -427,7 +428,8 @@ def teacher_forced_rmse(model, store: TrajectoryStore, adapters: AdapterSet, chu
             rows = np.arange(start, min(start + chunk, len(store)))  # sorted: the order batch() reads in
             x, sigma, context, scale, target = store.batch(rows, device)
             extras = store.batch_extras(rows, device)
-            error = ((adapted_call(model, agd, x, sigma, context, scale, extras) - target) ** 2).flatten(1).mean(1).cpu()
+            pred = adapted_call(model, agd, x, sigma, context, scale, extras)
+            error = ((pred - target) ** 2).flatten(1).mean(1).cpu()
             at = store.step_of(rows)
             np.add.at(totals, at, error.double().numpy())
             np.add.at(counts, at, 1)
