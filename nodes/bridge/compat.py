@@ -128,16 +128,18 @@ def training_mode():
     0.33's Flux-family attention applies RoPE through a fused kernel (comfy_kitchen) that has no
     backward; its networks take the differentiable path while ``comfy.model_management.in_training``
     is set, which is how ComfyUI's TrainLoraNode trains (set for its loop, reset in ``finally``).
-    The pack sets it the same way, for the AGD training loop only. 0.3.75 has no such flag (its
-    kernels are all differentiable): nothing to do."""
+    The pack sets it the same way, for the AGD training loop only, and puts back what was there.
+    0.3.75 has no such flag (its kernels are all differentiable): nothing to do. The flag is
+    read by name because only newer hosts define it."""
     import comfy.model_management as mm
 
-    if not hasattr(mm, "in_training"):
+    flag = "in_training"
+    if not hasattr(mm, flag):
         yield
         return
-    before = mm.in_training
-    mm.in_training = True
+    before = getattr(mm, flag)
+    setattr(mm, flag, True)
     try:
         yield
     finally:
-        mm.in_training = before
+        setattr(mm, flag, before)
