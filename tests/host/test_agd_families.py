@@ -238,3 +238,19 @@ def test_the_offset_adapter_composes_with_a_block_replacement_already_there(mode
     _, out = agd(patched, positive, "flux", 4.0, batch=1)
     assert len(calls) == 3
     assert torch.equal(out, cond_only(model, positive, negative, "flux", batch=1))
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_adapters_run_on_the_weights_the_model_runs_with_a_lora_included(models, name, output_dir):
+    """A weight patch (LoRA-style) keeps the base fingerprint: the adapter loads onto the patched
+    model, and its zero-initialised version leaves that model's output exactly as it is."""
+    model, positive, negative = models[name]
+    lora = model.clone()
+    key = next(k for k, v in lora.model_state_dict().items()
+               if k.startswith("diffusion_model.") and k.endswith(".weight") and v.ndim == 2)
+    lora.add_patches({key: (torch.full_like(lora.model_state_dict()[key], 0.05),)}, 1.0)
+    save_adapter(model, output_dir / "zero.safetensors", trained=False)
+    patched = node_out(AGDAdapterLoaderNode.execute(lora, "zero.safetensors"))[0]
+    _, out = agd(patched, positive, name, 4.0, batch=1)
+    expected = cond_only(lora, positive, negative, name, batch=1)
+    assert torch.equal(out, expected) and not torch.equal(expected, cond_only(model, positive, negative, name, 1))
