@@ -182,21 +182,28 @@ class AGDAdapters:
             self.adapters.to(target)
         return self
 
+    def call_inputs(self, run: dict, sigma: torch.Tensor, count: int, device) -> dict:
+        """The per-sample scale and timestep of one model call (the adapters' w and t), computed
+        once per call by the conditioning wrapper, not once per block."""
+        sigmas = _per_sample(sigma, count, device)
+        return {"scale": _per_sample(run["scale"], count, device),
+                "timestep": run.get("model_sampling", self.model_sampling).timestep(sigmas).float()}
+
     def _inputs(self, options: dict, count: int, device):
         """(scale, timestep, context, pooled) for a block call of ``count`` samples, or None where
-        the adapters are off (no AGD scale in the run). Context and pooled come from the
-        conditioning wrapper (None without it: cross-attention adapters read attn2's context)."""
+        the adapters are off (no AGD scale in the run). All but the timestep and scale come from
+        the conditioning wrapper (without it, cross-attention adapters read attn2's context and
+        compute w and t from the block's options)."""
         run = options.get(RUN_KEY)
         if run is None:
             return None
-        cond = options.get(COND_KEY) or {"context": None, "pooled": None}
         param = next(self.adapters.parameters())
         if param.device != device:
             self.adapters.to(device)
             param = next(self.adapters.parameters())
-        sigmas = _per_sample(options["sigmas"], count, device)
-        timestep = run.get("model_sampling", self.model_sampling).timestep(sigmas).float()
-        scale = _per_sample(run["scale"], count, device)
+        cond = options.get(COND_KEY) or {"context": None, "pooled": None}
+        if "scale" not in cond or cond["scale"].shape[0] != count:
+            cond = {**cond, **self.call_inputs(run, options["sigmas"], count, device)}
         context, pooled = cond["context"], cond["pooled"]
         if context is not None:
             if context.shape[0] != count:
@@ -204,7 +211,7 @@ class AGDAdapters:
                                  f"({count})")
             context = context.to(device=device, dtype=param.dtype)
         pooled = None if pooled is None else pooled.to(device=device, dtype=param.dtype)
-        return scale, timestep, context, pooled
+        return cond["scale"].to(device), cond["timestep"].to(device), context, pooled
 
     def delta(self, n: torch.Tensor, extra_options: dict) -> Optional[torch.Tensor]:
         """The adapter output for this attn2 call ([paper: adapter]), or None where it is off."""
@@ -243,8 +250,10 @@ class _Conditioning:
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
         options = transformer_options if transformer_options is not None else {}
-        if RUN_KEY in options and c_crossattn is not None:
-            options = {**options, COND_KEY: {"context": c_crossattn, "pooled": kwargs.get("y")}}
+        run = options.get(RUN_KEY)
+        if run is not None and c_crossattn is not None:
+            options = {**options, COND_KEY: {"context": c_crossattn, "pooled": kwargs.get("y"),
+                                             **self.owner.call_inputs(run, t, x.shape[0], x.device)}}
         return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 
 
