@@ -254,3 +254,41 @@ def test_adapters_run_on_the_weights_the_model_runs_with_a_lora_included(models,
     _, out = agd(patched, positive, name, 4.0, batch=1)
     expected = cond_only(lora, positive, negative, name, batch=1)
     assert torch.equal(out, expected) and not torch.equal(expected, cond_only(model, positive, negative, name, 1))
+
+
+def test_flux_dev_guidance_is_stored_with_the_trajectories_and_given_to_the_student(host, output_dir):
+    """Flux dev's distilled guidance input (``guidance``, 3.5 unless the conditioning says
+    otherwise) is part of what the teacher saw: stored per prompt beside ``y``, and passed to
+    the student's calls, so its training loss starts at the teacher's own output."""
+    import folder_paths
+
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+    from guidance_lab.nodes.bridge.agd import AGDAdapters, adapted_call, adapter_layout
+
+    from .tiny_families import tiny_model as dev_model
+
+    model, positive, _negative, _shape = dev_model("flux")
+    assert model.model.diffusion_model.params.guidance_embed
+    temp_before = folder_paths.get_temp_directory()
+    folder_paths.set_temp_directory(str(output_dir / "temp"))
+    try:
+        with torch.inference_mode():
+            file = node_out(AGDTrainNode.execute(model, FakeClip(positive), "a red circle\na blue star", 1.0, 1.0, 2,
+                                                 2, 2, 1e-3, 8, 64, 0, "agd/dev"))[0]
+    finally:
+        folder_paths.set_temp_directory(temp_before)
+    store = TrajectoryStore.open(next((output_dir / "temp" / "guidance_lab_agd").glob("data_*")))
+    assert store.meta["extras"] == ["guidance", "y"] and store.extras["guidance"][:].tolist() == [3.5, 3.5]
+    # at scale 1 CFG is the conditional output: zero adapters with the stored extras reproduce it
+    import numpy as np
+
+    rows = np.arange(len(store))
+    x, sigma, context, scale, target = store.batch(rows, "cpu")
+    kind, layout = adapter_layout(model)
+    zero = AGDAdapters(AdapterSet(layout, SMALL, kind), (1.0, 1.0), "", architecture="flux")
+    with torch.no_grad():
+        out = adapted_call(model, zero, x, sigma, context, scale, store.batch_extras(rows, "cpu"))
+        without = adapted_call(model, zero, x, sigma, context, scale, {"y": store.batch_extras(rows, "cpu")["y"]})
+    assert (without - target).abs().max() > 0.1  # the guidance input matters to this model
+    torch.testing.assert_close(out, target, atol=2e-2, rtol=2e-2)  # targets are stored as float16
+    assert adapter_file.load(output_dir / file).architecture["architecture"] == "flux"
