@@ -169,8 +169,8 @@ def test_train_node_trains_then_loader_and_guider_sample(models, name, output_di
         folder_paths.set_temp_directory(temp_before)
     import comfy.model_management
 
-    # 0.33's training flag (the differentiable RoPE for Flux) is set for the loop only
-    assert getattr(comfy.model_management, "in_training", False) is False
+    # 0.33's training flag (the differentiable RoPE for Flux) is set for the loop only (0.3.75 has none)
+    assert vars(comfy.model_management).get("in_training", False) is False
     assert file == f"agd/{name}.safetensors" and "2 prompts, 3 steps" in report and curve.shape[-1] == 3
     made = adapter_file.load(output_dir / file)
     assert made.architecture["architecture"] == ("unet" if name == "sdxl" else name if name != "sd3" else "mmdit")
