@@ -35,39 +35,52 @@ RESUME_SETTINGS = ("batch_size", "lr", "warmup_frac", "seed", "loss_space", "ada
                    "data")
 
 
-def encode_prompts(clip, prompts: list, pooled: bool = False):
+def encode_prompts(clip, prompts: list, options: bool = False):
     """[P, L, D] text embeddings by the model's own CLIP (what CLIPTextEncode gives); with
-    ``pooled``, also the pooled outputs [P, D'] (None where the encoder has none, e.g. Wan's)."""
-    encoded = [clip.encode_from_tokens(clip.tokenize(text), return_pooled=True) for text in prompts]
-    rows = [r if r.ndim == 3 else r[None] for r, _ in encoded]
+    ``options``, also what the encoder gives beside them, as CLIPTextEncode puts it in the
+    conditioning: {name: [P, ...] tensor} (``pooled_output``, an ``attention_mask`` ...; none
+    for an encoder without, e.g. Wan's) or a value all prompts share."""
+    encoded = [clip.encode_from_tokens(clip.tokenize(text), return_dict=True) for text in prompts]
+    rows = [e["cond"] if e["cond"].ndim == 3 else e["cond"][None] for e in encoded]
     shortest = min(r.shape[1] for r in rows)
     for line, (text, row) in enumerate(zip(prompts, rows), start=1):
         if row.shape[1] != shortest:  # one stored embedding per prompt: a single length
             raise ValueError(f"prompt {line} ({text[:40]!r}...) encodes to {row.shape[1]} tokens, more than one "
                              f"chunk of the text encoder ({shortest}); shorten it")
     embeddings = torch.cat(rows).float()
-    if not pooled:
+    if not options:
         return embeddings
-    pools = [p for _, p in encoded]
-    if any(p is None for p in pools):
-        return embeddings, None
-    return embeddings, torch.cat([p.reshape(1, -1) for p in pools]).float()
+    found = {}
+    for name in sorted({k for e in encoded for k in e if k != "cond"}):
+        values = [e.get(name) for e in encoded]
+        if all(v is None for v in values):
+            continue
+        if all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
+            found[name] = torch.cat([v if v.ndim and v.shape[0] == 1 else v[None] for v in values])
+        elif all(not isinstance(v, torch.Tensor) and v == values[0] for v in values):
+            found[name] = values[0]
+        else:
+            raise ValueError(f"the text encoder's output {name!r} differs in kind or shape between the prompts; "
+                             "the trainer stores one per prompt")
+    return embeddings, found
 
 
-def cond_options(pooled: Optional[torch.Tensor]) -> dict:
-    """A conditioning's options dict (what CLIPTextEncode puts beside the embedding)."""
-    return {} if pooled is None else {"pooled_output": pooled}
+def select_options(options: dict, rows) -> dict:
+    """The conditioning options of the prompts ``rows`` (a slice or index list), batched."""
+    return {k: (v[rows].float() if isinstance(v, torch.Tensor) and v.is_floating_point() else
+                v[rows] if isinstance(v, torch.Tensor) else v) for k, v in options.items()}
 
 
-def model_extras(model, embedding: torch.Tensor, pooled: Optional[torch.Tensor], latent_shape) -> dict:
+def model_extras(model, embedding: torch.Tensor, options: dict, latent_shape) -> dict:
     """The model's other conditioning for one prompt, as its ``extra_conds`` makes it for a
     sampler (``comfy.samplers.encode_model_conds``, as CFGGuider does): {name: tensor}, one row
     (SDXL's ``y`` from the pooled text and the image size, SD3's and Flux's ``y``, Flux's
-    ``guidance``). The prompt embedding itself (``c_crossattn``) is not among them."""
+    ``guidance``). The prompt embedding itself (``c_crossattn``) is not among them. ``options``:
+    the prompt's conditioning options (``select_options``)."""
     import comfy.samplers
 
     noise = torch.zeros((1, *latent_shape))
-    cond = {"cross_attn": embedding, "model_conds": {}, **cond_options(pooled)}
+    cond = {"cross_attn": embedding, "model_conds": {}, **options}
     device = torch.device("cpu")
     made = comfy.samplers.encode_model_conds(model.model.extra_conds, [cond], noise, device, "positive",
                                              latent_image=noise, denoise_mask=None, seed=0)[0]["model_conds"]
@@ -89,7 +102,7 @@ def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scal
     """Sample a batch with CFG at a per-sample scale through ComfyUI; every evaluation's
     (x, sigma, CFG output) as lists. ComfyUI's cfg is a placeholder != 1 (so the uncond
     branch is evaluated); a post-CFG function puts in each sample's own D_u + w (D_c - D_u),
-    in ComfyUI's operation order. ``*_options``: the conditionings' options (pooled outputs)."""
+    in ComfyUI's operation order. ``*_options``: the conditionings' options (pooled outputs ...)."""
     import comfy.samplers
 
     w = scales.reshape(-1, *([1] * (noise.ndim - 1)))
@@ -114,17 +127,19 @@ def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scal
 
 
 def encode_with_empty(clip, prompts: list) -> tuple:
-    """(prompt embeddings, empty prompt's, fingerprint, prompts' pooled outputs, empty prompt's
-    pooled output; the pooled ones None where the encoder has none). The fingerprint covers what
-    the text encoder (its weights, LoRAs, clip skip) made of them, so trajectories made with
-    another encoder are never taken for these."""
-    embeddings, pooled = encode_prompts(clip, prompts, True)
-    empty, empty_pooled = encode_prompts(clip, [""], True)
+    """(prompt embeddings, empty prompt's, fingerprint, prompts' conditioning options, empty
+    prompt's; see ``encode_prompts``). The fingerprint covers what the text encoder (its
+    weights, LoRAs, clip skip) made of them, so trajectories made with another encoder are
+    never taken for these."""
+    embeddings, options = encode_prompts(clip, prompts, True)
+    empty, empty_options = encode_prompts(clip, [""], True)
     digest = hashlib.blake2b(digest_size=8)
-    for tensor in (embeddings, empty, pooled, empty_pooled):
-        if tensor is not None:
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return embeddings, empty, digest.hexdigest(), pooled, empty_pooled
+    for value in (embeddings, empty, *(v for o in (options, empty_options) for _k, v in sorted(o.items()))):
+        if isinstance(value, torch.Tensor):
+            digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return embeddings, empty, digest.hexdigest(), options, empty_options
 
 
 def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int, seed: int, chunk: int = 16,
@@ -138,10 +153,10 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
     if not lo <= hi:  # the adapter file would be refused after all the training
         raise ValueError(f"the scale range [{lo:g}, {hi:g}] is empty; give it low to high")
     texts = [p for p in prompts for _ in range(per_prompt)]
-    embeddings, empty, text_fingerprint, pooled, empty_pooled = encoded or encode_with_empty(clip, prompts)
+    embeddings, empty, text_fingerprint, options, empty_options = encoded or encode_with_empty(clip, prompts)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
     # The model's other conditioning per prompt (SDXL's y ...), stored for the student's calls.
-    extras = [model_extras(model, embeddings[i:i + 1], None if pooled is None else pooled[i:i + 1], latent_shape)
+    extras = [model_extras(model, embeddings[i:i + 1], select_options(options, slice(i, i + 1)), latent_shape)
               for i in range(len(prompts))]
     meta = {"format": FORMAT, "prompts": prompts, "per_prompt": per_prompt,
             "scale_range": [lo, hi], "steps": steps, "seed": seed, "sampler": sampler_name,
@@ -178,8 +193,8 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
         prompt_ids = [i // per_prompt for i in ids]
         records = cfg_trajectories(
             model, embeddings[prompt_ids], empty.expand(len(ids), -1, -1).contiguous(), scales, noise, sigmas,
-            sampler_name, seed, cond_options(None if pooled is None else pooled[prompt_ids]),
-            cond_options(None if empty_pooled is None else empty_pooled.expand(len(ids), -1).contiguous()))
+            sampler_name, seed, select_options(options, prompt_ids),
+            select_options(empty_options, [0] * len(ids)))
         if len(records) != steps:
             raise ValueError(f"sampler {sampler_name!r} made {len(records)} model evaluations for {steps} steps; "
                              "use a sampler with one evaluation per step (euler, ddim, dpmpp_2m ...)")

@@ -144,10 +144,12 @@ class FakeClip:
     def tokenize(self, text):
         return text
 
-    def encode_from_tokens(self, tokens, return_pooled=False):
+    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
         g = torch.Generator().manual_seed(sum(map(ord, tokens)) + 7 * len(tokens))
         cond = torch.randn(1, self.tokens, self.width, generator=g)
         pooled = None if self.pooled is None else torch.randn(1, self.pooled, generator=g)
+        if return_dict:  # as ComfyUI's CLIP: the pooled output is None where the encoder has none
+            return {"cond": cond, "pooled_output": pooled}
         return (cond, pooled) if return_pooled else cond
 
 
