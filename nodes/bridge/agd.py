@@ -276,8 +276,13 @@ class _BlockOffset:
         # autograd refuses. The block runs on copies of its streams, recomputed in backward.
         from torch.utils.checkpoint import checkpoint
 
+        # The recomputation in backward sees the options as they were at this block (the model's
+        # forward keeps writing block_index into its dict).
+        frozen = {**args, **({"transformer_options": dict(args["transformer_options"])}
+                             if isinstance(args.get("transformer_options"), dict) else {})}
+
         def run(*tensors):
-            return call({**args, **{k: t.clone() for k, t in zip(streams, tensors)}})
+            return call({**frozen, **{k: t.clone() for k, t in zip(streams, tensors)}})
 
         return checkpoint(run, *(args[k] for k in streams), use_reentrant=False)
 

@@ -177,7 +177,8 @@ def test_train_node_trains_then_loader_and_guider_sample(models, name, output_di
     made = adapter_file.load(output_dir / file)
     assert made.architecture["architecture"] == ("unet" if name == "sdxl" else name if name != "sd3" else "mmdit")
     assert made.adapters.kind == ("cross_attention" if name == "sdxl" else "offset")
-    assert any(p.abs().max() > 0 for n, p in made.adapters.named_parameters() if n.endswith("out.weight"))
+    # every block's adapter learnt: gradients reach the first blocks through all later ones
+    assert all(p.abs().max() > 0 for n, p in made.adapters.named_parameters() if n.endswith("out.weight"))
     data = next((output_dir / "temp" / "guidance_lab_agd").glob("data_*"))
     store = TrajectoryStore.open(data)
     assert store.states.shape[1:] == (FAMILIES[name][0], *((1,) if len(FAMILIES[name]) == 4 else ()), 8, 8)
