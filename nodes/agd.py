@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 from ..default_model import AGD_ADAPTERS, AGD_DIR
 from ..guiders.agd import AGDPolicy
 from ..guiders.agd import adapter_file as agd_file
-from .bridge.agd import AGDGuider, apply_adapters, attn2_layout, find_adapters
+from .bridge.agd import AGDGuider, apply_adapters, find_adapters, unsupported_reason
 from .bridge.files import PackFile, file_stamp, locate_file, plan_write, read_roots, relative_to_output
 from .guider_common import guider_output
 from .validation import NodeInputError, checks_inputs, require_conditioning
@@ -35,9 +35,10 @@ class AGDAdapterLoaderNode(io.ComfyNode):
             display_name=cls.DISPLAY,
             category="Guidance Lab/agd",
             description="Adds trained AGD adapters (adapter guidance distillation, Jensen & Sadat 2025) "
-                        "to the model's cross-attention blocks, on a clone: the base weights stay as they "
-                        "are. Sample with the AGD Guider for CFG-like images at one model evaluation per "
-                        "step. Refuses adapters trained on another base model.",
+                        "to the model, on a clone: the base weights stay as they are (cross-attention "
+                        "adapters on SD1.x/SD2.x/SDXL UNets, offset adapters on the transformer blocks of "
+                        "SD3, Flux and Wan 2.1). Sample with the AGD Guider for CFG-like images at one model "
+                        "evaluation per step. Refuses adapters trained on another base model or family.",
             inputs=[
                 io.Model.Input("model", tooltip="The base model the adapter was trained on (LoRAs on it are fine)."),
                 io.String.Input("adapter_file", default="agd/adapter.safetensors", tooltip=FILE_TOOLTIP),
@@ -61,11 +62,14 @@ class AGDAdapterLoaderNode(io.ComfyNode):
     @checks_inputs
     def execute(cls, model, adapter_file) -> io.NodeOutput:
         name = adapter_file
+        problem = unsupported_reason(model)
+        if problem:
+            raise NodeInputError(cls.DISPLAY, "model", problem)
         where, path = cls.locate(name)  # the report says which folder it was
         try:
             loaded = agd_file.load(path)
             patched = apply_adapters(model, loaded.adapters, loaded.scale_range, loaded.base_fingerprint,
-                                     source=str(name))
+                                     source=str(name), architecture=loaded.architecture)
         except ValueError as err:
             raise NodeInputError(cls.DISPLAY, "adapter_file", f"({name!r}): {err}") from None
         lo, hi = loaded.scale_range
@@ -140,16 +144,7 @@ def trainable_problem(model) -> str:
         return (f"carries patches other nodes added ({', '.join(added)}): the trainer copies the bare base "
                 "model, so they would be in the teacher and not in the student; connect the model as the "
                 "checkpoint loader gives it")
-    if not attn2_layout(model):
-        # Not "no cross-attention": Wan has it, but inside transformer blocks without these hooks.
-        return (f"({type(model.model.diffusion_model).__name__}) has no UNet transformer block with ComfyUI's "
-                "cross-attention patch hooks (attn2_patch / attn2_output_patch), where AGD's adapters sit: "
-                "SD1.x/SD2.x-style UNets and the pack's default models have them; AGD for transformer models "
-                "(SD3, Flux, Wan, Lumina 2 ...) is not supported")
-    if getattr(model.model, "adm_channels", 0):
-        return ("is conditioned on a pooled text embedding as well (SDXL-style), which the trainer does not "
-                "pass on: it trains SD1.x/SD2.x-style models and the pack's default models")
-    return ""
+    return unsupported_reason(model)
 
 
 class AGDTrainNode(io.ComfyNode):

@@ -92,12 +92,16 @@ class ScaleEncoder(nn.Module):
 class CrossAttentionAdapter(nn.Module):
     """[paper: adapter]: single-head cross-attention from an attn2's input to [w, t, prompt]."""
 
-    def __init__(self, hidden_dim: int, context_dim: int, config: AdapterConfig, generator: torch.Generator):
+    def __init__(self, hidden_dim: int, context_dim: int, config: AdapterConfig, generator: torch.Generator,
+                 pooled_dim: int = 0):
         super().__init__()
         self.config = config
         self.scale_token = ScaleEncoder(config, generator)
         self.time_token = nn.Linear(config.time_features, config.width)
         self.prompt_tokens = nn.Linear(context_dim, config.width)
+        # SDXL-style models are conditioned on a pooled text embedding (with size embeddings) as
+        # well: one more token, a linear map of what the model gets as ``y``.
+        self.pooled_token = nn.Linear(pooled_dim, config.width) if pooled_dim else None
         self.query = nn.Linear(hidden_dim, config.width)
         self.key = nn.Linear(config.width, config.width)
         self.value = nn.Linear(config.width, config.width)
@@ -105,26 +109,74 @@ class CrossAttentionAdapter(nn.Module):
         nn.init.zeros_(self.out.weight)  # zero-initialised: an untrained adapter adds exactly 0
         nn.init.zeros_(self.out.bias)
 
-    def tokens(self, scale: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """[paper: adapter]: the token sequence [w, t, prompt...] plus position encoding; [N, 2 + L, width]."""
+    def tokens(self, scale: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+               pooled: "torch.Tensor | None" = None) -> torch.Tensor:
+        """[paper: adapter]: the token sequence [w, t, (pooled,) prompt...] plus position encoding;
+        [N, 2 (+1) + L, width]."""
         w = self.scale_token(scale)[:, None]
         t = self.time_token(sinusoidal_embedding(timestep, self.config.time_features).to(w.dtype))[:, None]
-        seq = torch.cat([w, t, self.prompt_tokens(context)], dim=1)
+        parts = [w, t]
+        if self.pooled_token is not None:
+            if pooled is None:
+                raise ValueError("this adapter was made for a model with a pooled text embedding (y), and the "
+                                 "model call has none")
+            parts.append(self.pooled_token(pooled[:, : self.pooled_token.in_features])[:, None])
+        seq = torch.cat([*parts, self.prompt_tokens(context)], dim=1)
         positions = torch.arange(seq.shape[1], device=seq.device)
         return seq + sinusoidal_embedding(positions, self.config.width + self.config.width % 2)[
             :, : self.config.width].to(seq.dtype)[None]
 
     def forward(self, hidden: torch.Tensor, scale: torch.Tensor, timestep: torch.Tensor,
-                context: torch.Tensor) -> torch.Tensor:
+                context: torch.Tensor, pooled: "torch.Tensor | None" = None) -> torch.Tensor:
         """[paper: adapter]: out(softmax(q k^T / sqrt(d)) v), added to attn2's output.
 
-        hidden [N, T, hidden_dim]; scale and timestep [N]; context [N, L, context_dim]."""
-        tokens = self.tokens(scale, timestep, context)
+        hidden [N, T, hidden_dim]; scale and timestep [N]; context [N, L, context_dim]; pooled [N, >= pooled_dim]."""
+        tokens = self.tokens(scale, timestep, context, pooled)
         q = self.query(hidden)[:, None]
         k, v = self.key(tokens)[:, None], self.value(tokens)[:, None]
         attended = F.scaled_dot_product_attention(q, k, v)[:, 0]
         return self.out(attended)
 
 
-__all__ = ["AdapterConfig", "CrossAttentionAdapter", "ScaleEncoder", "fourier_features",
+class OffsetAdapter(nn.Module):
+    """[paper: offset adapter] for transformer blocks (DiT, MMDiT, Flux, Wan): a token-independent offset.
+
+    Equation: h_out = block(h) + A(w, t, c), A = out(MLP(e_w(w) + W_t e(t) + W_c mean_tokens(c) [+ W_y y])),
+    out zero-initialised, so A = 0 before training (the paper's offset adapter; the reference code's
+    additive adapter). The conditioning is the guidance scale (the w token of the cross-attention
+    adapter), the timestep (sinusoids, as there), the mean of the prompt embedding the model gets and,
+    where the model has one, its pooled text embedding; the offset is added to every token of the
+    block's output hidden states."""
+
+    def __init__(self, hidden_dim: int, context_dim: int, config: AdapterConfig, generator: torch.Generator,
+                 pooled_dim: int = 0):
+        super().__init__()
+        self.config = config
+        self.scale_token = ScaleEncoder(config, generator)
+        self.time_token = nn.Linear(config.time_features, config.width)
+        self.prompt_token = nn.Linear(context_dim, config.width)
+        self.pooled_token = nn.Linear(pooled_dim, config.width) if pooled_dim else None
+        self.hidden = nn.Linear(config.width, config.mlp_hidden)
+        self.norm = nn.LayerNorm(config.mlp_hidden)
+        self.out = nn.Linear(config.mlp_hidden, hidden_dim)
+        nn.init.zeros_(self.out.weight)  # zero-initialised: an untrained adapter adds exactly 0
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, scale: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                pooled: "torch.Tensor | None" = None) -> torch.Tensor:
+        """[paper: offset adapter]: the offset [N, 1, hidden_dim] to add to the block's output.
+
+        scale and timestep [N]; context [N, L, context_dim] (its token mean is used); pooled [N, >= pooled_dim]."""
+        c = self.scale_token(scale)
+        c = c + self.time_token(sinusoidal_embedding(timestep, self.config.time_features).to(c.dtype))
+        c = c + self.prompt_token(context.mean(dim=1))
+        if self.pooled_token is not None:
+            if pooled is None:
+                raise ValueError("this adapter was made for a model with a pooled text embedding (y), and the "
+                                 "model call has none")
+            c = c + self.pooled_token(pooled[:, : self.pooled_token.in_features])
+        return self.out(self.norm(F.relu(self.hidden(c))))[:, None]
+
+
+__all__ = ["AdapterConfig", "CrossAttentionAdapter", "OffsetAdapter", "ScaleEncoder", "fourier_features",
            "sinusoidal_embedding"]

@@ -2,7 +2,9 @@
 
 Tensors: the ``AdapterSet``'s flat state dict (``<block>.<tensor>``, Fourier buffers included).
 Metadata (strings; JSON where structured): ``format``, ``base_fingerprint`` (the frozen model's
-weights, see the host bridge), ``architecture`` (block layout, model class, family),
+weights, see the host bridge), ``architecture`` (block layout, adapter kind, model class,
+architecture such as unet / flux / mmdit / wan, prediction family; files written before the
+transformer families have no kind: cross-attention),
 ``scale_range`` [lo, hi], ``adapter_config``, ``training`` (settings and results),
 ``parameter_count``, ``base_parameter_count`` and ``command`` (what made the file).
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from ..atomic_file import write_atomically
 from .adapter import AdapterConfig
-from .adapter_set import AdapterSet
+from .adapter_set import KINDS, AdapterSet
 
 FORMAT = "guidance_lab.agd_adapter.v1"
 
@@ -35,7 +37,8 @@ class AdapterFile:
         return {
             "format": FORMAT,
             "base_fingerprint": self.base_fingerprint,
-            "architecture": json.dumps({**self.architecture, "layout": self.adapters.layout}, sort_keys=True),
+            "architecture": json.dumps({**self.architecture, "layout": self.adapters.layout,
+                                        "adapter_kind": self.adapters.kind}, sort_keys=True),
             "scale_range": json.dumps([float(v) for v in self.scale_range]),
             "adapter_config": json.dumps(self.adapters.config.to_dict(), sort_keys=True),
             "training": json.dumps(self.training, sort_keys=True),
@@ -56,7 +59,7 @@ def save(path, adapter_file: AdapterFile) -> Path:
                                                          metadata=adapter_file.metadata()))
 
 
-def _check_tensors(layout: dict, config: AdapterConfig, tensors: dict) -> None:
+def _check_tensors(layout: dict, config: AdapterConfig, tensors: dict, kind: str = "cross_attention") -> None:
     """The metadata's sizes against the tensors actually in the file, before anything is built
     from them (a garbled width must not allocate gigabytes), and every tensor finite float."""
     for key, tensor in tensors.items():
@@ -65,13 +68,20 @@ def _check_tensors(layout: dict, config: AdapterConfig, tensors: dict) -> None:
         if not bool(tensor.isfinite().all()):
             raise ValueError(f"adapter tensor {key} holds NaN or inf")
     for name, dims in layout.items():
-        if len(dims) != 2 or not all(isinstance(d, int) and d > 0 for d in dims):
-            raise ValueError(f"the recorded layout of block {name} is {list(dims)}, not two positive widths")
-        hidden, context = dims
-        expected = {"query.weight": (config.width, hidden), "prompt_tokens.weight": (config.width, context),
-                    "time_token.weight": (config.width, config.time_features),
+        if (len(dims) not in ((2, 3) if kind == "cross_attention" else (3,))
+                or not all(isinstance(d, int) and d >= 0 for d in dims) or min(dims[:2]) < 1):
+            raise ValueError(f"the recorded layout of block {name} is {list(dims)}, not positive widths "
+                             f"(hidden, context[, pooled]) for {kind} adapters")
+        hidden, context, pooled = (*dims, 0)[:3]
+        expected = {"time_token.weight": (config.width, config.time_features),
                     "scale_token.freq": (config.fourier_features,),
                     "scale_token.mlp.0.weight": (config.mlp_hidden, config.fourier_features)}
+        if kind == "cross_attention":
+            expected.update({"query.weight": (config.width, hidden), "prompt_tokens.weight": (config.width, context)})
+        else:
+            expected.update({"out.weight": (hidden, config.mlp_hidden), "prompt_token.weight": (config.width, context)})
+        if pooled:
+            expected["pooled_token.weight"] = (config.width, pooled)
         for leaf, shape in expected.items():
             found = tensors.get(f"{name}.{leaf}")
             if found is None or tuple(found.shape) != shape:
@@ -97,6 +107,9 @@ def load(path) -> AdapterFile:
     try:
         architecture = json.loads(meta["architecture"])
         layout = {name: tuple(dims) for name, dims in architecture.pop("layout").items()}
+        kind = architecture.pop("adapter_kind", "cross_attention")
+        if kind not in KINDS:
+            raise ValueError(f"adapter kind {kind!r} is none of {KINDS}")
         config = AdapterConfig.from_dict(json.loads(meta["adapter_config"]))
         lo, hi = (float(v) for v in json.loads(meta["scale_range"]))
         training = json.loads(meta.get("training", "{}"))
@@ -107,10 +120,10 @@ def load(path) -> AdapterFile:
     if not lo <= hi:
         raise ValueError(f"{path} records an empty scale range [{lo}, {hi}]")
     try:
-        _check_tensors(layout, config, tensors)
+        _check_tensors(layout, config, tensors, kind)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-    adapters = AdapterSet(layout, config)
+    adapters = AdapterSet(layout, config, kind)
     try:
         adapters.load_flat_state_dict(tensors)
     except ValueError as error:

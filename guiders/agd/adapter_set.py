@@ -1,9 +1,17 @@
-"""The adapters of one model: one per cross-attention block, keyed by a stable block name.
+"""The adapters of one model: one per adapted block, keyed by a stable block name.
 
-A block name is ``<part>_<index>_<sub>``, e.g. ``input_7_0``: the UNet part and block index
-that ComfyUI reports while the block runs (``transformer_options["block"]``) and the
-transformer block's index inside it (``block_index``). The layout (name -> hidden width,
-context width) is what the adapter file records as its architecture.
+Two kinds ([paper: adapter], [paper: offset adapter]):
+
+- ``cross_attention`` (UNets): one ``CrossAttentionAdapter`` per attn2 block. A block name is
+  ``<part>_<index>_<sub>``, e.g. ``input_7_0``: the UNet part and block index that ComfyUI
+  reports while the block runs (``transformer_options["block"]``) and the transformer block's
+  index inside it (``block_index``). Layout entry: (hidden width, context width) or, for a
+  model with a pooled text embedding (SDXL), (hidden, context, pooled width).
+- ``offset`` (transformers): one ``OffsetAdapter`` per transformer block, named
+  ``<block type>_<index>`` (``double_block_3``, ``single_block_0``: the keys of ComfyUI's
+  block replacement). Layout entry: (hidden width, context width, pooled width or 0).
+
+The layout and the kind are what the adapter file records as its architecture.
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapter import AdapterConfig, CrossAttentionAdapter
+from .adapter import AdapterConfig, CrossAttentionAdapter, OffsetAdapter
+
+KINDS = ("cross_attention", "offset")
 
 
 def block_name(part: str, index: int, sub: int) -> str:
@@ -19,29 +29,48 @@ def block_name(part: str, index: int, sub: int) -> str:
     return f"{part}_{int(index)}_{int(sub)}"
 
 
-class AdapterSet(nn.Module):
-    """[paper: adapter]: one ``CrossAttentionAdapter`` per attn2 block of the frozen model."""
+def _entry(name: str, dims, kind: str) -> tuple:
+    dims = tuple(int(d) for d in dims)
+    if kind == "cross_attention" and len(dims) == 3 and dims[2] == 0:
+        dims = dims[:2]  # no pooled embedding: the SD1.x layout files have always recorded
+    if len(dims) not in ((2, 3) if kind == "cross_attention" else (3,)) or min(dims[:2]) < 1 or min(dims) < 0:
+        raise ValueError(f"the layout of block {name} is {list(dims)}, not (hidden, context[, pooled]) widths "
+                         f"for {kind} adapters")
+    return dims
 
-    def __init__(self, layout: dict, config: AdapterConfig):
+
+class AdapterSet(nn.Module):
+    """[paper: adapter]: one adapter per adapted block of the frozen model (attn2 blocks of a UNet,
+    transformer blocks of a DiT)."""
+
+    def __init__(self, layout: dict, config: AdapterConfig, kind: str = "cross_attention"):
         super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"adapter kind must be one of {KINDS}, got {kind!r}")
         if not layout:
-            raise ValueError("the layout lists no cross-attention blocks to put adapters on")
+            raise ValueError("the layout lists no blocks to put adapters on")
         self.config = config
-        self.layout = {name: (int(h), int(c)) for name, (h, c) in sorted(layout.items())}
+        self.kind = kind
+        self.layout = {name: _entry(name, dims, kind) for name, dims in sorted(layout.items())}
         generator = torch.Generator().manual_seed(config.seed)
+        make = CrossAttentionAdapter if kind == "cross_attention" else OffsetAdapter
         # The initial weights are a function of the seed alone (every DDP rank, every resume).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.adapters = nn.ModuleDict({
-                name: CrossAttentionAdapter(h, c, config, generator) for name, (h, c) in self.layout.items()})
+                name: make(dims[0], dims[1], config, generator, pooled_dim=dims[2] if len(dims) > 2 else 0)
+                for name, dims in self.layout.items()})
 
     def __contains__(self, name: str) -> bool:
         return name in self.adapters
 
-    def forward(self, name: str, hidden: torch.Tensor, scale: torch.Tensor, timestep: torch.Tensor,
-                context: torch.Tensor) -> torch.Tensor:
-        """The adapter output to add to block ``name``'s attn2 output ([paper: adapter])."""
-        return self.adapters[name](hidden, scale, timestep, context)
+    def forward(self, name: str, hidden: "torch.Tensor | None", scale: torch.Tensor, timestep: torch.Tensor,
+                context: torch.Tensor, pooled: "torch.Tensor | None" = None) -> torch.Tensor:
+        """The adapter output to add to block ``name``'s attn2 output ([paper: adapter]) or, for
+        offset adapters, to its output hidden states ([paper: offset adapter]; ``hidden`` unused)."""
+        if self.kind == "offset":
+            return self.adapters[name](scale, timestep, context, pooled)
+        return self.adapters[name](hidden, scale, timestep, context, pooled)
 
     def parameter_count(self) -> int:
         """Trainable parameters (the fixed Fourier buffers are not counted)."""
@@ -71,4 +100,4 @@ def relative_size(adapters: AdapterSet, base_parameters: int) -> float:
     return 100.0 * adapters.parameter_count() / max(int(base_parameters), 1)
 
 
-__all__ = ["AdapterSet", "block_name", "relative_size"]
+__all__ = ["AdapterSet", "KINDS", "block_name", "relative_size"]

@@ -13,6 +13,9 @@ On disk (``DIR``), numpy memory maps, so a data set can exceed memory:
 - ``sigmas.npy``, ``scales.npy`` [N] float32 (per-sample scalars: float16 would move the
   noise level the adapters see away from the one the teacher was evaluated at);
 - samples are trajectory-major: sample ``trajectory * steps + step`` (``TrajectoryStore.row``);
+- ``extra_<name>.npy`` [P, ...] float32, one per name in ``meta["extras"]`` (absent: none): the
+  model's other per-prompt conditioning as its ``extra_conds`` makes it (SDXL's and SD3's pooled
+  ``y``, Flux's ``guidance``), given to the student with the prompt, as the teacher had it;
 - ``meta.json``: settings, counts, the model's fingerprint; ``progress.json``: trajectories
   written so far (a killed generation resumes at the next chunk; ``meta.json`` says
   ``complete`` when it is done).
@@ -53,13 +56,19 @@ class TrajectoryStore:
     prompt_index: np.ndarray
     prompts: np.ndarray
     meta: dict
+    extras: dict = None  # name -> [P, ...] array (meta["extras"])
 
     @classmethod
-    def create(cls, root: Path, meta: dict, samples: int, state_shape, prompt_shape):
+    def create(cls, root: Path, meta: dict, samples: int, state_shape, prompt_shape, extra_shapes=None):
+        extra_shapes = dict(extra_shapes or {})
+        if sorted(extra_shapes) != sorted(meta.get("extras", [])):
+            raise ValueError(f"extra conditioning {sorted(extra_shapes)} differs from meta's "
+                             f"{meta.get('extras', [])}")
         shapes = {"states": ((samples, *state_shape), np.float16),
                   "targets": ((samples, *state_shape), np.float16),
                   "sigmas": ((samples,), np.float32), "scales": ((samples,), np.float32),
-                  "prompt_index": ((samples,), np.int32), "prompts": (tuple(prompt_shape), np.float16)}
+                  "prompt_index": ((samples,), np.int32), "prompts": (tuple(prompt_shape), np.float16),
+                  **{f"extra_{name}": (tuple(shape), np.float32) for name, shape in extra_shapes.items()}}
         needed = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
         existing = next((parent for parent in (root, *root.parents) if parent.exists()), Path("."))
         free = shutil.disk_usage(existing).free
@@ -71,7 +80,8 @@ class TrajectoryStore:
         arrays = {name: mm(root / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
                   for name, (shape, dtype) in shapes.items()}
         write_json(root / "meta.json", {**meta, "complete": False})
-        return cls(root, meta=meta, **arrays)
+        extras = {name: arrays.pop(f"extra_{name}") for name in extra_shapes}
+        return cls(root, meta=meta, extras=extras, **arrays)
 
     @classmethod
     def open(cls, root: Path, mode: str = "r"):
@@ -81,7 +91,8 @@ class TrajectoryStore:
             raise FileNotFoundError(f"no AGD trajectories at {root} (no meta.json): run `generate` first")
         meta = json.loads(meta_path.read_text())
         arrays = {name: np.load(root / f"{name}.npy", mmap_mode=mode) for name in (*ARRAYS, "prompts")}
-        return cls(root, meta=meta, **arrays)
+        extras = {name: np.load(root / f"extra_{name}.npy", mmap_mode=mode) for name in meta.get("extras", [])}
+        return cls(root, meta=meta, extras=extras, **arrays)
 
     def __len__(self) -> int:
         return int(self.states.shape[0])
@@ -103,6 +114,12 @@ class TrajectoryStore:
         context = torch.from_numpy(np.ascontiguousarray(self.prompts[self.prompt_index[order]]))
         return (take(self.states), take(self.sigmas), context.to(device=device, dtype=torch.float32),
                 take(self.scales), take(self.targets))
+
+    def batch_extras(self, indices: np.ndarray, device) -> dict:
+        """The extra conditioning of the given samples, in ``batch``'s order: {name: [n, ...] float32}."""
+        rows = self.prompt_index[np.sort(indices)]
+        return {name: torch.from_numpy(np.ascontiguousarray(array[rows])).to(device=device, dtype=torch.float32)
+                for name, array in (self.extras or {}).items()}
 
 
 __all__ = ["ARRAYS", "FORMAT", "TrajectoryStore", "write_json"]

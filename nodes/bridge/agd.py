@@ -1,15 +1,28 @@
-"""AGD in ComfyUI: adapters injected through the attention patches of a cloned MODEL.
+"""AGD in ComfyUI: adapters injected through ComfyUI's extension points on a cloned MODEL.
 
 The one place that touches ComfyUI for AGD (the adapters themselves are ``guiders/agd``).
+Nothing here edits a weight or a ComfyUI global: every hook is a model patch or a wrapper on
+the clone the loader returns (or, in training, in the one call's own transformer options).
 
-Injection (``comfy/ldm/modules/attention.py``, ``BasicTransformerBlock.forward``): each block
-call builds one fresh ``extra_options`` dict and hands the same dict to its ``attn2_patch``
-(which sees the normalised hidden states entering attn2 and the context) and to its
-``attn2_output_patch`` (which may change attn2's output before the residual add). The
-input patch leaves its arguments untouched and keeps them in that dict; the output patch
-adds the adapter of that block (``extra_options["block"]`` and ``["block_index"]`` name it).
-Both are ordinary model patches on a clone: base weights and ComfyUI's globals are never
-changed, and other patches (LoRAs, other attention patches) keep working.
+UNets (SD1.x, SD2.x, SDXL), cross-attention adapters (``comfy/ldm/modules/attention.py``,
+``BasicTransformerBlock.forward``): each block call builds one fresh ``extra_options`` dict and
+hands the same dict to its ``attn2_patch`` (which sees the normalised hidden states entering
+attn2 and the context) and to its ``attn2_output_patch`` (which may change attn2's output
+before the residual add). The input patch leaves its arguments untouched and keeps them in
+that dict; the output patch adds the adapter of that block (``extra_options["block"]`` and
+``["block_index"]`` name it).
+
+Transformers (Flux's double and single stream blocks, SD3's MMDiT joint blocks, Wan's blocks),
+offset adapters: ``transformer_options["patches_replace"]["dit"][(block type, index)]``, the
+block replacement these models' forwards offer, calls the original block and adds the
+adapter's offset to the hidden states it returns (``img``; for Flux's single stream blocks the
+joint text+image sequence). A replacement another node put there first is called in place of
+the original block, so both apply.
+
+Both kinds read the model call's conditioning from an ``APPLY_MODEL`` wrapper
+(``comfy/model_base.py``, the same for every family), which hands the call's prompt embedding
+(``c_crossattn``) and pooled embedding (``y``: SDXL's pooled text and size embedding, SD3's and
+Flux's pooled CLIP output) on in a copy of the call's transformer options.
 
 Per-run values travel in the run's ``transformer_options[RUN_KEY]``, never on the model:
 ``scale`` (float or per-sample tensor), put there by any pack guider running the AGD policy
@@ -32,21 +45,94 @@ from .fingerprint import base_model_fingerprint
 from .policy_guider import PolicyGuider
 
 _STASH_KEY = "guidance_lab_agd_attn2_input"
+COND_KEY = "guidance_lab_agd_conditioning"  # the model call's prompt and pooled embeddings
+WRAPPER_KEY = "guidance_lab_agd_conditioning"
 PREFIXES = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
+# The transformer classes whose forward calls patches_replace["dit"] with these block types
+# (read in comfy/ldm/flux/model.py, modules/diffusionmodules/mmdit.py, wan/model.py of
+# ComfyUI 0.3.75 and 0.33), by the architecture name an adapter file records.
+DIT_FAMILIES = {"Flux": "flux", "OpenAISignatureMMDITWrapper": "mmdit", "WanModel": "wan"}
+ARCHITECTURE_NAMES = {"unet": "UNet (SD1.x / SD2.x / SDXL)", "flux": "Flux", "mmdit": "SD3 (MMDiT)",
+                      "wan": "Wan 2.1"}
+# Transformers ComfyUI runs without the block-replacement hook: why AGD cannot serve them.
+NO_HOOK = {"NextDiT": "Lumina 2 / NextDiT"}
 
 
-def attn2_layout(model_patcher) -> dict:
-    """{block name: (hidden width, context width)} of every cross-attention of the model's UNet."""
-    layout = {}
-    for name, module in model_patcher.model.diffusion_model.named_modules():
+def architecture_name(model_patcher) -> str:
+    """``unet``, ``flux``, ``mmdit``, ``wan``, or the network's class name where AGD has no adapters."""
+    network = model_patcher.model.diffusion_model
+    if any(True for _ in _attn2_modules(network)):
+        return "unet"
+    return DIT_FAMILIES.get(type(network).__name__, type(network).__name__)
+
+
+def _attn2_modules(network):
+    for name, module in network.named_modules():
         attn2 = getattr(module, "attn2", None)
         parts = name.split(".")
         if attn2 is None or parts[0] not in PREFIXES or "transformer_blocks" not in parts:
             continue
+        yield name, parts, attn2
+
+
+def unsupported_reason(model_patcher) -> str:
+    """Why AGD has no adapters for this model ("" where it has), true to the host's code."""
+    arch = architecture_name(model_patcher)
+    if arch == "unet" or arch in ARCHITECTURE_NAMES:
+        return ""
+    network = type(model_patcher.model.diffusion_model).__name__
+    if network in NO_HOOK:
+        return (f"is a {NO_HOOK[network]} model ({network}), whose transformer blocks offer neither the "
+                "block-replacement hook (transformer_options patches_replace 'dit') nor the cross-attention "
+                "patch hooks in this ComfyUI, the extension points AGD's adapters are injected through; "
+                "AGD supports SD1.x/SD2.x/SDXL UNets, SD3 (MMDiT), Flux and Wan 2.1")
+    return (f"({network}) is not an architecture AGD has adapters for: SD1.x/SD2.x/SDXL UNets (cross-attention "
+            "patch hooks), SD3 (MMDiT), Flux and Wan 2.1 text-to-video (their block-replacement hooks)")
+
+
+def dit_layout(model_patcher) -> dict:
+    """{block name: (hidden width, prompt width, pooled width or 0)} of every transformer block
+    the model's forward offers for replacement ([paper: offset adapter], one per block)."""
+    network = model_patcher.model.diffusion_model
+    arch = DIT_FAMILIES.get(type(network).__name__)
+    if arch == "flux":
+        pooled = network.params.vec_in_dim if getattr(network, "vector_in", None) is not None else 0
+        dims = (int(network.hidden_size), int(network.txt_in.in_features), int(pooled))
+        return {**{f"double_block_{i}": dims for i in range(len(network.double_blocks))},
+                **{f"single_block_{i}": dims for i in range(len(network.single_blocks))}}
+    if arch == "mmdit":
+        embedder = getattr(network, "y_embedder", None)
+        pooled = embedder.mlp[0].in_features if embedder is not None else 0
+        return {f"double_block_{i}": (int(block.x_block.attn.qkv.in_features),
+                                      int(network.context_embedder.in_features), int(pooled))
+                for i, block in enumerate(network.joint_blocks)}
+    if arch == "wan":
+        return {f"double_block_{i}": (int(network.dim), int(network.text_embedding[0].in_features), 0)
+                for i in range(len(network.blocks))}
+    return {}
+
+
+def adapter_layout(model_patcher) -> "tuple[str, dict]":
+    """(adapter kind, layout) of the adapters this model takes; ValueError saying why it takes none."""
+    if architecture_name(model_patcher) == "unet":
+        return "cross_attention", attn2_layout(model_patcher)
+    layout = dit_layout(model_patcher)
+    if not layout:
+        raise ValueError(unsupported_reason(model_patcher) or "has no blocks to put adapters on")
+    return "offset", layout
+
+
+def attn2_layout(model_patcher) -> dict:
+    """{block name: (hidden width, context width[, pooled width])} of every cross-attention of the
+    model's UNet; the pooled width (``y``, SDXL's adm channels) where the model takes one."""
+    layout = {}
+    pooled = int(getattr(model_patcher.model, "adm_channels", 0) or 0)
+    for _name, parts, attn2 in _attn2_modules(model_patcher.model.diffusion_model):
         part = PREFIXES[parts[0]]
         index = 0 if part == "middle" else int(parts[1])
         sub = int(parts[parts.index("transformer_blocks") + 1])
-        layout[block_name(part, index, sub)] = (attn2.to_q.in_features, attn2.to_k.in_features)
+        dims = (attn2.to_q.in_features, attn2.to_k.in_features)
+        layout[block_name(part, index, sub)] = (*dims, pooled) if pooled else dims
     return layout
 
 
@@ -55,6 +141,7 @@ def architecture_of(model_patcher) -> dict:
     from .samplers import model_family
 
     return {"model": type(model_patcher.model.diffusion_model).__name__,
+            "architecture": architecture_name(model_patcher),
             "family": model_family(model_patcher.get_model_object("model_sampling"))}
 
 
@@ -73,17 +160,20 @@ def _per_sample(value, n: int, device) -> torch.Tensor:
 
 
 class AGDAdapters:
-    """The adapters of one MODEL clone, as a pair of ComfyUI attention patches."""
+    """The adapters of one MODEL clone: ComfyUI attention patches (UNets) or block replacements
+    (transformers), and the APPLY_MODEL wrapper that hands them the call's conditioning."""
 
     def __init__(self, adapters: AdapterSet, scale_range, fingerprint: str, source: str = "",
-                 model_sampling=None):
+                 model_sampling=None, architecture: str = "unet"):
         self.adapters = adapters
         self.model_sampling = model_sampling
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.fingerprint = fingerprint
         self.source = source
+        self.architecture = architecture
         self.input_patch = _Attn2Input(self)
         self.output_patch = _Attn2Output(self)
+        self.conditioning = _Conditioning(self)
 
     def to(self, target):
         """ComfyUI moves patches with ``.to(device)`` and ``.to(dtype)``: the adapters follow the
@@ -92,25 +182,123 @@ class AGDAdapters:
             self.adapters.to(target)
         return self
 
+    def call_inputs(self, run: dict, sigma: torch.Tensor, count: int, device) -> dict:
+        """The per-sample scale and timestep of one model call (the adapters' w and t), computed
+        once per call by the conditioning wrapper, not once per block."""
+        sigmas = _per_sample(sigma, count, device)
+        return {"scale": _per_sample(run["scale"], count, device),
+                "timestep": run.get("model_sampling", self.model_sampling).timestep(sigmas).float()}
+
+    def _inputs(self, options: dict, count: int, device):
+        """(scale, timestep, context, pooled) for a block call of ``count`` samples, or None where
+        the adapters are off (no AGD scale in the run). All but the timestep and scale come from
+        the conditioning wrapper (without it, cross-attention adapters read attn2's context and
+        compute w and t from the block's options)."""
+        run = options.get(RUN_KEY)
+        if run is None:
+            return None
+        param = next(self.adapters.parameters())
+        if param.device != device:
+            self.adapters.to(device)
+            param = next(self.adapters.parameters())
+        cond = options.get(COND_KEY) or {"context": None, "pooled": None}
+        if "scale" not in cond or cond["scale"].shape[0] != count:
+            cond = {**cond, **self.call_inputs(run, options["sigmas"], count, device)}
+        context, pooled = cond["context"], cond["pooled"]
+        if context is not None:
+            if context.shape[0] != count:
+                raise ValueError(f"AGD: the model call's prompt batch ({context.shape[0]}) is not the block's "
+                                 f"({count})")
+            context = context.to(device=device, dtype=param.dtype)
+        pooled = None if pooled is None else pooled.to(device=device, dtype=param.dtype)
+        return cond["scale"].to(device), cond["timestep"].to(device), context, pooled
+
     def delta(self, n: torch.Tensor, extra_options: dict) -> Optional[torch.Tensor]:
-        """The adapter output for this block call ([paper: adapter]), or None where it is off."""
+        """The adapter output for this attn2 call ([paper: adapter]), or None where it is off."""
         stash = extra_options.pop(_STASH_KEY, None)
-        run = extra_options.get(RUN_KEY)
-        if stash is None or run is None:
+        if stash is None:
             return None
         hidden, context = stash
         block = extra_options.get("block")
         name = block_name(block[0], block[1], extra_options.get("block_index", 0))
+        inputs = self._inputs(extra_options, hidden.shape[0], hidden.device)
+        if inputs is None:
+            return None
+        scale, timestep, _call_context, pooled = inputs
         param = next(self.adapters.parameters())
-        if param.device != hidden.device:
-            self.adapters.to(hidden.device)
-            param = next(self.adapters.parameters())
-        count = hidden.shape[0]
-        sigmas = _per_sample(extra_options["sigmas"], count, hidden.device)
-        timestep = run.get("model_sampling", self.model_sampling).timestep(sigmas).float()
-        scale = _per_sample(run["scale"], count, hidden.device)
-        out = self.adapters(name, hidden.to(param.dtype), scale, timestep, context.to(param.dtype))
+        # attn2's own context (what the block attends to), as the adapters have always been fed
+        out = self.adapters(name, hidden.to(param.dtype), scale, timestep, context.to(param.dtype), pooled)
         return out.to(n.dtype)
+
+    def offset(self, name: str, options: dict, hidden: torch.Tensor) -> Optional[torch.Tensor]:
+        """The offset for transformer block ``name`` ([paper: offset adapter]), or None where it is off."""
+        inputs = self._inputs(options, hidden.shape[0], hidden.device)
+        if inputs is None:
+            return None
+        if inputs[2] is None:
+            raise ValueError(f"AGD: transformer block {name} ran without the adapters' conditioning wrapper "
+                             "(APPLY_MODEL); load the adapters with the AGD Adapter Loader")
+        return self.adapters(name, None, *inputs).to(hidden.dtype)
+
+
+class _Conditioning:
+    """APPLY_MODEL wrapper: the call's prompt and pooled embeddings, in a copy of its options."""
+
+    def __init__(self, owner: AGDAdapters):
+        self.owner = owner
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                 **kwargs):
+        options = transformer_options if transformer_options is not None else {}
+        run = options.get(RUN_KEY)
+        if run is not None and c_crossattn is not None:
+            options = {**options, COND_KEY: {"context": c_crossattn, "pooled": kwargs.get("y"),
+                                             **self.owner.call_inputs(run, t, x.shape[0], x.device)}}
+        return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+
+class _BlockOffset:
+    """A ``patches_replace["dit"]`` entry: the block (or the replacement that was there), then
+    the adapter's offset added to the hidden states it returns."""
+
+    def __init__(self, owner: AGDAdapters, name: str, previous=None):
+        self.owner = owner
+        self.name = name
+        self.previous = previous
+
+    def _block(self, args, extra):
+        call = (lambda a: self.previous(a, extra)) if self.previous is not None else extra["original_block"]
+        streams = [k for k in ("img", "txt") if isinstance(args.get(k), torch.Tensor)]
+        if not (torch.is_grad_enabled() and any(args[k].requires_grad for k in streams)):
+            return call(args)
+        # Training: gradients reach the adapters of earlier blocks through this one, and ComfyUI's
+        # blocks add to their inputs in place (Flux: ``x += ...`` after normalising x), which
+        # autograd refuses. The block runs on copies of its streams, recomputed in backward.
+        from torch.utils.checkpoint import checkpoint
+
+        # The recomputation in backward sees the options as they were at this block (the model's
+        # forward keeps writing block_index into its dict).
+        frozen = {**args, **({"transformer_options": dict(args["transformer_options"])}
+                             if isinstance(args.get("transformer_options"), dict) else {})}
+
+        def run(*tensors):
+            return call({**frozen, **{k: t.clone() for k, t in zip(streams, tensors)}})
+
+        return checkpoint(run, *(args[k] for k in streams), use_reentrant=False)
+
+    def __call__(self, args, extra):
+        out = self._block(args, extra)
+        options = args.get("transformer_options") or {}
+        delta = self.owner.offset(self.name, options, out["img"])
+        if delta is None:
+            return out
+        return {**out, "img": out["img"] + delta}
+
+    def to(self, target):
+        self.owner.to(target)
+        if self.previous is not None and hasattr(self.previous, "to"):
+            self.previous.to(target)
+        return self
 
 
 class _Attn2Input:
@@ -142,8 +330,19 @@ class _Attn2Output:
         return self
 
 
+def _dit_key(name: str) -> tuple:
+    """``double_block_3`` -> ("double_block", 3), the key of ComfyUI's block replacement."""
+    kind, _, index = name.rpartition("_")
+    return kind, int(index)
+
+
 def find_adapters(model_patcher) -> Optional[AGDAdapters]:
     """The AGD adapters patched into this MODEL, or None."""
+    import comfy.patcher_extension
+
+    for wrapper in model_patcher.get_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY):
+        if isinstance(wrapper, _Conditioning):
+            return wrapper.owner
     patches = model_patcher.model_options.get("transformer_options", {}).get("patches", {})
     for patch in patches.get("attn2_output_patch", []):
         if isinstance(patch, _Attn2Output):
@@ -151,29 +350,52 @@ def find_adapters(model_patcher) -> Optional[AGDAdapters]:
     return None
 
 
-def check_fits(model_patcher, adapters: AdapterSet, fingerprint: str) -> None:
-    """ValueError unless the adapters were made for this model's base weights and layout."""
-    ours = base_model_fingerprint(model_patcher)
-    if ours != fingerprint:
-        raise ValueError(f"the adapter was trained on base model {fingerprint}, but this model is {ours} "
+def check_fits(model_patcher, adapters: AdapterSet, fingerprint: str, architecture: Optional[dict] = None) -> None:
+    """ValueError unless the adapters were made for this model's architecture, base weights and
+    layout. ``architecture``: what the adapter file records (the family is checked first, so an
+    adapter made for another family is named as such, not as another set of weights)."""
+    ours = architecture_name(model_patcher)
+    theirs = (architecture or {}).get("architecture") or ("unet" if adapters.kind == "cross_attention" else None)
+    if ours not in ARCHITECTURE_NAMES:
+        raise ValueError("this model " + unsupported_reason(model_patcher))
+    if theirs is not None and theirs != ours:
+        raise ValueError(f"the adapter was made for a {ARCHITECTURE_NAMES.get(theirs, theirs)} model "
+                         f"({(architecture or {}).get('model', '?')}), but this model is "
+                         f"{ARCHITECTURE_NAMES[ours]} ({type(model_patcher.model.diffusion_model).__name__}); "
+                         "AGD adapters only work on the model family and base weights they were trained on")
+    base = base_model_fingerprint(model_patcher)
+    if base != fingerprint:
+        raise ValueError(f"the adapter was trained on base model {fingerprint}, but this model is {base} "
                          "(other weights or prediction type); use the model it was trained on, or train "
                          "an adapter for this one")
-    layout = attn2_layout(model_patcher)
-    if layout != adapters.layout:
-        raise ValueError(f"the adapter's blocks {sorted(adapters.layout)[:4]} do not match this model's "
-                         f"cross-attention blocks {sorted(layout)[:4]}")
+    kind, layout = adapter_layout(model_patcher)
+    if kind != adapters.kind or layout != adapters.layout:
+        raise ValueError(f"the adapter's {adapters.kind} blocks {sorted(adapters.layout)[:4]} do not match this "
+                         f"model's {kind} blocks {sorted(layout)[:4]}")
 
 
-def apply_adapters(model_patcher, adapters: AdapterSet, scale_range, fingerprint: str, source: str = ""):
-    """A clone of the MODEL with the adapters in its attention patches (the base is untouched)."""
+def apply_adapters(model_patcher, adapters: AdapterSet, scale_range, fingerprint: str, source: str = "",
+                   architecture: Optional[dict] = None):
+    """A clone of the MODEL with the adapters in its attention patches or block replacements and
+    the conditioning wrapper (the base is untouched)."""
+    import comfy.patcher_extension
+
     if find_adapters(model_patcher) is not None:
         raise ValueError("this model already has AGD adapters; load adapters onto the model without them")
-    check_fits(model_patcher, adapters, fingerprint)
+    check_fits(model_patcher, adapters, fingerprint, architecture)
     patched = model_patcher.clone()
     agd = AGDAdapters(adapters.eval().requires_grad_(False), scale_range, fingerprint, source,
-                      model_sampling=patched.get_model_object("model_sampling"))
-    patched.set_model_attn2_patch(agd.input_patch)
-    patched.set_model_attn2_output_patch(agd.output_patch)
+                      model_sampling=patched.get_model_object("model_sampling"),
+                      architecture=architecture_name(model_patcher))
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, agd.conditioning)
+    if adapters.kind == "cross_attention":
+        patched.set_model_attn2_patch(agd.input_patch)
+        patched.set_model_attn2_output_patch(agd.output_patch)
+    else:
+        replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+        for name in adapters.layout:
+            key = _dit_key(name)
+            patched.set_model_patch_replace(_BlockOffset(agd, name, replaced.get(key)), "dit", *key)
     return patched
 
 
@@ -182,12 +404,27 @@ def run_options(scale, model_patcher) -> dict:
     return {"scale": scale, "model_sampling": model_patcher.get_model_object("model_sampling")}
 
 
-def adapted_call(model_patcher, agd: AGDAdapters, x, sigma, context, scale):
+def call_options(agd: AGDAdapters) -> dict:
+    """Transformer options that put ``agd``'s hooks into one model call outside a sampler."""
+    import comfy.patcher_extension
+
+    options = {"wrappers": {comfy.patcher_extension.WrappersMP.APPLY_MODEL: {WRAPPER_KEY: [agd.conditioning]}}}
+    if agd.adapters.kind == "cross_attention":
+        options["patches"] = {"attn2_patch": [agd.input_patch], "attn2_output_patch": [agd.output_patch]}
+    else:
+        blocks = {_dit_key(name): _BlockOffset(agd, name) for name in agd.adapters.layout}
+        options["patches_replace"] = {"dit": blocks}
+    return options
+
+
+def adapted_call(model_patcher, agd: AGDAdapters, x, sigma, context, scale, extras: Optional[dict] = None):
     """One evaluation of the frozen model with the adapters at per-sample ``scale``, outside a
-    sampler (training): the model's ``apply_model`` with the patches in its transformer options."""
-    options = {"patches": {"attn2_patch": [agd.input_patch], "attn2_output_patch": [agd.output_patch]},
-               "sigmas": sigma, RUN_KEY: run_options(scale, model_patcher)}
-    return model_patcher.model.apply_model(x, sigma, c_crossattn=context, transformer_options=options)
+    sampler (training): the model's ``apply_model`` with the hooks in its transformer options.
+    ``extras``: the model's other conditioning by name (``y``, ``guidance``: what its
+    ``extra_conds`` made for the prompt, see ``model_extras``)."""
+    options = {**call_options(agd), "sigmas": sigma, RUN_KEY: run_options(scale, model_patcher)}
+    return model_patcher.model.apply_model(x, sigma, c_crossattn=context, transformer_options=options,
+                                           **(extras or {}))
 
 
 class AGDGuider(PolicyGuider):
@@ -203,5 +440,6 @@ class AGDGuider(PolicyGuider):
         self.inner_set_conds({"positive": positive})
 
 
-__all__ = ["AGDAdapters", "AGDGuider", "RUN_KEY", "adapted_call", "apply_adapters", "architecture_of",
-           "attn2_layout", "base_parameter_count", "check_fits", "find_adapters", "run_options"]
+__all__ = ["AGDAdapters", "AGDGuider", "ARCHITECTURE_NAMES", "RUN_KEY", "adapted_call", "adapter_layout",
+           "apply_adapters", "architecture_name", "architecture_of", "attn2_layout", "base_parameter_count",
+           "call_options", "check_fits", "dit_layout", "find_adapters", "run_options", "unsupported_reason"]

@@ -24,7 +24,8 @@ from ...guiders.atomic_file import write_atomically
 from ...guiders.agd import AdapterConfig, AdapterSet, AGDPolicy
 from ...guiders.agd.trajectories import FORMAT, TrajectoryStore, write_json
 from ...guiders.agd.training import agd_loss, batch_indices, lr_at
-from .agd import AGDAdapters, AGDGuider, adapted_call, apply_adapters, attn2_layout
+from .agd import AGDAdapters, AGDGuider, adapted_call, adapter_layout, apply_adapters, architecture_name
+from .compat import training_mode
 from .fingerprint import base_model_fingerprint
 
 CHECKPOINT = "agd_checkpoint.safetensors"
@@ -34,24 +35,74 @@ RESUME_SETTINGS = ("batch_size", "lr", "warmup_frac", "seed", "loss_space", "ada
                    "data")
 
 
-def encode_prompts(clip, prompts: list) -> torch.Tensor:
-    """[P, L, D] text embeddings by the model's own CLIP (what CLIPTextEncode gives)."""
-    rows = [clip.encode_from_tokens(clip.tokenize(text)) for text in prompts]
-    rows = [r if r.ndim == 3 else r[None] for r in rows]
+def encode_prompts(clip, prompts: list, options: bool = False):
+    """[P, L, D] text embeddings by the model's own CLIP (what CLIPTextEncode gives); with
+    ``options``, also what the encoder gives beside them, as CLIPTextEncode puts it in the
+    conditioning: {name: [P, ...] tensor} (``pooled_output``, an ``attention_mask`` ...; none
+    for an encoder without, e.g. Wan's) or a value all prompts share."""
+    encoded = [clip.encode_from_tokens(clip.tokenize(text), return_dict=True) for text in prompts]
+    rows = [e["cond"] if e["cond"].ndim == 3 else e["cond"][None] for e in encoded]
     shortest = min(r.shape[1] for r in rows)
     for line, (text, row) in enumerate(zip(prompts, rows), start=1):
         if row.shape[1] != shortest:  # one stored embedding per prompt: a single length
             raise ValueError(f"prompt {line} ({text[:40]!r}...) encodes to {row.shape[1]} tokens, more than one "
                              f"chunk of the text encoder ({shortest}); shorten it")
-    return torch.cat(rows).float()
+    embeddings = torch.cat(rows).float()
+    if not options:
+        return embeddings
+    found = {}
+    for name in sorted({k for e in encoded for k in e if k != "cond"}):
+        values = [e.get(name) for e in encoded]
+        if all(v is None for v in values):
+            continue
+        if all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
+            found[name] = torch.cat([v if v.ndim and v.shape[0] == 1 else v[None] for v in values])
+        elif all(not isinstance(v, torch.Tensor) and v == values[0] for v in values):
+            found[name] = values[0]
+        else:
+            raise ValueError(f"the text encoder's output {name!r} differs in kind or shape between the prompts; "
+                             "the trainer stores one per prompt")
+    return embeddings, found
+
+
+def select_options(options: dict, rows) -> dict:
+    """The conditioning options of the prompts ``rows`` (a slice or index list), batched."""
+    return {k: (v[rows].float() if isinstance(v, torch.Tensor) and v.is_floating_point() else
+                v[rows] if isinstance(v, torch.Tensor) else v) for k, v in options.items()}
+
+
+def model_extras(model, embedding: torch.Tensor, options: dict, latent_shape) -> dict:
+    """The model's other conditioning for one prompt, as its ``extra_conds`` makes it for a
+    sampler (``comfy.samplers.encode_model_conds``, as CFGGuider does): {name: tensor}, one row
+    (SDXL's ``y`` from the pooled text and the image size, SD3's and Flux's ``y``, Flux's
+    ``guidance``). The prompt embedding itself (``c_crossattn``) is not among them. ``options``:
+    the prompt's conditioning options (``select_options``)."""
+    import comfy.samplers
+
+    noise = torch.zeros((1, *latent_shape))
+    cond = {"cross_attn": embedding, "model_conds": {}, **options}
+    device = torch.device("cpu")
+    made = comfy.samplers.encode_model_conds(model.model.extra_conds, [cond], noise, device, "positive",
+                                             latent_image=noise, denoise_mask=None, seed=0)[0]["model_conds"]
+    extras = {}
+    for name, value in made.items():
+        if name == "c_crossattn":
+            continue
+        tensor = getattr(value, "cond", None)
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"the model's conditioning {name!r} ({type(value).__name__}) is not a tensor the "
+                             "trainer can store with the trajectories")
+        extras[name] = (tensor[0] if tensor.shape[:1] == (1,) else tensor).detach().float().cpu()
+    return extras
 
 
 def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scales: torch.Tensor,
-                     noise: torch.Tensor, sigmas: torch.Tensor, sampler_name: str, seed: int):
+                     noise: torch.Tensor, sigmas: torch.Tensor, sampler_name: str, seed: int,
+                     positive_options: Optional[dict] = None, negative_options: Optional[dict] = None):
     """Sample a batch with CFG at a per-sample scale through ComfyUI; every evaluation's
     (x, sigma, CFG output) as lists. ComfyUI's cfg is a placeholder != 1 (so the uncond
     branch is evaluated); a post-CFG function puts in each sample's own D_u + w (D_c - D_u),
-    in ComfyUI's operation order."""
+    in ComfyUI's operation order. ``*_options``: the conditionings' options (pooled outputs ...)."""
     import comfy.samplers
 
     w = scales.reshape(-1, *([1] * (noise.ndim - 1)))
@@ -68,22 +119,27 @@ def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scal
     patched = model.clone()
     patched.set_model_sampler_post_cfg_function(per_sample_cfg, disable_cfg1_optimization=True)
     guider = comfy.samplers.CFGGuider(patched)
-    guider.set_conds([[positive, {}]], [[negative, {}]])
+    guider.set_conds([[positive, dict(positive_options or {})]], [[negative, dict(negative_options or {})]])
     guider.set_cfg(2.0)
     latent = torch.zeros_like(noise)
     guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas, disable_pbar=True, seed=seed)
     return records
 
 
-def encode_with_empty(clip, prompts: list) -> "tuple[torch.Tensor, torch.Tensor, str]":
-    """The prompts' embeddings, the empty prompt's, and a fingerprint of both: what the text
-    encoder (its weights, LoRAs, clip skip) made of them, so trajectories made with another
-    encoder are never taken for these."""
-    embeddings, empty = encode_prompts(clip, prompts), encode_prompts(clip, [""])
+def encode_with_empty(clip, prompts: list) -> tuple:
+    """(prompt embeddings, empty prompt's, fingerprint, prompts' conditioning options, empty
+    prompt's; see ``encode_prompts``). The fingerprint covers what the text encoder (its
+    weights, LoRAs, clip skip) made of them, so trajectories made with another encoder are
+    never taken for these."""
+    embeddings, options = encode_prompts(clip, prompts, True)
+    empty, empty_options = encode_prompts(clip, [""], True)
     digest = hashlib.blake2b(digest_size=8)
-    for tensor in (embeddings, empty):
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return embeddings, empty, digest.hexdigest()
+    for value in (embeddings, empty, *(v for o in (options, empty_options) for _k, v in sorted(o.items()))):
+        if isinstance(value, torch.Tensor):
+            digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return embeddings, empty, digest.hexdigest(), options, empty_options
 
 
 def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int, seed: int, chunk: int = 16,
@@ -97,13 +153,18 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
     if not lo <= hi:  # the adapter file would be refused after all the training
         raise ValueError(f"the scale range [{lo:g}, {hi:g}] is empty; give it low to high")
     texts = [p for p in prompts for _ in range(per_prompt)]
-    embeddings, empty, text_fingerprint = encoded or encode_with_empty(clip, prompts)
+    embeddings, empty, text_fingerprint, options, empty_options = encoded or encode_with_empty(clip, prompts)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+    # The model's other conditioning per prompt (SDXL's y ...), stored for the student's calls.
+    extras = [model_extras(model, embeddings[i:i + 1], select_options(options, slice(i, i + 1)), latent_shape)
+              for i in range(len(prompts))]
     meta = {"format": FORMAT, "prompts": prompts, "per_prompt": per_prompt,
             "scale_range": [lo, hi], "steps": steps, "seed": seed, "sampler": sampler_name,
             "scheduler": scheduler, "negative": "", "model_fingerprint": fingerprint,
             "text_fingerprint": text_fingerprint,
             "latent_shape": list(latent_shape), "trajectories": len(texts), "samples": len(texts) * steps}
+    if extras[0]:
+        meta["extras"] = sorted(extras[0])
     progress_path = out_dir / "progress.json"
     done = 0
     if (out_dir / "meta.json").is_file():
@@ -117,9 +178,12 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
             return store
         done = json.loads(progress_path.read_text())["trajectories"] if progress_path.is_file() else 0
     else:
-        store = TrajectoryStore.create(out_dir, meta, len(texts) * steps, latent_shape, tuple(embeddings.shape))
+        store = TrajectoryStore.create(out_dir, meta, len(texts) * steps, latent_shape, tuple(embeddings.shape),
+                                       {name: (len(prompts), *value.shape) for name, value in extras[0].items()})
     if done == 0:  # also on a resume: a kill right after create left them unwritten (meta.json first)
         store.prompts[:] = embeddings.numpy().astype(np.float16)
+        for name, array in store.extras.items():
+            array[:] = torch.stack([row[name] for row in extras]).numpy()
     # Every trajectory's scale and noise come from (seed, trajectory): resumable, chunk-size free.
     for start in range(done, len(texts), chunk):
         ids = list(range(start, min(start + chunk, len(texts))))
@@ -127,8 +191,10 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
         scales = torch.tensor([lo + (hi - lo) * float(torch.rand(1, generator=g)) for g in gens])
         noise = torch.stack([torch.randn(latent_shape, generator=g) for g in gens])
         prompt_ids = [i // per_prompt for i in ids]
-        records = cfg_trajectories(model, embeddings[prompt_ids], empty.expand(len(ids), -1, -1).contiguous(),
-                                   scales, noise, sigmas, sampler_name, seed)
+        records = cfg_trajectories(
+            model, embeddings[prompt_ids], empty.expand(len(ids), -1, -1).contiguous(), scales, noise, sigmas,
+            sampler_name, seed, select_options(options, prompt_ids),
+            select_options(empty_options, [0] * len(ids)))
         if len(records) != steps:
             raise ValueError(f"sampler {sampler_name!r} made {len(records)} model evaluations for {steps} steps; "
                              "use a sampler with one evaluation per step (euler, ddim, dpmpp_2m ...)")
@@ -139,7 +205,8 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
             store.sigmas[rows] = sigma.reshape(-1).expand(len(ids)).numpy()
             store.scales[rows] = scales.numpy()
             store.prompt_index[rows] = np.asarray(prompt_ids, dtype=np.int32)
-        for array in (store.states, store.targets, store.sigmas, store.scales, store.prompt_index, store.prompts):
+        for array in (store.states, store.targets, store.sigmas, store.scales, store.prompt_index, store.prompts,
+                      *store.extras.values()):
             array.flush()
         write_json(progress_path, {"trajectories": ids[-1] + 1})
         if progress is not None:
@@ -178,9 +245,9 @@ def student_module(model, agd: AGDAdapters) -> torch.nn.Module:
             self.adapters = agd.adapters
             self._frozen = (model, agd)
 
-        def forward(self, x, sigma, context, scale):
+        def forward(self, x, sigma, context, scale, extras=None):
             frozen_model, frozen_agd = self._frozen
-            return adapted_call(frozen_model, frozen_agd, x, sigma, context, scale)
+            return adapted_call(frozen_model, frozen_agd, x, sigma, context, scale, extras)
 
     return Student()
 
@@ -232,8 +299,9 @@ def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, ste
         raise ValueError(f"the trajectories were generated with base model {store.meta['model_fingerprint']}, "
                          f"this model is {fingerprint}")
     model.model.to(dist.device).requires_grad_(False)
-    adapters = AdapterSet(attn2_layout(model), config).to(dist.device)
-    agd = AGDAdapters(adapters, tuple(store.meta["scale_range"]), fingerprint)
+    kind, layout = adapter_layout(model)
+    adapters = AdapterSet(layout, config, kind).to(dist.device)
+    agd = AGDAdapters(adapters, tuple(store.meta["scale_range"]), fingerprint, architecture=architecture_name(model))
     student = student_module(model, agd)
     net = dist.wrap(student)
     optimizer = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
@@ -267,12 +335,21 @@ def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, ste
             losses = [r["loss"] for r in rows]
     dist.barrier()
     student.train()
+    with training_mode():
+        return _fit_loop(store, net, adapters, optimizer, settings, checkpoint, log_path, step, losses, steps, seed,
+                         batch_size, lr, warmup_frac, loss_space, checkpoint_every, dist, on_step, crash_after)
+
+
+def _fit_loop(store, net, adapters, optimizer, settings, checkpoint, log_path, step, losses, steps, seed, batch_size,
+              lr, warmup_frac, loss_space, checkpoint_every, dist, on_step, crash_after):
+    """``fit``'s optimizer steps (in the host's training mode)."""
     while step < steps:
         rows = batch_indices(seed, step, len(store), batch_size, dist.rank, dist.world)
         x, sigma, context, scale, target = store.batch(rows, dist.device)
+        extras = store.batch_extras(rows, dist.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup_frac)
-        loss = agd_loss(net(x, sigma, context, scale), target, sigma, loss_space)
+        loss = agd_loss(net(x, sigma, context, scale, extras), target, sigma, loss_space)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -357,7 +434,7 @@ def teacher_forced_rmse(model, store: TrajectoryStore, adapters: AdapterSet, chu
     if store.meta.get("model_fingerprint") not in ("", fingerprint):
         raise ValueError(f"the trajectories were generated with base model {store.meta['model_fingerprint']}, "
                          f"this model is {fingerprint}")
-    agd = AGDAdapters(adapters, tuple(store.meta["scale_range"]), "")
+    agd = AGDAdapters(adapters, tuple(store.meta["scale_range"]), "", architecture=architecture_name(model))
     device = next(model.model.parameters()).device  # wherever sampling left the weights
     steps = int(store.meta["steps"])
     totals, counts = np.zeros(steps), np.zeros(steps)
@@ -365,7 +442,9 @@ def teacher_forced_rmse(model, store: TrajectoryStore, adapters: AdapterSet, chu
         for start in range(0, len(store), chunk):
             rows = np.arange(start, min(start + chunk, len(store)))  # sorted: the order batch() reads in
             x, sigma, context, scale, target = store.batch(rows, device)
-            error = ((adapted_call(model, agd, x, sigma, context, scale) - target) ** 2).flatten(1).mean(1).cpu()
+            extras = store.batch_extras(rows, device)
+            pred = adapted_call(model, agd, x, sigma, context, scale, extras)
+            error = ((pred - target) ** 2).flatten(1).mean(1).cpu()
             at = store.step_of(rows)
             np.add.at(totals, at, error.double().numpy())
             np.add.at(counts, at, 1)
@@ -389,10 +468,12 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
     fingerprint = base_model_fingerprint(model)
     latent_format = model.get_model_object("latent_format")
     # Pixel-space models (ChromaRadiance latents, the pack's default model) have no VAE; the
-    # UNet families AGD targets (SD1.x/2.x/XL) downscale by 8.
+    # families AGD targets (SD1.x/2.x/XL, SD3, Flux, Wan) downscale by 8. Video latents (Wan,
+    # 3 latent dimensions) are trained on single-frame runs: [C, 1, H, W].
     pixel_space = type(latent_format).__name__ == "ChromaRadiance"
     side = max(int(image_size) // (1 if pixel_space else 8), 1)
-    latent_shape = (int(latent_format.latent_channels), side, side)
+    frames = (1,) if int(getattr(latent_format, "latent_dimensions", 2)) == 3 else ()
+    latent_shape = (int(latent_format.latent_channels), *frames, side, side)
     config = AdapterConfig(width=width, fourier_features=width, mlp_hidden=2 * width,
                            time_features=width + width % 2, seed=seed)
     encoded = encode_with_empty(clip, prompts)

@@ -6,6 +6,7 @@ handled here and nowhere else, so an update that moves an internal is fixed in o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -118,3 +119,27 @@ def ksampler(fn, extra_options: dict | None = None):
 
     wrapped = comfy.samplers.KSAMPLER(sample, extra_options=dict(extra_options or {}))
     return wrapped
+
+
+@contextlib.contextmanager
+def training_mode():
+    """Backpropagation through the host's networks, as ComfyUI's own trainer runs it.
+
+    0.33's Flux-family attention applies RoPE through a fused kernel (comfy_kitchen) that has no
+    backward; its networks take the differentiable path while ``comfy.model_management.in_training``
+    is set, which is how ComfyUI's TrainLoraNode trains (set for its loop, reset in ``finally``).
+    The pack sets it the same way, for the AGD training loop only, and puts back what was there.
+    0.3.75 has no such flag (its kernels are all differentiable): nothing to do. The flag is
+    read by name because only newer hosts define it."""
+    import comfy.model_management as mm
+
+    flag = "in_training"
+    if not hasattr(mm, flag):
+        yield
+        return
+    before = getattr(mm, flag)
+    setattr(mm, flag, True)
+    try:
+        yield
+    finally:
+        setattr(mm, flag, before)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from guidance_lab.guiders import StepContext
-from guidance_lab.guiders.agd import (AdapterConfig, AdapterSet, AGDPolicy, CrossAttentionAdapter, block_name,
+from guidance_lab.guiders.agd import (AdapterConfig, AdapterSet, AGDPolicy, CrossAttentionAdapter, OffsetAdapter,
+                                      block_name,
                                       check_scale, fourier_features, relative_size)
 from guidance_lab.guiders.agd import adapter_file
 
@@ -121,7 +122,7 @@ def test_bad_files_are_refused_saying_why(tmp_path):
     for name, changed in (("wide", {"adapter_config": json.dumps({**config, "width": 10**9})}),
                           ("negative", {"architecture": meta["architecture"].replace("[", "[-", 1)})):
         save_file(adapters.flat_state_dict(), str(tmp_path / f"{name}.safetensors"), metadata={**meta, **changed})
-        with pytest.raises(ValueError, match="do not fit the recorded layout|two positive widths|at least 1"):
+        with pytest.raises(ValueError, match="do not fit the recorded layout|positive widths|at least 1"):
             adapter_file.load(tmp_path / f"{name}.safetensors")
     for name, change in (("nan", lambda t: t.fill_(float("nan"))), ("int", lambda t: t.to(torch.int32))):
         tensors = adapters.flat_state_dict()
@@ -268,3 +269,89 @@ def test_adaptive_guidance_refuses_agd_and_passes_its_inner_run_options_on():
         AdaptivePolicy(inner=AGDPolicy(5.0, (1.0, 8.0)))
     inner = APGPolicy(5.0)
     assert AdaptivePolicy(inner=inner).transformer_options() == inner.transformer_options()
+
+
+# Issue 31: the adapters of the other families (pure torch parts).
+OFFSET_LAYOUT = {"double_block_0": (64, 32, 16), "single_block_0": (64, 32, 16), "double_block_1": (48, 32, 0)}
+
+
+def test_an_untrained_offset_adapter_adds_exactly_zero_and_a_trained_one_a_token_independent_offset():
+    adapter = OffsetAdapter(64, 32, SMALL, torch.Generator().manual_seed(0), pooled_dim=16)
+    _hidden, scale, timestep, context = inputs()
+    pooled = torch.randn(2, 16, generator=torch.Generator().manual_seed(5))
+    out = adapter(scale, timestep, context, pooled)
+    assert out.shape == (2, 1, 64) and torch.equal(out, torch.zeros_like(out))
+    perturb(adapter)
+    base = adapter(scale, timestep, context, pooled)
+    for changed in ((scale + 1, timestep, context, pooled), (scale, timestep / 2, context, pooled),
+                    (scale, timestep, context + 1, pooled), (scale, timestep, context, pooled + 1)):
+        assert (adapter(*changed) - base).abs().max() > 1e-4
+    # the prompt enters as its token mean: the order of its tokens does not matter
+    torch.testing.assert_close(adapter(scale, timestep, context.flip(1), pooled), base)
+    with pytest.raises(ValueError, match="pooled text embedding"):
+        adapter(scale, timestep, context)
+
+
+def test_a_cross_attention_adapter_with_a_pooled_embedding_takes_it_as_one_more_token():
+    adapter = CrossAttentionAdapter(64, 32, SMALL, torch.Generator().manual_seed(0), pooled_dim=24)
+    hidden, scale, timestep, context = inputs()
+    pooled = torch.randn(2, 24, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(adapter(hidden, scale, timestep, context, pooled), torch.zeros(2, 5, 64))
+    assert adapter.tokens(scale, timestep, context, pooled).shape == (2, 3 + 7, SMALL.width)
+    perturb(adapter)
+    base = adapter(hidden, scale, timestep, context, pooled)
+    assert (adapter(hidden, scale, timestep, context, pooled + 1) - base).abs().max() > 1e-4
+    # no pooled width: the SD1.x adapter exactly as before (no extra module, same initial weights)
+    plain = CrossAttentionAdapter(64, 32, SMALL, torch.Generator().manual_seed(0))
+    assert plain.pooled_token is None and plain.tokens(scale, timestep, context).shape == (2, 2 + 7, SMALL.width)
+
+
+def test_offset_adapter_files_record_their_kind_and_layout_and_round_trip(tmp_path):
+    adapters = AdapterSet(OFFSET_LAYOUT, SMALL, "offset")
+    perturb(adapters)
+    made = adapter_file.AdapterFile(adapters, "f1", {"model": "Flux", "architecture": "flux", "family": "flow"},
+                                    (1.0, 6.0))
+    loaded = adapter_file.load(adapter_file.save(tmp_path / "flux.safetensors", made))
+    assert loaded.adapters.kind == "offset" and loaded.architecture["architecture"] == "flux"
+    assert loaded.adapters.layout == {k: tuple(v) for k, v in OFFSET_LAYOUT.items()}
+    for key, value in adapters.flat_state_dict().items():
+        assert torch.equal(value, loaded.adapters.flat_state_dict()[key])
+    # a file written before issue 31 has no kind: cross-attention, its two-width layout as it was
+    old = AdapterSet(LAYOUT, SMALL)
+    path = adapter_file.save(tmp_path / "old.safetensors", adapter_file.AdapterFile(old, "f0", {}, (1.0, 8.0)))
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    architecture = json.loads(meta["architecture"])
+    del architecture["adapter_kind"]
+    save_file(old.flat_state_dict(), str(tmp_path / "v1.safetensors"),
+              metadata={**meta, "architecture": json.dumps(architecture)})
+    v1 = adapter_file.load(tmp_path / "v1.safetensors")
+    assert v1.adapters.kind == "cross_attention" and v1.adapters.layout == LAYOUT
+    # an offset layout said to be cross-attention does not fit its tensors
+    architecture = {**json.loads(made.metadata()["architecture"]), "adapter_kind": "cross_attention"}
+    save_file(adapters.flat_state_dict(), str(tmp_path / "liar.safetensors"),
+              metadata={**made.metadata(), "architecture": json.dumps(architecture)})
+    with pytest.raises(ValueError, match="do not fit the recorded layout|positive widths"):
+        adapter_file.load(tmp_path / "liar.safetensors")
+
+
+def test_trajectory_store_keeps_the_extra_conditioning_per_prompt(tmp_path):
+    import numpy as np
+
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+
+    meta = {"scale_range": [1, 8], "steps": 2, "extras": ["guidance", "y"]}
+    store = TrajectoryStore.create(tmp_path, meta, 4, (16, 1, 2, 2), (2, 5, 6), {"y": (2, 3), "guidance": (2,)})
+    store.prompt_index[:] = [0, 0, 1, 1]
+    store.extras["y"][:] = [[1, 2, 3], [4, 5, 6]]
+    store.extras["guidance"][:] = [3.5, 2.0]
+    for a in (store.prompt_index, *store.extras.values()):
+        a.flush()
+    opened = TrajectoryStore.open(tmp_path)
+    extras = opened.batch_extras(np.array([3, 0]), "cpu")  # batch()'s order: rows 0, 3
+    assert extras["y"].tolist() == [[1, 2, 3], [4, 5, 6]] and extras["guidance"].tolist() == [3.5, 2.0]
+    with pytest.raises(ValueError, match="extra conditioning"):
+        TrajectoryStore.create(tmp_path / "b", meta, 4, (3, 2, 2), (2, 5, 6), {"y": (2, 3)})

@@ -311,8 +311,8 @@ def test_training_refuses_a_model_it_cannot_train_before_sampling_anything(shape
     assert not list(output_dir.glob("never_written*"))
     pooled = model.clone()
     pooled.model = copy.copy(model.model)  # the fixture's model object stays as it is
-    pooled.model.adm_channels = 2816  # SDXL's pooled text embedding and size conditioning
-    assert "pooled text embedding" in trainable_problem(pooled)
+    pooled.model.adm_channels = 2816  # SDXL's pooled text embedding and size conditioning: trained (issue 31)
+    assert trainable_problem(pooled) == ""
     attention = model.clone()
     attention.set_model_attn1_patch(lambda q, k, v, extra_options: (q, k, v))
     assert "patches other nodes added (patches)" in trainable_problem(attention)

@@ -140,7 +140,8 @@ def test_patched_model_options_are_left_as_they_were_by_a_run(fixture_model):
 def test_dynamic_vram_is_not_exercised_on_these_machines(host):
     """0.33 makes dynamic VRAM (ModelPatcherDynamic, with comfy-aimdo) the default on CUDA, where
     forward wrappers that hold block references can see unpatched LoRA weights. The pack holds
-    no block references (AGD patches attn2 through ComfyUI's patch lists, Smooth-LoRA goes
+    no block references (AGD patches attn2 through ComfyUI's patch lists and DiT blocks through
+    patches_replace["dit"], whose original_block is ComfyUI's own call; Smooth-LoRA goes
     through comfy.lora), but no run here shows it: this records the gap in the test report."""
     import comfy.model_patcher
 

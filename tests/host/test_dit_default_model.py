@@ -150,3 +150,32 @@ def test_a_truncated_dit_file_is_refused(dit_file, tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(WeightsError, match="truncated or corrupted"):
         load_default_model(tmp_path / "cut.safetensors", "Default Model Loader (Guidance Lab)", "weights")
+
+
+def test_agd_trains_offset_adapters_on_the_dit_default_model_that_the_loader_and_guider_use(dit, tmp_path):
+    """Issue 31: the DiT default model (Flux's network, pixel space) takes AGD's offset adapters
+    on its double and single stream blocks: a few training steps, then loaded and sampled at
+    one evaluation per step."""
+    import folder_paths
+
+    from guidance_lab.guiders.agd import adapter_file
+    from guidance_lab.nodes.agd import AGDAdapterLoaderNode, AGDGuiderNode, AGDTrainNode
+
+    model, clip, _vae = dit
+    before = folder_paths.get_output_directory(), folder_paths.get_temp_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    folder_paths.set_temp_directory(str(tmp_path / "temp"))
+    try:
+        with torch.inference_mode():
+            name = node_out(AGDTrainNode.execute(model, clip, "a red ring\na blue square", 1.0, 6.0, 2, 2, 2, 1e-3, 8,
+                                                 32, 0, "agd/dit"))[0]
+        made = adapter_file.load(tmp_path / name)
+        assert made.adapters.kind == "offset" and made.architecture["architecture"] == "flux"
+        assert {n.rsplit("_", 1)[0] for n in made.adapters.layout} == {"double_block", "single_block"}
+        patched = node_out(AGDAdapterLoaderNode.execute(model, name))[0]
+        guider = node_out(AGDGuiderNode.execute(patched, encode(clip, "a red ring"), 4.0))[0]
+        out = sample(guider, "euler", 3, _latent(2), seed=1)
+    finally:
+        folder_paths.set_output_directory(before[0])
+        folder_paths.set_temp_directory(before[1])
+    assert torch.isfinite(out).all() and guider.last_record.nfe_per_step == [1, 1, 1]

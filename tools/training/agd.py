@@ -269,7 +269,7 @@ def evaluate_command(args) -> dict:
 
     pack_with_host()
     from guidance_lab.guiders.agd import AdapterSet, adapter_file
-    from guidance_lab.nodes.bridge.agd import attn2_layout
+    from guidance_lab.nodes.bridge.agd import adapter_layout
     from guidance_lab.guiders.agd.trajectories import TrajectoryStore
     from guidance_lab.nodes.bridge.agd_training import encode_prompts, teacher_forced_rmse
 
@@ -283,7 +283,8 @@ def evaluate_command(args) -> dict:
     scales = args.scales or [lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3]
     positive, negative = encode_prompts(clip, read_prompts(args.prompts)), encode_prompts(clip, [""])
     shape = (model.get_model_object("latent_format").latent_channels, args.latent_size, args.latent_size)
-    untrained = AdapterSet(attn2_layout(model), made.adapters.config)
+    kind, layout = adapter_layout(model)
+    untrained = AdapterSet(layout, made.adapters.config, kind)
     try:
         rows = [evaluate_scale(args, model, positive, negative, untrained, made, scale, shape) for scale in scales]
     except ValueError as err:  # an adapter or data set of another model, named by the bridge

@@ -1,0 +1,297 @@
+"""AGD on the model families people run (issue 31): tiny random-weight SDXL, SD3, Flux and
+Wan 2.1 models built through ComfyUI's own classes (families.py), with the AGD nodes.
+
+SDXL takes cross-attention adapters with its pooled conditioning (``y``) as one more token;
+SD3 (MMDiT joint blocks), Flux (double and single stream blocks) and Wan (5-D video latents)
+take offset adapters through ComfyUI's ``patches_replace["dit"]`` block replacement. Lumina 2
+(NextDiT) has no such hook in ComfyUI and is refused, naming the node, the input and why."""
+
+import pytest
+import torch
+
+from guidance_lab.guiders.agd import AdapterConfig, AdapterSet, adapter_file
+from guidance_lab.nodes.agd import AGDAdapterLoaderNode, AGDGuiderNode, AGDTrainNode
+from guidance_lab.nodes.validation import NodeInputError
+
+from .comfy_graph import node_out, sample
+from .families import FAMILIES, tiny_model
+
+pytestmark = pytest.mark.host
+
+SUPPORTED = ("sdxl", "sd3", "flux", "wan")
+SMALL = AdapterConfig(width=8, fourier_features=8, mlp_hidden=16, time_features=8, seed=0)
+COUNT_KEY = "test_agd_families_count"
+
+
+def adapters_for(model, trained: bool) -> AdapterSet:
+    from guidance_lab.nodes.bridge.agd import adapter_layout
+
+    kind, layout = adapter_layout(model)
+    adapters = AdapterSet(layout, SMALL, kind)
+    if trained:  # stands in for training: every weight moved, the zero output layers too
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in adapters.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    return adapters
+
+
+def save_adapter(model, path, trained: bool, scale_range=(1.0, 8.0)):
+    from guidance_lab.nodes.bridge.agd import architecture_of, base_parameter_count
+    from guidance_lab.nodes.bridge.fingerprint import base_model_fingerprint
+
+    made = adapter_file.AdapterFile(adapters_for(model, trained), base_model_fingerprint(model),
+                                    architecture_of(model), scale_range, {}, "test", base_parameter_count(model))
+    return adapter_file.save(path, made)
+
+
+def counted(model):
+    """A clone whose model calls are counted by a wrapper of the test's own (not the pack's
+    NFE accounting): {"calls": model evaluations, "rows": samples evaluated}."""
+    import comfy.patcher_extension
+
+    counter = {"calls": 0, "rows": 0}
+
+    def count(executor, x, *args, **kwargs):
+        counter["calls"] += 1
+        counter["rows"] += x.shape[0]
+        return executor(x, *args, **kwargs)
+
+    clone = model.clone()
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, COUNT_KEY, count)
+    return clone, counter
+
+
+def latent(name: str, batch: int) -> dict:
+    return {"samples": torch.zeros((batch, *FAMILIES[name]))}
+
+
+def cond_only(model, positive, negative, name, batch, steps=3, seed=4):
+    from comfy_extras import nodes_custom_sampler as cs
+
+    guider = node_out(cs.CFGGuider.execute(model, positive, negative, 1.0))[0]  # cfg 1: D_c alone
+    return sample(guider, "euler", steps, latent(name, batch), seed=seed)
+
+
+def agd(model, positive, name, scale, batch, steps=3, seed=4):
+    guider = node_out(AGDGuiderNode.execute(model, positive, scale))[0]
+    return guider, sample(guider, "euler", steps, latent(name, batch), seed=seed)
+
+
+@pytest.fixture(scope="module")
+def models(host):
+    return {name: tiny_model(name) for name in (*SUPPORTED, "lumina2")}
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_layout_names_the_blocks_the_hooks_serve(models, name):
+    from guidance_lab.nodes.bridge.agd import adapter_layout
+
+    model = models[name][0]
+    kind, layout = adapter_layout(model)
+    network = model.model.diffusion_model
+    if name == "sdxl":  # cross-attention adapters with SDXL's pooled y (adm channels) as a token
+        assert kind == "cross_attention" and all(dims[2] == model.model.adm_channels for dims in layout.values())
+    else:
+        assert kind == "offset"
+        blocks = {"sd3": len(getattr(network, "joint_blocks", [])), "wan": len(getattr(network, "blocks", [])),
+                  "flux": len(getattr(network, "double_blocks", [])) + len(getattr(network, "single_blocks", []))}
+        assert len(layout) == blocks[name]
+        if name == "flux":
+            assert {n.rsplit("_", 1)[0] for n in layout} == {"double_block", "single_block"}
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_zero_initialised_adapters_change_nothing_and_cost_one_evaluation_per_step(models, name, output_dir):
+    model, positive, negative = models[name]
+    save_adapter(model, output_dir / "agd" / f"{name}_zero.safetensors", trained=False)
+    counting, counter = counted(model)
+    patched, report = node_out(AGDAdapterLoaderNode.execute(counting, f"agd/{name}_zero.safetensors"))
+    assert "trained for scales 1 to 8" in report
+    guider, out = agd(patched, positive, name, 6.0, batch=2)
+    assert counter == {"calls": 3, "rows": 6}  # one evaluation per step, of the 2 samples' prompt only
+    assert guider.last_record.nfe_per_step == [1, 1, 1]
+    assert out.shape == (2, *FAMILIES[name])
+    assert torch.equal(out, cond_only(model, positive, negative, name, batch=2))
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_trained_adapters_act_with_the_scale_batch_independent_and_leave_the_base_alone(models, name, output_dir):
+    model, positive, negative = models[name]
+    base = cond_only(model, positive, negative, name, batch=1)
+    options_before = repr(model.model_options)
+    save_adapter(model, output_dir / f"{name}_trained.safetensors", trained=True)
+    patched = node_out(AGDAdapterLoaderNode.execute(model, f"{name}_trained.safetensors"))[0]
+    _, at2 = agd(patched, positive, name, 2.0, batch=1)
+    _, at6 = agd(patched, positive, name, 6.0, batch=1)
+    assert (at2 - base).abs().max() > 1e-4 and (at2 - at6).abs().max() > 1e-4
+    _, pair = agd(patched, positive, name, 6.0, batch=2)
+    torch.testing.assert_close(pair[:1], at6, atol=1e-4, rtol=1e-4)
+    # the base MODEL is untouched; without an AGD scale in the run (stock CFG) the adapters are off
+    assert repr(model.model_options) == options_before
+    assert torch.equal(cond_only(patched, positive, negative, name, batch=1), base)
+
+
+class FakeClip:
+    """A text encoder of the family's conditioning shapes (no CLIP can be downloaded): the same
+    text always encodes to the same embedding (and pooled output, where the family has one)."""
+
+    def __init__(self, positive):
+        self.tokens, self.width = positive[0][0].shape[1:]
+        pooled = positive[0][1].get("pooled_output")
+        self.pooled = None if pooled is None else pooled.shape[-1]
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
+        g = torch.Generator().manual_seed(sum(map(ord, tokens)) + 7 * len(tokens))
+        cond = torch.randn(1, self.tokens, self.width, generator=g)
+        pooled = None if self.pooled is None else torch.randn(1, self.pooled, generator=g)
+        if return_dict:  # as ComfyUI's CLIP: the pooled output is None where the encoder has none
+            return {"cond": cond, "pooled_output": pooled}
+        return (cond, pooled) if return_pooled else cond
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_train_node_trains_then_loader_and_guider_sample(models, name, output_dir):
+    import folder_paths
+
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+
+    model, _positive, _negative = models[name]
+    clip = FakeClip(models[name][1])
+    temp_before = folder_paths.get_temp_directory()
+    folder_paths.set_temp_directory(str(output_dir / "temp"))
+    try:
+        with torch.inference_mode():  # as ComfyUI's executor runs nodes
+            file, curve, report = node_out(AGDTrainNode.execute(
+                model, clip, "a red circle\na blue star", 2.0, 6.0, 3, 3, 4, 1e-2, 8, 64, 0, f"agd/{name}"))
+    finally:
+        folder_paths.set_temp_directory(temp_before)
+    import comfy.model_management
+
+    # 0.33's training flag (the differentiable RoPE for Flux) is set for the loop only (0.3.75 has none)
+    assert vars(comfy.model_management).get("in_training", False) is False
+    assert file == f"agd/{name}.safetensors" and "2 prompts, 3 steps" in report and curve.shape[-1] == 3
+    made = adapter_file.load(output_dir / file)
+    assert made.architecture["architecture"] == ("unet" if name == "sdxl" else name if name != "sd3" else "mmdit")
+    assert made.adapters.kind == ("cross_attention" if name == "sdxl" else "offset")
+    # every block's adapter learnt: gradients reach the first blocks through all later ones
+    assert all(p.abs().max() > 0 for n, p in made.adapters.named_parameters() if n.endswith("out.weight"))
+    data = next((output_dir / "temp" / "guidance_lab_agd").glob("data_*"))
+    store = TrajectoryStore.open(data)
+    assert store.states.shape[1:] == (FAMILIES[name][0], *((1,) if len(FAMILIES[name]) == 4 else ()), 8, 8)
+    if name in ("sdxl", "sd3", "flux"):  # the pooled conditioning, stored with the trajectories
+        assert "y" in store.meta["extras"] and store.extras["y"].shape[0] == 2
+    if name == "sdxl":
+        assert store.extras["y"].shape[1] == model.model.adm_channels
+    positive = [[torch.from_numpy(store.prompts[:1].astype("float32")),
+                 {} if clip.pooled is None else {"pooled_output": clip.encode_from_tokens("a red circle", True)[1]}]]
+    patched = node_out(AGDAdapterLoaderNode.execute(model, file))[0]
+    shape = (FAMILIES[name][0], *((1,) if len(FAMILIES[name]) == 4 else ()), 8, 8)
+    guider = node_out(AGDGuiderNode.execute(patched, positive, 4.0))[0]
+    out = sample(guider, "euler", 3, {"samples": torch.zeros((2, *shape))}, seed=1)
+    assert torch.isfinite(out).all() and guider.last_record.nfe_per_step == [1, 1, 1]
+
+
+@pytest.mark.parametrize("made_for, used_on", [("flux", "sd3"), ("sd3", "wan"), ("wan", "flux"), ("sdxl", "flux"),
+                                               ("flux", "sdxl")])
+def test_an_adapter_for_one_family_is_refused_on_another(models, made_for, used_on, output_dir):
+    from guidance_lab.nodes.bridge.agd import ARCHITECTURE_NAMES, architecture_name
+
+    save_adapter(models[made_for][0], output_dir / "other.safetensors", trained=False)
+    target = models[used_on][0]
+    with pytest.raises(NodeInputError, match=r"AGD Adapter Loader \(Guidance Lab\): input 'adapter_file'") as err:
+        AGDAdapterLoaderNode.execute(target, "other.safetensors")
+    message = str(err.value)
+    assert f"made for a {ARCHITECTURE_NAMES[architecture_name(models[made_for][0])]} model" in message
+    assert f"this model is {ARCHITECTURE_NAMES[architecture_name(target)]}" in message
+
+
+def test_lumina2_is_refused_by_training_and_loading_naming_the_missing_hook(models, output_dir):
+    from guidance_lab.nodes.agd import trainable_problem
+
+    model = models["lumina2"][0]
+    problem = trainable_problem(model)
+    assert "Lumina 2" in problem and "patches_replace 'dit'" in problem, problem
+    with pytest.raises(NodeInputError, match=r"AGD Train Adapter \(Guidance Lab\): input 'model' is a Lumina 2"):
+        AGDTrainNode.execute(model, FakeClip(models["lumina2"][1]), "a red circle", 1.0, 8.0, 2, 2, 2, 1e-3, 8, 64,
+                             0, "agd/never")
+    assert not list(output_dir.glob("agd/never*"))
+    save_adapter(models["flux"][0], output_dir / "flux.safetensors", trained=False)
+    with pytest.raises(NodeInputError, match=r"AGD Adapter Loader \(Guidance Lab\): input 'model' is a Lumina 2"):
+        AGDAdapterLoaderNode.execute(model, "flux.safetensors")
+
+
+def test_the_offset_adapter_composes_with_a_block_replacement_already_there(models, output_dir):
+    """Another node's ``patches_replace["dit"]`` entry on the same block keeps running: the AGD
+    replacement calls it in place of the original block."""
+    model, positive, negative = models["flux"]
+    calls = []
+
+    def other(args, extra):
+        calls.append(1)
+        return extra["original_block"](args)
+
+    other_model = model.clone()
+    other_model.set_model_patch_replace(other, "dit", "double_block", 0)
+    save_adapter(model, output_dir / "zero.safetensors", trained=False)
+    patched = node_out(AGDAdapterLoaderNode.execute(other_model, "zero.safetensors"))[0]
+    _, out = agd(patched, positive, "flux", 4.0, batch=1)
+    assert len(calls) == 3
+    assert torch.equal(out, cond_only(model, positive, negative, "flux", batch=1))
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_adapters_run_on_the_weights_the_model_runs_with_a_lora_included(models, name, output_dir):
+    """A weight patch (LoRA-style) keeps the base fingerprint: the adapter loads onto the patched
+    model, and its zero-initialised version leaves that model's output exactly as it is."""
+    model, positive, negative = models[name]
+    lora = model.clone()
+    key = next(k for k, v in lora.model_state_dict().items()
+               if k.startswith("diffusion_model.") and k.endswith(".weight") and v.ndim == 2)
+    lora.add_patches({key: (torch.full_like(lora.model_state_dict()[key], 0.05),)}, 1.0)
+    save_adapter(model, output_dir / "zero.safetensors", trained=False)
+    patched = node_out(AGDAdapterLoaderNode.execute(lora, "zero.safetensors"))[0]
+    _, out = agd(patched, positive, name, 4.0, batch=1)
+    expected = cond_only(lora, positive, negative, name, batch=1)
+    assert torch.equal(out, expected) and not torch.equal(expected, cond_only(model, positive, negative, name, 1))
+
+
+def test_flux_dev_guidance_is_stored_with_the_trajectories_and_given_to_the_student(host, output_dir):
+    """Flux dev's distilled guidance input (``guidance``, 3.5 unless the conditioning says
+    otherwise) is part of what the teacher saw: stored per prompt beside ``y``, and passed to
+    the student's calls, so its training loss starts at the teacher's own output."""
+    import folder_paths
+
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+    from guidance_lab.nodes.bridge.agd import AGDAdapters, adapted_call, adapter_layout
+
+    from .tiny_families import tiny_model as dev_model
+
+    model, positive, _negative, _shape = dev_model("flux")
+    assert model.model.diffusion_model.params.guidance_embed
+    temp_before = folder_paths.get_temp_directory()
+    folder_paths.set_temp_directory(str(output_dir / "temp"))
+    try:
+        with torch.inference_mode():
+            file = node_out(AGDTrainNode.execute(model, FakeClip(positive), "a red circle\na blue star", 1.0, 1.0, 2,
+                                                 2, 2, 1e-3, 8, 64, 0, "agd/dev"))[0]
+    finally:
+        folder_paths.set_temp_directory(temp_before)
+    store = TrajectoryStore.open(next((output_dir / "temp" / "guidance_lab_agd").glob("data_*")))
+    assert store.meta["extras"] == ["guidance", "y"] and store.extras["guidance"][:].tolist() == [3.5, 3.5]
+    # at scale 1 CFG is the conditional output: zero adapters with the stored extras reproduce it
+    import numpy as np
+
+    rows = np.arange(len(store))
+    x, sigma, context, scale, target = store.batch(rows, "cpu")
+    kind, layout = adapter_layout(model)
+    zero = AGDAdapters(AdapterSet(layout, SMALL, kind), (1.0, 1.0), "", architecture="flux")
+    with torch.no_grad():
+        out = adapted_call(model, zero, x, sigma, context, scale, store.batch_extras(rows, "cpu"))
+        without = adapted_call(model, zero, x, sigma, context, scale, {"y": store.batch_extras(rows, "cpu")["y"]})
+    assert (without - target).abs().max() > 0.1  # the guidance input matters to this model
+    torch.testing.assert_close(out, target, atol=2e-2, rtol=2e-2)  # targets are stored as float16
+    assert adapter_file.load(output_dir / file).architecture["architecture"] == "flux"
