@@ -153,8 +153,9 @@ def test_inversion_under_the_empty_prompt_reconstructs_under_it_and_edits_under_
     assert inv.EditSettings.parse("3,8,0.9") == inv.EditSettings(inversion_cfg=3.0, edit_cfg=8.0, strength=0.9)
     assert inv.EditSettings.parse("3,12,1.0,empty,0.8,0,source,normal,apg,0,5") == inv.EditSettings(
         inversion_cfg=3.0, edit_cfg=12.0, mixing_weight=0.8, edit_guidance="apg", apg_norm_threshold=5.0)
-    with pytest.raises(ValueError, match="at most 11 values"):
-        inv.EditSettings.parse("3,5,1.0,empty,0.93,7,empty,beta,cfg,0,0,9")
+    assert inv.EditSettings.parse("3,5,1.0,empty,0.93,0,source,normal,cfg,0,0,0.92").gamma == 0.92  # BDIA's
+    with pytest.raises(ValueError, match="at most 12 values"):
+        inv.EditSettings.parse("3,5,1.0,empty,0.93,7,empty,beta,cfg,0,0,0.9,9")
 
 
 def test_inversion_apg_edit_guidance_reaches_both_re_samplings_and_not_the_reconstruction():
