@@ -79,7 +79,7 @@ import numpy as np
 
 from tools.benchmark import stats
 from tools.benchmark.methods import APG, CFG, CFG_PP_LAMBDA
-from tools.paths import BENCHMARK_RESULTS, DOCS, HOST_DIR, REPO
+from tools.paths import BENCHMARK_RESULTS, DOCS, HOST_DIR, README, REPO
 
 RESULTS_DIR = BENCHMARK_RESULTS / "full_size"
 PERFORMANCE_PAGE = DOCS / "performance.md"
@@ -1105,6 +1105,8 @@ def main(argv=None) -> int:
         data = json.loads(out.read_text())
         if page:
             publish(page, data, out.stem)
+        if stored:
+            publish_readme()
         print(markdown(data))
         return 0
     if cfg.device == "cuda":
@@ -1155,6 +1157,8 @@ def main(argv=None) -> int:
     print(table)
     if page:
         publish(page, data, out.stem)
+    if stored and out.parent == RESULTS_DIR:
+        publish_readme()
     print(f"[full-size] wrote {out}; run time {seconds:.0f} s ({seconds / 60:.1f} min)", flush=True)
     return 0
 
@@ -1220,6 +1224,55 @@ def markdown(data: dict) -> str:
             lines.append(f"| {t['row']} | {t['target']} | {t['verdict']} | {t['figures']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+README_MARKERS = ("<!-- full-size:summary:start -->", "<!-- full-size:summary:end -->")
+
+
+def stored_runs(results_dir: Path = RESULTS_DIR) -> dict:
+    """{file stem: data} of the stored configurations (cpu.json, gpu_*.json), CPU first."""
+    files = sorted(results_dir.glob("*.json"), key=lambda f: (f.stem != "cpu", f.stem))
+    return {f.stem: json.loads(f.read_text()) for f in files}
+
+
+def summary_table(results_dir: Path = RESULTS_DIR) -> str:
+    """The README's full-size summary: every target's verdict and figure, one column per
+    network and batch of every stored configuration."""
+    from .report import verdict_cell
+
+    columns, cells, order = [], {}, []
+    for stem, data in stored_runs(results_dir).items():
+        meta = data["meta"]
+        where = meta["hardware"].get("gpu") or "CPU"
+        for res in data["results"]:
+            column = f"{res['net']['label']}, batch {res['batch']} ({where}, {meta['dtype']})"
+            columns.append(column)
+            for t in res["targets"]:
+                key = (t["row"], t["target"].split(" (a GPU target")[0])
+                if key not in order:
+                    order.append(key)
+                short = t["figures"].split(" (")[0]
+                cells[(key, column)] = f"{verdict_cell(t['verdict'])}: {short}"
+    if not columns:
+        return "No full-size run is stored yet."
+    lines = ["| row | target | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for key in order:
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells.get((key, c), "–") for c in columns) + " |")
+    runs = "; ".join(f"`{stem}.json` {d['meta']['date']}, {d['meta']['steps']} steps, "
+                     f"{d['meta']['hardware'].get('gpu') or d['meta']['hardware']['processor']}"
+                     for stem, d in stored_runs(results_dir).items())
+    lines += ["", f"Generated from `docs/benchmark/full_size/` ({runs}); figures, method and caveats: "
+              "[docs/performance.md](docs/performance.md)."]
+    return "\n".join(lines)
+
+
+def publish_readme(readme: Path = README) -> None:
+    text = readme.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} markers")
+    text = text[:text.index(start) + len(start)] + "\n" + summary_table() + "\n" + text[text.index(end):]
+    readme.write_text(text)
 
 
 def publish(page: Path, data: dict, key: str) -> None:
