@@ -1084,6 +1084,10 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--latent", type=int, default=None, help="latent side for every network (image side / 8)")
     p.add_argument("--nets", nargs="+", default=None, help="only these networks of the configuration")
+    p.add_argument("--rows", nargs="+", default=None, choices=ROWS,
+                   help="only these rows (the others are reported as skipped)")
+    p.add_argument("--batches", nargs="+", type=int, default=None,
+                   help="only these batch sizes (e.g. one per command, to fit a device's time limit)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file (default: docs/benchmark/full_size/<config>.json; quick: a temp file)")
     p.add_argument("--page", type=Path, default=None,
@@ -1131,6 +1135,14 @@ def main(argv=None) -> int:
             net.latent = args.latent
     if args.nets:
         cfg.nets = [n for n in cfg.nets if n.name in args.nets]
+    if args.rows:
+        for net in cfg.nets:
+            net.rows = tuple(r for r in net.rows if r in args.rows)
+            net.rows_by_batch = {b: tuple(r for r in rows if r in args.rows) for b, rows in net.rows_by_batch.items()}
+            net.skip_reason = "not asked for in this run (--rows)"
+    if args.batches:
+        for net in cfg.nets:
+            net.batches = tuple(b for b in net.batches if b in args.batches) or tuple(args.batches)
     memory = Memory(cfg.device)
     started = time.perf_counter()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -1245,7 +1257,7 @@ def summary_table(results_dir: Path = RESULTS_DIR) -> str:
         meta = data["meta"]
         where = meta["hardware"].get("gpu") or "CPU"
         for res in data["results"]:
-            column = f"{res['net']['label']}, batch {res['batch']} ({where}, {meta['dtype']})"
+            column = f"{res['net']['label']}, batch {res['batch']}, {meta['steps']} steps ({where}, {meta['dtype']})"
             columns.append(column)
             for name in ROWS:
                 row = res["rows"].get(name, {})
