@@ -32,3 +32,18 @@ def test_benchmark_page_holds_each_models_results_md():
 def test_readme_results_summary_is_generated_from_the_stored_results():
     assert between(README.read_text(), SUMMARY_MARKERS) == summary_table(BENCHMARK_RESULTS).strip(), (
         "README results summary is stale: run `.host/venv/bin/python -m tools.benchmark.guidance_benchmark --regenerate`")
+
+
+def test_full_size_tables_are_generated_from_the_stored_runs():
+    """docs/performance.md holds each stored full-size run's table, the README their summary."""
+    from tools.benchmark import full_size
+
+    page = full_size.PERFORMANCE_PAGE.read_text()
+    runs = full_size.stored_runs()
+    for stem, data in runs.items():
+        markers = tuple(m.format(stem) for m in full_size.PAGE_MARKERS)
+        assert between(page, markers) == full_size.markdown(data).strip(), (
+            f"docs/performance.md is stale for {stem}: run `.host/venv/bin/python -m tools.benchmark.full_size "
+            f"--regenerate --out docs/benchmark/full_size/{stem}.json`")
+    assert between(README.read_text(), full_size.README_MARKERS) == full_size.summary_table().strip(), (
+        "README full-size summary is stale: run `.host/venv/bin/python -m tools.benchmark.full_size --regenerate`")
