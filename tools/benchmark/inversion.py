@@ -117,7 +117,7 @@ TUNED_ONE_EVALUATION: dict = {
     # edit's negative land less.
     "guidance_lab_flow32": {"bdia": EditSettings(edit_cfg=5.0, gamma=0.92),
                             "o_belm": EditSettings(edit_cfg=4.0)},
-    # None reaches 80 % on the v-prediction model (sigma_max 106); the most landed is kept (16
+    # None reaches 80 % on the v-prediction model; the most landed is kept (16
     # tuning pairs): BDIA at edit CFG 3 lands 31 % (CFG 5-8: 19-25 %, the backdrop broken in
     # 62-81 %), O-BELM at CFG 8 lands 44 % (CFG 3-5: 38 %). Partial strengths are not swept yet.
     "guidance_lab_vpred32": {"bdia": EditSettings(edit_cfg=3.0), "o_belm": EditSettings(edit_cfg=8.0)},
