@@ -201,8 +201,9 @@ class NoReadBack(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs or {})
 
 
-def test_a_cfg_run_reads_nothing_back_from_the_device_until_it_finishes():
-    run = GuidedRun(CFGPolicy(5.0), 3, 2, plan=[2, 2, 1])
+def finish_without_read_back(run: GuidedRun):
+    """Drives ``run`` through HEUN_EVENTS on tensors that refuse any host read, then finishes
+    it (where reads are allowed) and returns its record."""
     x = torch.randn(2, 4, 2, 2).as_subclass(NoReadBack)
     for event in HEUN_EVENTS:
         if event == "e":
@@ -212,6 +213,11 @@ def test_a_cfg_run_reads_nothing_back_from_the_device_until_it_finishes():
             run.step_done(event)
     NoReadBack.allowed = True
     try:
-        assert run.finish().nfe_per_step == [4.0, 4.0, 2.0]
+        return run.finish()
     finally:
         NoReadBack.allowed = False
+
+
+def test_a_cfg_run_reads_nothing_back_from_the_device_until_it_finishes():
+    run = GuidedRun(CFGPolicy(5.0), 3, 2, plan=[2, 2, 1])
+    assert finish_without_read_back(run).nfe_per_step == [4.0, 4.0, 2.0]

@@ -12,7 +12,7 @@ from guidance_lab.guiders.trajectory_variance import (DEFAULT_WINDOW, Trajectory
                                                       trajectory_variance, window_steps)
 from guidance_lab.samplers import SAMPLERS
 
-from .test_guided_run import HEUN_EVENTS, NoReadBack
+from .test_guided_run import finish_without_read_back
 from .toy import PolicyModel, mixed_pair
 
 SIGMAS = {"eps": torch.tensor([14.0, 8.0, 5.0, 3.0, 2.0, 1.2, 0.7, 0.4, 0.2, 0.08, 0.0], dtype=torch.float64),
@@ -116,18 +116,7 @@ def test_a_window_with_fewer_than_two_estimates_gives_no_score_and_says_so():
 
 def test_scoring_reads_nothing_back_from_the_device_until_the_run_finishes():
     run = GuidedRun(CFGPolicy(5.0), 3, 2, plan=[2, 2, 1], schedule=[0.9, 0.5, 0.2, 0.0], variance_window=1.0)
-    x = torch.randn(2, 4, 2, 2).as_subclass(NoReadBack)
-    for event in HEUN_EVENTS:
-        if event == "e":
-            run.denoise(x, torch.ones(2).as_subclass(NoReadBack), lambda need: (x * 2, x * 3))
-            run.count_evaluations(4)
-        else:
-            run.step_done(event)
-    NoReadBack.allowed = True
-    try:
-        record = run.finish()
-    finally:
-        NoReadBack.allowed = False
+    record = finish_without_read_back(run)
     assert record.hallucination["estimates"] == 5 and len(record.hallucination["score"]) == 2
     assert "hallucination score" in record.summary()
 

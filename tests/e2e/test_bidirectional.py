@@ -8,6 +8,7 @@ from PIL import Image
 from tools.host.api_graph import api_workflows, load, retarget
 from tools.host.comfy_server import history_status
 
+from .test_edict import with_flipped_sigmas, with_stateful_guidance
 from .test_server import run_expecting_error, small
 
 pytestmark = pytest.mark.e2e
@@ -50,16 +51,8 @@ def test_pair_sampled_with_another_method_fails_clearly(server, sd15_checkpoint,
 
 def test_stateful_guidance_and_ascending_sigmas_are_refused(server, sd15_checkpoint):
     graph = graph_of(server, sd15_checkpoint, "o_belm")
-    bad = retarget(graph)
-    bad["30"] = {"class_type": "GuidanceLab_APGGuider",
-                 "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 5.0,
-                            "preset": "SD1.5", "eta": 0.0, "norm_threshold": 6.5, "momentum": -0.5}}
-    bad["10"]["inputs"]["guidance"] = ["30", 0]
-    message = run_expecting_error(server, bad)
+    message = run_expecting_error(server, with_stateful_guidance(graph))
     assert "BDIA / O-BELM Invert (Guidance Lab): input 'guidance'" in message
-    bad = retarget(graph)
-    bad["31"] = {"class_type": "FlipSigmas", "inputs": {"sigmas": ["9", 0]}}
-    bad["10"]["inputs"]["sigmas"] = ["31", 0]
-    message = run_expecting_error(server, bad)
+    message = run_expecting_error(server, with_flipped_sigmas(graph))
     assert "BDIA / O-BELM Invert (Guidance Lab): input 'sigmas'" in message and "descending" in message
     assert history_status(server.run_prompt(graph, timeout=600))[0] == "success"

@@ -26,3 +26,16 @@ def output_dir(host, tmp_path):
     folder_paths.set_output_directory(str(tmp_path))
     yield tmp_path
     folder_paths.set_output_directory(before)
+
+
+@pytest.fixture
+def loras(tmp_path, monkeypatch):
+    """An empty ComfyUI "loras" folder of the test's own, which LoraLoader-style nodes list."""
+    import folder_paths
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras",
+                        ([str(folder)], folder_paths.supported_pt_extensions))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    return folder

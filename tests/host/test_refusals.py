@@ -27,18 +27,6 @@ def test_agd_training_on_a_transformer_model_says_what_it_lacks(name):
     assert "no cross-attention blocks" not in problem
 
 
-@pytest.fixture
-def loras(tmp_path, monkeypatch):
-    import folder_paths
-
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras",
-                        ([str(folder)], folder_paths.supported_pt_extensions))
-    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
-    return folder
-
-
 def test_smooth_lora_loader_on_wan_blames_the_layout_not_the_lora(loras):
     """A rank-4 LoRA for Wan's own attention projections (diffusers' names for them, in the
     attention-processor layout, shapes of this model) is not "for another architecture"."""

@@ -35,18 +35,6 @@ def released_layout(model, extra_layer: bool = False) -> dict:
     return tensors
 
 
-@pytest.fixture
-def loras(tmp_path, monkeypatch):
-    import folder_paths
-
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras",
-                        ([str(folder)], folder_paths.supported_pt_extensions))
-    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
-    return folder
-
-
 def save(folder, name, tensors):
     from safetensors.torch import save_file
 
