@@ -10,7 +10,7 @@ import torch
 
 from guidance_lab.nodes.default_model import DEFAULT_WEIGHTS, WEIGHTS_DIR
 
-from .test_smooth_lora import loras, patched_weights  # noqa: F401  (the loras fixture)
+from .test_smooth_lora import patched_weights
 
 pytestmark = pytest.mark.host
 
