@@ -12,6 +12,7 @@ from ..samplers.bidirectional import (EDIT_GAMMA, METHODS, SAMPLING_GAMMA, Bidir
 from .bridge.bidirectional import BidirectionalPair, bidirectional_invert, bidirectional_sample, bidirectional_sampler
 from .bridge.fingerprint import model_fingerprint
 from .bridge.inversion import to_latent_space
+from .bridge.samplers import model_family
 from .edict import PRECISIONS, checked_latent, checked_precision, edict_policy, guidance_input
 from .guider_common import build_guider, cfg_input, model_and_prompt_inputs
 from .validation import NodeInputError, checks_inputs
@@ -44,9 +45,12 @@ def schedule_input() -> io.Sigmas.Input:
                                              "Inversion walks it backwards.")
 
 
-def checked_rule(node: str, name: str, gamma: float, invertible: bool = True) -> Bidirectional:
+def checked_rule(node: str, name: str, gamma: float, invertible: bool = True, model=None) -> Bidirectional:
+    """The rule the inputs name; for the model's family when ``model`` is given (O-BELM's weight
+    depends on it), else the family is read when the SAMPLER runs."""
+    family = "eps" if model is None else model_family(model.get_model_object("model_sampling"))
     try:
-        return rule_for(name, gamma, invertible)
+        return rule_for(name, gamma, invertible, family)
     except ValueError as err:
         raise NodeInputError(node, "gamma" if name in METHODS else "method", f"is not usable: {err}") from err
 
@@ -112,7 +116,7 @@ class BidirectionalInvertNode(io.ComfyNode):
     def execute(cls, model, positive, negative, cfg, sigmas, method, gamma, latent_image, precision,
                 guidance=None) -> io.NodeOutput:
         node = cls.DISPLAY
-        rule, schedule = checked_rule(node, method, gamma), checked_schedule(node, sigmas)
+        rule, schedule = checked_rule(node, method, gamma, model=model), checked_schedule(node, sigmas)
         state_dtype = checked_precision(node, precision)
         check_gain(node, schedule, rule, state_dtype)
         policy = edict_policy(node, cfg, guidance, model)
@@ -155,7 +159,7 @@ class BidirectionalSampleNode(io.ComfyNode):
     @checks_inputs
     def execute(cls, model, positive, negative, cfg, sigmas, method, gamma, pair, guidance=None) -> io.NodeOutput:
         node = cls.DISPLAY
-        rule, schedule = checked_rule(node, method, gamma), checked_schedule(node, sigmas)
+        rule, schedule = checked_rule(node, method, gamma, model=model), checked_schedule(node, sigmas)
         if not isinstance(pair, BidirectionalPair):
             raise NodeInputError(node, "pair", f"is {type(pair).__name__}, not a BDIA / O-BELM pair; connect "
                                                f"BDIA / O-BELM Invert's pair output")

@@ -37,7 +37,7 @@ REGISTRY = {spec.name: spec for spec in (
                 "DDIM inversion, the usual approximate one (sigmas ascending, e.g. FlipSigmas; on flow models "
                 "ending below 1, e.g. FlipSigmas of SplitSigmas' low_sigmas)."),
     SamplerSpec("o_belm", sample_o_belm, "O-BELM, second-order two-step, exactly invertible (one evaluation "
-                "per step)."),
+                "per step).", family_aware=True),
     SamplerSpec("bdia", sample_bdia, "BDIA-DDIM at gamma 0.5, exactly invertible (one evaluation per step)."),
 )}
 # name -> sampler function, for callers that only run them.

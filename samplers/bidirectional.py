@@ -23,22 +23,32 @@ state actually there. Expanded, z_{k+1} = a z_{k-1} + (1 - a) z_k + (h_next + a 
   sampler (gamma = 0 is DDIM step for step, inversion divides by gamma); the BDIA README's
   formula writes 1 - gamma where the code has gamma. The authors recommend gamma in
   [0.92, 1.0] for editing; their sampling runs (and BELM's BDIA sampler) use 0.5.
-- O-BELM: a_k = (h_next / h_prev)^2, the one coefficient that makes (B) second order (its
-  local truncation error third order; BELM Prop. "O-BELM", the reference's
+- O-BELM: a_k = (h_next / h_prev)^2 in BELM's variables, the one coefficient that makes (B)
+  second order (its local truncation error third order; BELM Prop. "O-BELM", the reference's
   ``coef = (delta_2 / delta_1)^2``): Taylor-expanding z(s) about s_k, matching the first
   derivative gives c = h_next + a h_prev and matching the second gives a = h_next^2 / h_prev^2.
-  So O-BELM is BDIA with a step-adapted gamma; on a uniform grid it is leapfrog.
+  So O-BELM is BDIA with a step-adapted gamma (``Bidirectional.weight``).
 
 Decisions (algorithms.md, "Exact inversion at one evaluation per step"):
 
 - Variables. BELM writes its rule in the reparameterised x/alpha and sigma/alpha. For eps and
   v-prediction models that *is* ComfyUI's state z = x0 + s eps and sigma s, so the rule
-  above is the paper's. For flow models (z = (1 - s) x0 + s eps) x/alpha and s/(1 - s) are
-  infinite at s = 1, where flow schedules start: the same rule is used on the flow ODE
-  dz/ds = velocity in the flow's own variables instead. The O-BELM derivation holds for any
-  ODE dz/ds = f(z, s), so the rule stays second order there, every coefficient is finite at
-  s = 1, and nothing divides by 1 - s. BDIA's Delta is the DDIM increment of the state's own
-  parameterisation (the EDM variant the BDIA paper also reports, for eps models).
+  above is the paper's. For flow models (z = (1 - s) x0 + s eps, alpha = 1 - s) the paper's
+  variables are xb = z / (1 - s) and sb = s / (1 - s). The DDIM step is the same map in
+  both (it recombines the same x0 and eps estimates), so (B) written in xb and sb is (B) on
+  the flow state with the weight
+      a_k = (hb_next / hb_prev)^2 (1 - s_{k+1}) / (1 - s_{k-1})                        (B-flow)
+  (hb: steps of sb): the paper's O-BELM, second order in its variables, run on ComfyUI's
+  state, and nothing divides by 1 - s_k of a state. Why not O-BELM in s itself: on the
+  uniform schedules flow models use, a_k = 1 there, leapfrog, whose parasitic mode (the
+  pair's difference, set off by the first DDIM step) is never damped and is amplified where
+  the network is stiff; it cost 29 adherence points at 20 steps on the flow default model.
+  In sb the steps shrink towards the data end, a_k < 1 damps that mode (on a uniform s grid
+  a_k = (k - 1) / (k + 1)), and the inversion gain stays ~ n^2 / 2. At s_{k-1} = 1 (the top
+  of a full flow schedule) sb is infinite and (B-flow) tends to 0, a DDIM step that could not
+  be inverted: the one step after the top uses O-BELM's weight in s instead. BDIA's Delta is
+  the DDIM increment, the same in both variables, and its gamma stays constant (the EDM
+  variant the BDIA paper also reports, for eps models).
 - First step. Only z_0 is known: step 0 is a DDIM step ``z_1 = z_0 + h f_0`` (both papers).
 - Inversion. Given (z_{k+1}, z_k), (B) solved for the older state is
   ``z_{k-1} = (z_k - h_prev f_k) + (z_{k+1} - (z_k + h_next f_k)) / a_k``             (B^-1)
@@ -54,9 +64,10 @@ Decisions (algorithms.md, "Exact inversion at one evaluation per step"):
   every other step; sigma 0 is never evaluated.
 - Rounding. (B) damps the difference mode of the pair by a_k per step and (B^-1) grows it by
   1/a_k: over the way up by prod 1/a_k (``inversion_gain``), i.e. gamma^-(n-1) for BDIA and
-  about (h_0 / h_{n-1})^2 for O-BELM. The round trip undoes it, but the inverted pair carries
-  it, so the pair is kept in float64 and the nodes refuse settings whose gain would make
-  rounding a visible part of the inverted noise. The model runs in its own dtype on the
+  about (h_0 / h_{n-1})^2 for O-BELM (eps family; n (n - 1) / 2 on a uniform flow schedule).
+  The round trip undoes it, but the inverted pair carries it, so the pair is kept in float64
+  and the nodes refuse settings whose gain would make rounding a visible part of the
+  inverted noise. The model runs in its own dtype on the
   float64 state (the wrapper casts; casting before it would put the cast's rounding into
   f, see samplers/edict.py).
 - Compensated states. (B) keeps the pair's difference mode alive (factor -a_k per step; BDIA's
@@ -174,28 +185,40 @@ class Bidirectional:
 
     name: str
     gamma: float = 0.0
+    family: str = "eps"  # "eps" (eps and v-prediction) or "flow": O-BELM's weight depends on it
 
-    def weight(self, h_prev: float, h_next: float) -> float:
-        """a_k of (B): the weight of the older state."""
-        return self.gamma if self.name == "bdia" else (h_next / h_prev) ** 2
+    def weight(self, s_prev: float, s: float, s_next: float) -> float:
+        """a_k of (B), the weight of the older state z_{k-1}, for the step s_k -> s_{k+1}."""
+        if self.name == "bdia":
+            return self.gamma
+        if self.family == "flow" and s_prev < 1.0:
+            def sb(t: float) -> float:
+                return t / (1.0 - t)
+
+            # (B-flow): BELM's O-BELM weight in its variables, carried to the flow state
+            return ((sb(s_next) - sb(s)) / (sb(s) - sb(s_prev))) ** 2 * (1.0 - s_next) / (1.0 - s_prev)
+        return ((s_next - s) / (s - s_prev)) ** 2  # O-BELM's weight (B) in the state's own sigma
 
     def settings(self) -> str:
         return f"bdia gamma={self.gamma:g}" if self.name == "bdia" else "o_belm"
 
 
-def rule_for(name: str, gamma: float = EDIT_GAMMA, invertible: bool = True) -> Bidirectional:
-    """The rule ``name`` with a checked gamma: in (0, 1] where it must invert, [0, 1] to sample."""
+def rule_for(name: str, gamma: float = EDIT_GAMMA, invertible: bool = True, family: str = "eps") -> Bidirectional:
+    """The rule ``name`` for a model ``family`` with a checked gamma: in (0, 1] where it must
+    invert, [0, 1] to sample."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {list(METHODS)}")
+    if family not in ("eps", "flow"):
+        raise ValueError(f"unknown model family {family!r}; expected 'eps' or 'flow'")
     if name == "o_belm":
-        return Bidirectional(name)
+        return Bidirectional(name, family=family)
     low_ok = (lambda g: g > 0.0) if invertible else (lambda g: g >= 0.0)
     if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and low_ok(float(gamma))
             and float(gamma) <= 1.0):
         bound = "strictly above 0 and at most 1 (inversion divides by it)" if invertible else "between 0 and 1"
         raise ValueError(f"BDIA's gamma must be {bound}; the authors use 0.92-1.0 for editing and 0.5 to "
                          f"sample; got {gamma!r}")
-    return Bidirectional(name, float(gamma))
+    return Bidirectional(name, float(gamma), family)
 
 
 def check_schedule(sigmas: Sequence[float], min_steps: int = 2) -> list:
@@ -222,7 +245,7 @@ def inversion_gain(sigmas: Sequence[float], rule: Bidirectional) -> float:
     and with it the rounding carried in the inverted pair."""
     gain = 1.0
     for k in range(1, len(sigmas) - 1):
-        gain /= rule.weight(sigmas[k] - sigmas[k - 1], sigmas[k + 1] - sigmas[k])
+        gain /= rule.weight(sigmas[k - 1], sigmas[k], sigmas[k + 1])
     return gain
 
 
@@ -267,8 +290,7 @@ def denoise_states(denoise: Denoise, z, sigmas: Sequence[float], rule: Bidirecti
         if prev is None:
             z_next = _add(z, _two_prod(f, h_next))  # first step: DDIM
         else:
-            h_prev = s - prev[1]
-            z_next = bidirectional_step(prev[0], z, f, rule.weight(h_prev, h_next), h_prev, h_next)
+            z_next = bidirectional_step(prev[0], z, f, rule.weight(prev[1], s, sigmas[k + 1]), s - prev[1], h_next)
         if callback is not None:
             callback(k, s, z.hi, denoised)
         prev, z = (z, s), z_next
@@ -293,7 +315,7 @@ def invert_states(denoise: Denoise, z, sigmas: Sequence[float], rule: Bidirectio
         k = n - j  # undo denoising step k: (z_{k+1}, z_k) -> z_{k-1}
         h_prev, h_next = sigmas[k] - sigmas[k - 1], sigmas[k + 1] - sigmas[k]
         f, denoised = direction(denoise, upper.hi, sigmas[k], model_dtype)
-        older = bidirectional_inverse_step(lower, upper, f, rule.weight(h_prev, h_next), h_prev, h_next)
+        older = bidirectional_inverse_step(lower, upper, f, rule.weight(*sigmas[k - 1:k + 2]), h_prev, h_next)
         if callback is not None:
             callback(j, sigmas[k], upper.hi, denoised)
         lower, upper = upper, older
@@ -334,12 +356,13 @@ def sample_bidirectional(model, x, sigmas, extra_args=None, callback=None, disab
                          method: str = "o_belm", gamma: float = SAMPLING_GAMMA, above=None,
                          above_sigma: Optional[float] = None, start=None,
                          state_dtype: Optional[torch.dtype] = None, result: Optional[dict] = None,
-                         model_dtype: Optional[torch.dtype] = None, above_low=None, start_low=None):
+                         model_dtype: Optional[torch.dtype] = None, above_low=None, start_low=None,
+                         family: str = "eps"):
     """k-diffusion-form BDIA / O-BELM sampling on descending ``sigmas`` from x (or ``start``,
     the lower state of an inverted pair, with ``above`` its upper state at ``above_sigma``;
     ``*_low``: their low words). Returns the final state in x's dtype; the final pair goes to
     ``result["pair"]`` (rounded states) and ``result["pair_low"]`` (their low words)."""
-    rule = rule_for(method, gamma, invertible=above is not None)
+    rule = rule_for(method, gamma, invertible=above is not None, family=family)
     state_dtype = state_dtype or (above.dtype if above is not None else x.dtype)
     z = Words.of(_state(x if start is None else start, x, state_dtype),
                  None if start_low is None else _state(start_low, x, state_dtype))
@@ -359,11 +382,11 @@ def sample_bidirectional_inversion(model, x, sigmas, extra_args=None, callback=N
                                    method: str = "o_belm", gamma: float = EDIT_GAMMA,
                                    state_dtype: torch.dtype = torch.float64, result: Optional[dict] = None,
                                    model_dtype: Optional[torch.dtype] = None,
-                                   network_dtype: torch.dtype = torch.float32):
+                                   network_dtype: torch.dtype = torch.float32, family: str = "eps"):
     """k-diffusion-form inversion on ascending ``sigmas`` (the schedule flipped, its 0 kept);
     the pair (z_0, z_1) goes to ``result["pair"]`` (rounded) and ``result["pair_low"]`` (low
     words), z_0 is returned in x's dtype."""
-    rule = rule_for(method, gamma)
+    rule = rule_for(method, gamma, family=family)
     schedule = check_schedule(sigmas.flip(0).tolist())
     pair = invert_states(_k_denoise(model, x, sigmas, extra_args), _state(x, x, state_dtype), schedule, rule,
                          model_dtype, _k_callback(callback, x.dtype), network_dtype)

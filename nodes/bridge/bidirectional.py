@@ -17,7 +17,9 @@ import torch
 
 from ...samplers.bidirectional import Bidirectional, sample_bidirectional, sample_bidirectional_inversion
 from .inversion import _run, _short, to_latent_space
+from .compat import ksampler
 from .policy_guider import PolicyGuider
+from .samplers import on_host
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class BidirectionalPair:
 
 
 def _options(rule: Bidirectional) -> dict:
-    return {"method": rule.name, "gamma": rule.gamma}
+    return {"method": rule.name, "gamma": rule.gamma, "family": rule.family}
 
 
 def bidirectional_invert(guider: PolicyGuider, latent: torch.Tensor, sigmas: torch.Tensor, rule: Bidirectional,
@@ -110,5 +112,6 @@ def bidirectional_sample(guider: PolicyGuider, pair: BidirectionalPair):
 
 
 def bidirectional_sampler(rule: Bidirectional) -> comfy.samplers.KSAMPLER:
-    """A SAMPLER that samples from noise with the rule (first step DDIM), for SamplerCustomAdvanced."""
-    return comfy.samplers.KSAMPLER(sample_bidirectional, extra_options=_options(rule))
+    """A SAMPLER that samples from noise with the rule (first step DDIM), for SamplerCustomAdvanced;
+    the model family O-BELM's weight depends on is read from the model it runs."""
+    return ksampler(on_host(sample_bidirectional, rule.name, family_aware=True), _options(rule))

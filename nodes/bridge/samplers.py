@@ -34,7 +34,7 @@ def flow_end_problem(name: str, family: str, sigmas) -> "str | None":
             "low_sigmas (sample back down on those low_sigmas), or use EDICT Invert")
 
 
-def _on_host(fn, name: str, family_aware: bool):
+def on_host(fn, name: str, family_aware: bool):
     """A pack sampler as ComfyUI runs it: refuses a schedule whose end ComfyUI cannot hand back
     (``flow_end_problem``), tells a family-aware core sampler the model's family, and hands one
     that draws ancestral noise the host's own noise source (compat.ancestral_noise_sampler)."""
@@ -61,7 +61,7 @@ def pack_sampler(name: str, **options) -> comfy.samplers.KSAMPLER:
     if name not in REGISTRY:
         raise ValueError(f"unknown Guidance Lab sampler {name!r}; choose one of {sorted(REGISTRY)}")
     spec = REGISTRY[name]
-    return ksampler(_on_host(spec.function, name, spec.family_aware), options)
+    return ksampler(on_host(spec.function, name, spec.family_aware), options)
 
 
 def _ancestral_down_is_zero(s: float, s_next: float, eta: float, family: str, name: str) -> bool:

@@ -29,7 +29,7 @@ def invert(toy, x, sigmas, method, gamma=EDIT_GAMMA, state_dtype=torch.float64, 
     inv = {}
     model = PolicyModel(policy or CFGPolicy(3.0), toy, len(sigmas) - 1)
     sample_bidirectional_inversion(model, x, sigmas.flip(0), callback=model.step_done, method=method, gamma=gamma,
-                                   state_dtype=state_dtype, result=inv, model_dtype=model_dtype)
+                                   state_dtype=state_dtype, result=inv, model_dtype=model_dtype, family=toy.family)
     return inv["pair"] + inv["pair_low"], model
 
 
@@ -39,7 +39,7 @@ def sample_pair(toy, x, sigmas, pair, method, gamma=EDIT_GAMMA, model_dtype=None
     model = PolicyModel(policy or CFGPolicy(3.0), toy, len(sigmas) - 2)
     sample_bidirectional(model, x, sigmas[1:], callback=model.step_done, method=method, gamma=gamma,
                          above=pair[0], above_sigma=float(sigmas[0]), start=pair[1], result=out,
-                         model_dtype=model_dtype, above_low=pair[2], start_low=pair[3])
+                         model_dtype=model_dtype, above_low=pair[2], start_low=pair[3], family=toy.family)
     return out["pair"][1], model
 
 
@@ -180,7 +180,8 @@ def test_o_belm_samples_closer_to_the_ode_solution_than_euler(prediction):
     reference = SAMPLERS["euler"](model_for(toy, fine), noise, fine, {}, disable=True)
     sigmas = schedule(prediction, 20).double()
     euler = (SAMPLERS["euler"](model_for(toy, sigmas), noise, sigmas, {}, disable=True) - reference).abs().max()
-    o_belm = (sample_bidirectional(model_for(toy, sigmas), noise, sigmas, method="o_belm") - reference).abs().max()
+    o_belm = (sample_bidirectional(model_for(toy, sigmas), noise, sigmas, method="o_belm", family=toy.family)
+              - reference).abs().max()
     assert o_belm < 0.7 * euler, (o_belm, euler)
 
 
@@ -227,12 +228,40 @@ def test_double_words_are_exact_where_float64_rounds():
 
 def test_weights_and_the_inversion_gain():
     o_belm, bdia = rule_for("o_belm"), rule_for("bdia", 0.9)
-    assert o_belm.weight(-1.0, -1.0) == 1.0 and o_belm.weight(-2.0, -1.0) == 0.25  # leapfrog on a uniform grid
-    assert bdia.weight(-2.0, -1.0) == 0.9
+    assert o_belm.weight(3.0, 2.0, 1.0) == 1.0 and o_belm.weight(4.0, 2.0, 1.0) == 0.25  # leapfrog on a uniform grid
+    assert bdia.weight(4.0, 2.0, 1.0) == 0.9 and rule_for("bdia", 0.9, family="flow").weight(0.9, 0.5, 0.1) == 0.9
     sigmas = schedule("eps", 10).tolist()
     assert math.isclose(inversion_gain(sigmas, bdia), 0.9 ** -9)
     first, last = sigmas[1] - sigmas[0], sigmas[-1] - sigmas[-2]
     assert math.isclose(inversion_gain(sigmas, o_belm), (first / last) ** 2)  # the ratios telescope
+
+
+def test_o_belm_weighs_flow_steps_in_belms_variables():
+    """(B-flow): on a flow model O-BELM's weight is the paper's, in sb = s / (1 - s), carried to the
+    flow state by (1 - s_{k+1}) / (1 - s_{k-1}); on a uniform schedule that is (k - 1) / (k + 1),
+    which damps the pair's difference mode where the weight in s (1, leapfrog) would not."""
+    flow, n = rule_for("o_belm", family="flow"), 20
+    sigmas = [1 - k / n for k in range(n + 1)]
+    for k in range(2, n):
+        assert math.isclose(flow.weight(*sigmas[k - 1:k + 2]), (k - 1) / (k + 1))
+        assert math.isclose(rule_for("o_belm").weight(*sigmas[k - 1:k + 2]), 1.0)
+    # at the top (s = 1, sb infinite) the weight in s: finite and invertible
+    assert math.isclose(flow.weight(*sigmas[0:3]), 1.0)
+    assert math.isclose(inversion_gain(sigmas, flow), n * (n - 1) / 2)
+    # the same map as the rule written in xb = z / (1 - s), sb: one step from arbitrary states
+    g = torch.Generator().manual_seed(5)
+    z_prev, z, f = (torch.randn(4, generator=g, dtype=torch.float64) for _ in range(3))
+    s_prev, s, s_next = 0.8, 0.55, 0.3
+    z_next = bidirectional_step(Words.of(z_prev), Words.of(z), f, flow.weight(s_prev, s, s_next), s - s_prev,
+                                s_next - s).hi
+    sb = [t / (1 - t) for t in (s_prev, s, s_next)]
+    xb_prev, xb = z_prev / (1 - s_prev), z / (1 - s)
+    eps = z + (1 - s) * f  # the noise estimate a flow velocity f implies at state z
+    a = ((sb[2] - sb[1]) / (sb[1] - sb[0])) ** 2
+    paper = (xb + (sb[2] - sb[1]) * eps) + a * (xb_prev - (xb - (sb[1] - sb[0]) * eps))
+    assert torch.allclose(z_next, (1 - s_next) * paper, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="family"):
+        rule_for("o_belm", family="v")
 
 
 @pytest.mark.parametrize("gamma", [0.0, -0.1, 1.01, math.nan, "0.9", True])

@@ -112,14 +112,17 @@ TUNED = {
 TUNED_ONE_EVALUATION: dict = {
     # 16 tuning pairs (tune_inversion_bidirectional_*.json). BDIA: gamma 0.92 at edit CFG 5 lands
     # 81 % and keeps 62 % (gamma 0.96: 81 %, 56 %; edit CFG 8 and 12 land less: 69 %, 50 %).
-    # O-BELM reaches 80 % nowhere: CFG 3-4 land 69 % and keep 69 %, and higher CFG lands *less*
-    # (CFG 8: 31 %, CFG 12: 6 %); strength 0.8, inversion CFG 1 and the source prompt as the
-    # edit's negative land less.
+    # O-BELM with its flow weight in BELM's variables (_3.json): edit CFG 6 lands 81 % and keeps
+    # 69 % (EDICT at the same setting: 75 %, 62 %); CFG 8-10: 81 %, 44-50 %; CFG 12: 94 %, 50 %;
+    # CFG 3-5 land 44-69 %; strength 0.8 and inversion CFG 1 land less. (With the weight in sigma,
+    # _1/_2.json, it reached 69 % at most.)
     "guidance_lab_flow32": {"bdia": EditSettings(edit_cfg=5.0, gamma=0.92),
-                            "o_belm": EditSettings(edit_cfg=4.0)},
+                            "o_belm": EditSettings(edit_cfg=6.0)},
     # None reaches 80 % on the v-prediction model; the most landed is kept (16
     # tuning pairs): BDIA at edit CFG 3 lands 31 % (CFG 5-8: 19-25 %, the backdrop broken in
-    # 62-81 %), O-BELM at CFG 8 lands 44 % (CFG 3-5: 38 %). Partial strengths are not swept yet.
+    # 62-81 %), O-BELM at CFG 8 lands 44 % (CFG 3-5: 38 %). Partial strengths land less
+    # (tune_inversion_bidirectional_strength.json: strength 0.8 at edit CFG 5-12, O-BELM 19-38 %,
+    # BDIA 12-38 %; strength 0.6: 0-12 %).
     "guidance_lab_vpred32": {"bdia": EditSettings(edit_cfg=3.0), "o_belm": EditSettings(edit_cfg=8.0)},
 }
 
