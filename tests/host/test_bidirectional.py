@@ -172,6 +172,33 @@ def test_sampler_runs_in_sampler_custom_advanced(fixture_model, families, method
         assert 0 < (out - euler).abs().max() < 10 * euler.abs().max()
 
 
+def test_o_belm_sampler_takes_the_weight_of_the_model_family_it_runs(fixture_model, families):
+    """O-BELM's weight depends on the family (samplers/bidirectional.py, (B-flow)): the node's
+    SAMPLER, made before any model is known, reads the family when it runs, and the Guided
+    Sampler's o_belm does the same."""
+    import comfy.samplers
+
+    from guidance_lab.nodes.bridge.samplers import pack_sampler
+    from guidance_lab.samplers.bidirectional import sample_bidirectional
+
+    from .comfy_graph import empty_latent
+    from .comfy_graph import sample as custom_advanced
+
+    _, pos, neg = fixture_model
+    guider = node_out(CFGGuiderNode.execute(families["flow"], pos, neg, 5.0))[0]
+
+    def run(sampler):
+        return custom_advanced(guider, None, 8, empty_latent(1), seed=5, sampler=sampler)
+
+    def core(family):
+        return comfy.samplers.KSAMPLER(sample_bidirectional, extra_options={"method": "o_belm", "family": family})
+
+    flow_rule = run(core("flow"))
+    assert torch.equal(run(node_out(BidirectionalSamplerNode.execute("o_belm", 0.5))[0]), flow_rule)
+    assert torch.equal(run(pack_sampler("o_belm")), flow_rule)
+    assert (run(core("eps")) - flow_rule).abs().max() > 1e-4  # the weight in sigma: another sampler
+
+
 # -- bad input ---------------------------------------------------------------------------------
 
 def refused(node, input_name, fn, *args):
