@@ -1275,7 +1275,9 @@ def summary_table(results_dir: Path = RESULTS_DIR) -> str:
         meta = data["meta"]
         where = meta["hardware"].get("gpu") or "CPU"
         for res in data["results"]:
-            column = f"{res['net']['label']}, batch {res['batch']}, {meta['steps']} steps ({where}, {meta['dtype']})"
+            # The file names the run: two runs of one network at one size are two columns.
+            column = (f"{res['net']['label']}, batch {res['batch']}, {meta['steps']} steps ({where}, {meta['dtype']}; "
+                      f"`{stem}`)")
             columns.append(column)
             for name in ROWS:
                 row = res["rows"].get(name, {})

@@ -75,10 +75,10 @@ def prompts(ids: dict) -> dict:
     return {"model": ids["model"], "positive": ids["positive"], "negative": ids["negative"]}
 
 
-def comfy_cfg(cfg: float):
+def comfy_cfg(cfg: float, sampler: str = "euler"):
     def build(g, ids, ctx):
         guider = g.add("CFGGuider", "guider", cfg=cfg, **prompts(ids))
-        return out(guider), stock_sampler(g), False
+        return out(guider), stock_sampler(g, sampler), False
     return build
 
 
@@ -222,6 +222,10 @@ METHODS = [
            "comfy_cfg", target=targets.not_significantly_below("comfy_cfg")),
     Method("bdia", f"BDIA sampler (gamma 0.5) + ComfyUI CFGGuider, CFG {CFG:g}", bidirectional_sampler("bdia", CFG),
            CFG, "comfy_cfg", target=targets.not_significantly_below("comfy_cfg")),
+    # No target: ComfyUI's own second-order multistep sampler, to tell what a second-order
+    # solver does to adherence on each model from what O-BELM's rule does.
+    Method("comfy_dpmpp_2m", f"ComfyUI CFGGuider + dpmpp_2m, CFG {CFG:g}", comfy_cfg(CFG, "dpmpp_2m"), CFG,
+           "comfy_cfg"),
     Method("agd", f"AGD (shipped adapters), scale {CFG:g}", agd(CFG), CFG, "comfy_cfg", needs_agd=True,
            target=targets.distilled("comfy_cfg", "comfy_cfg_1")),
     Method("comfy_cfg_3", f"ComfyUI CFGGuider, CFG {LOW_CFG:g}", comfy_cfg(LOW_CFG), LOW_CFG, needs_agd=True),

@@ -58,8 +58,11 @@ def sample_images(model, clip, vae, prompts, cfg, args):
     from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
 
     encode = nodes.CLIPTextEncode().encode
-    rows = [encode(clip, p)[0][0][0] for p in prompts]
-    positive = [[torch.cat(rows), {}]]
+    conds = [encode(clip, p)[0][0] for p in prompts]
+    # One batched conditioning; the DiT's pooled text vector (Flux's modulation input) goes with it.
+    extra = {"pooled_output": torch.cat([c[1]["pooled_output"] for c in conds])} \
+        if all(c[1].get("pooled_output") is not None for c in conds) else {}
+    positive = [[torch.cat([c[0] for c in conds]), extra]]
     negative = encode(clip, "")[0]
     latent = EmptyChromaRadianceLatentImage.execute(width=32, height=32, batch_size=len(prompts)).args[0]
     (out,) = nodes.KSampler().sample(model, args.seed, args.steps, cfg, args.sampler, args.scheduler,
