@@ -194,6 +194,10 @@ class AGDTrainNode(io.ComfyNode):
                 io.Boolean.Input("overwrite", default=False, optional=True,
                                  tooltip="Replace an existing adapter of this name; off: the next free numbered "
                                          "name is used. A file that is not an AGD adapter is never replaced."),
+                io.Int.Input("latent_frames", default=1, min=1, max=64, optional=True,
+                             tooltip="Video models (Wan): frames of the training runs' latents (Wan 2.1: "
+                                     "(video length - 1) / 4 + 1, e.g. 2 for 5 frames); 1 trains on stills. "
+                                     "Image models: must be 1."),
             ],
             outputs=[
                 io.String.Output(display_name="adapter_file", tooltip="The saved file, for the AGD Adapter Loader."),
@@ -205,7 +209,8 @@ class AGDTrainNode(io.ComfyNode):
     @classmethod
     @checks_inputs
     def execute(cls, model, clip, prompts, scale_min, scale_max, sampling_steps, training_steps, batch_size,
-                learning_rate, adapter_width, image_size, training_seed, filename, overwrite=False) -> io.NodeOutput:
+                learning_rate, adapter_width, image_size, training_seed, filename, overwrite=False,
+                latent_frames=1) -> io.NodeOutput:
         import numpy as np
         import torch
 
@@ -227,10 +232,15 @@ class AGDTrainNode(io.ComfyNode):
         problem = trainable_problem(model)
         if problem:
             raise NodeInputError(cls.DISPLAY, "model", problem)
+        video = int(getattr(model.get_model_object("latent_format"), "latent_dimensions", 2)) == 3
+        if latent_frames != 1 and not video:
+            raise NodeInputError(cls.DISPLAY, "latent_frames", f"is {latent_frames}, but this model's latents are "
+                                 "images (no frame axis); set it to 1")
         target = plan_write(cls.DISPLAY, "filename", filename, AGD_FILE, overwrite)
         try:
             made, losses = train_in_graph(model, clip, texts, (scale_min, scale_max), sampling_steps, training_steps,
-                                          batch_size, learning_rate, adapter_width, training_seed, image_size)
+                                          batch_size, learning_rate, adapter_width, training_seed, image_size,
+                                          latent_frames)
         except ValueError as err:
             raise ValueError(f"{cls.DISPLAY}: {err}") from err
         rel = relative_to_output(target.save(lambda tmp: agd_file.save(tmp, made)))

@@ -1,7 +1,7 @@
 """Write workflows/<name>.json (UI format, for the canvas and the template browser) from
 each workflows/api/<name>.json, using a running host's /object_info.
 
-Run with the host's python after `make provision`:  .host/venv/bin/python scripts/make_ui_workflows.py
+Run with the host's python after `make provision`:  .host/venv/bin/python -m tools.make_ui_workflows
 """
 
 from __future__ import annotations

@@ -452,7 +452,7 @@ def teacher_forced_rmse(model, store: TrajectoryStore, adapters: AdapterSet, chu
 
 
 def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int, training_steps: int,
-                   batch_size: int, lr: float, width: int, seed: int, image_size: int):
+                   batch_size: int, lr: float, width: int, seed: int, image_size: int, latent_frames: int = 1):
     """The training node's run: trajectories, then training, in ComfyUI's temporary folder keyed
     by the settings (so a queued-again run resumes both), with the node's progress bar and
     ComfyUI's interrupt. Returns (AdapterFile, losses)."""
@@ -469,10 +469,10 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
     latent_format = model.get_model_object("latent_format")
     # Pixel-space models (ChromaRadiance latents, the pack's default model) have no VAE; the
     # families AGD targets (SD1.x/2.x/XL, SD3, Flux, Wan) downscale by 8. Video latents (Wan,
-    # 3 latent dimensions) are trained on single-frame runs: [C, 1, H, W].
+    # 3 latent dimensions) are trained on runs of ``latent_frames`` frames: [C, T, H, W].
     pixel_space = type(latent_format).__name__ == "ChromaRadiance"
     side = max(int(image_size) // (1 if pixel_space else 8), 1)
-    frames = (1,) if int(getattr(latent_format, "latent_dimensions", 2)) == 3 else ()
+    frames = (int(latent_frames),) if int(getattr(latent_format, "latent_dimensions", 2)) == 3 else ()
     latent_shape = (int(latent_format.latent_channels), *frames, side, side)
     config = AdapterConfig(width=width, fourier_features=width, mlp_hidden=2 * width,
                            time_features=width + width % 2, seed=seed)

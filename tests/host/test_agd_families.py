@@ -195,6 +195,45 @@ def test_train_node_trains_then_loader_and_guider_sample(models, name, output_di
     assert torch.isfinite(out).all() and guider.last_record.nfe_per_step == [1, 1, 1]
 
 
+def test_wan_trains_on_multi_frame_videos_and_samples_them(models, output_dir):
+    """latent_frames: Wan's adapters learn from runs of T latent frames ([C, T, H, W] trajectories)
+    and the AGD Guider samples videos of that length, one evaluation per step."""
+    import folder_paths
+
+    from guidance_lab.guiders.agd.trajectories import TrajectoryStore
+
+    model = models["wan"][0]
+    clip = FakeClip(models["wan"][1])
+    temp_before = folder_paths.get_temp_directory()
+    folder_paths.set_temp_directory(str(output_dir / "temp_frames"))
+    try:
+        with torch.inference_mode():
+            file, curve, report = node_out(AGDTrainNode.execute(
+                model, clip, "a red circle\na blue star", 2.0, 6.0, 3, 3, 4, 1e-2, 8, 64, 0, "agd/wan_frames",
+                False, 3))
+    finally:
+        folder_paths.set_temp_directory(temp_before)
+    store = TrajectoryStore.open(next((output_dir / "temp_frames" / "guidance_lab_agd").glob("data_*")))
+    channels = FAMILIES["wan"][0]
+    assert store.states.shape[1:] == (channels, 3, 8, 8)
+    made = adapter_file.load(output_dir / file)
+    assert all(p.abs().max() > 0 for n, p in made.adapters.named_parameters() if n.endswith("out.weight"))
+    positive = [[torch.from_numpy(store.prompts[:1].astype("float32")), {}]]
+    patched = node_out(AGDAdapterLoaderNode.execute(model, file))[0]
+    guider = node_out(AGDGuiderNode.execute(patched, positive, 4.0))[0]
+    out = sample(guider, "euler", 3, {"samples": torch.zeros((2, channels, 3, 8, 8))}, seed=1)
+    assert out.shape == (2, channels, 3, 8, 8) and torch.isfinite(out).all()
+    assert guider.last_record.nfe_per_step == [1, 1, 1]
+
+
+def test_latent_frames_on_an_image_model_is_refused(models):
+    model = models["sdxl"][0]
+    with pytest.raises(NodeInputError) as err:
+        AGDTrainNode.execute(model, FakeClip(models["sdxl"][1]), "a red circle", 2.0, 6.0, 3, 3, 4, 1e-2, 8, 64, 0,
+                             "agd/never", False, 2)
+    assert str(err.value).startswith(f"{AGDTrainNode.DISPLAY}: input 'latent_frames'")
+
+
 @pytest.mark.parametrize("made_for, used_on", [("flux", "sd3"), ("sd3", "wan"), ("wan", "flux"), ("sdxl", "flux"),
                                                ("flux", "sdxl")])
 def test_an_adapter_for_one_family_is_refused_on_another(models, made_for, used_on, output_dir):
