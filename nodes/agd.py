@@ -214,7 +214,7 @@ class AGDTrainNode(io.ComfyNode):
         import numpy as np
         import torch
 
-        from .bridge.agd_training import train_in_graph
+        from .bridge.agd_training import is_video, train_in_graph
         from .bridge.record_plot import series_plot
 
         if not callable(getattr(clip, "tokenize", None)):
@@ -232,8 +232,7 @@ class AGDTrainNode(io.ComfyNode):
         problem = trainable_problem(model)
         if problem:
             raise NodeInputError(cls.DISPLAY, "model", problem)
-        video = int(getattr(model.get_model_object("latent_format"), "latent_dimensions", 2)) == 3
-        if latent_frames != 1 and not video:
+        if latent_frames != 1 and not is_video(model.get_model_object("latent_format")):
             raise NodeInputError(cls.DISPLAY, "latent_frames", f"is {latent_frames}, but this model's latents are "
                                  "images (no frame axis); set it to 1")
         target = plan_write(cls.DISPLAY, "filename", filename, AGD_FILE, overwrite)

@@ -451,6 +451,11 @@ def teacher_forced_rmse(model, store: TrajectoryStore, adapters: AdapterSet, chu
     return np.sqrt(totals / np.maximum(counts, 1)).tolist()
 
 
+def is_video(latent_format) -> bool:
+    """Whether a model's latents have a frame axis (Wan: [C, T, H, W])."""
+    return int(getattr(latent_format, "latent_dimensions", 2)) == 3
+
+
 def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int, training_steps: int,
                    batch_size: int, lr: float, width: int, seed: int, image_size: int, latent_frames: int = 1):
     """The training node's run: trajectories, then training, in ComfyUI's temporary folder keyed
@@ -472,7 +477,7 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
     # 3 latent dimensions) are trained on runs of ``latent_frames`` frames: [C, T, H, W].
     pixel_space = type(latent_format).__name__ == "ChromaRadiance"
     side = max(int(image_size) // (1 if pixel_space else 8), 1)
-    frames = (int(latent_frames),) if int(getattr(latent_format, "latent_dimensions", 2)) == 3 else ()
+    frames = (int(latent_frames),) if is_video(latent_format) else ()
     latent_shape = (int(latent_format.latent_channels), *frames, side, side)
     config = AdapterConfig(width=width, fourier_features=width, mlp_hidden=2 * width,
                            time_features=width + width % 2, seed=seed)

@@ -927,6 +927,19 @@ def judge_row(row: Row, entry: dict, per: dict, cfg: Config, net: Net) -> list:
 # --------------------------------------------------------------------------- the run
 
 
+def run_context(net: Net, model, batch: int, side: int) -> dict:
+    """What every variant of ``net`` runs on: the model, prompts, an empty latent and a source
+    latent to invert, at latent side ``side``."""
+    import torch
+
+    channels = 16 if net.kind == "flux" else 4
+    g = torch.Generator().manual_seed(7)
+    return {"model": model, "batch": batch,
+            "positive": conditioning(net, 1, 1.0), "negative": conditioning(net, 2, 0.5),
+            "latent": {"samples": torch.zeros(batch, channels, side, side)},
+            "source": 0.5 * torch.randn(batch, channels, side, side, generator=g)}
+
+
 def run_net(net: Net, cfg: Config, batch: int, log, memory: Memory) -> dict:
     import comfy.model_management
     import torch
@@ -934,14 +947,9 @@ def run_net(net: Net, cfg: Config, batch: int, log, memory: Memory) -> dict:
     cuda = cfg.device == "cuda"
     t0 = time.perf_counter()
     model, diffusion, params = build_net(net, cfg)
-    channels = 16 if net.kind == "flux" else 4
 
     def context(side):
-        g = torch.Generator().manual_seed(7)
-        return {"model": model, "batch": batch,
-                "positive": conditioning(net, 1, 1.0), "negative": conditioning(net, 2, 0.5),
-                "latent": {"samples": torch.zeros(batch, channels, side, side)},
-                "source": 0.5 * torch.randn(batch, channels, side, side, generator=g)}
+        return run_context(net, model, batch, side)
 
     ctx = context(net.latent)
     variants, rows = variants_for(net, ctx, cfg)

@@ -20,17 +20,12 @@ PATHS = ("ddim", "edict", "bdia")
 def main() -> int:
     ensure_host_importable()
     import_pack()
-    import torch
-
     from tools.benchmark import full_size as fs
 
     cfg = fs.config_for("cpu")
     net = next(n for n in cfg.nets if n.name == "sd15")
     model, diffusion, _ = fs.build_net(net, cfg)
-    g = torch.Generator().manual_seed(7)
-    ctx = {"model": model, "batch": 1, "positive": fs.conditioning(net, 1, 1.0),
-           "negative": fs.conditioning(net, 2, 0.5), "latent": {"samples": torch.zeros(1, 4, net.latent, net.latent)},
-           "source": 0.5 * torch.randn(1, 4, net.latent, net.latent, generator=g)}
+    ctx = fs.run_context(net, model, 1, net.latent)
     variants = {v.name: v for v in fs.variants_for(net, ctx, cfg)[0] if v.name in PATHS}
     clock = {"network": 0.0, "start": 0.0, "forwards": 0}
 
