@@ -16,6 +16,11 @@ On disk (``DIR``), numpy memory maps, so a data set can exceed memory:
 - ``extra_<name>.npy`` [P, ...] float32, one per name in ``meta["extras"]`` (absent: none): the
   model's other per-prompt conditioning as its ``extra_conds`` makes it (SDXL's and SD3's pooled
   ``y``, Flux's ``guidance``), given to the student with the prompt, as the teacher had it;
+  the names in ``meta["constants"]`` ({name: "int" | "float"}, Lumina 2's ``num_tokens``) are one
+  number per model call, handed back per sample as a tuple of numbers;
+- ``meta["text_lengths"]`` (absent: all prompts one length): each prompt's token count where the
+  text encoder does not pad (Lumina 2's Gemma); ``prompts.npy`` and per-token extras are
+  zero-padded to the longest, and ``batch_extras`` hands the counts back as ``TEXT_TOKENS``;
 - ``meta.json``: settings, counts, the model's fingerprint; ``progress.json``: trajectories
   written so far (a killed generation resumes at the next chunk; ``meta.json`` says
   ``complete`` when it is done).
@@ -33,6 +38,9 @@ import torch
 
 from ..atomic_file import write_atomically
 ARRAYS = ("states", "targets", "sigmas", "scales", "prompt_index")
+# The per-sample prompt token counts in ``batch_extras`` (not a model conditioning: the caller
+# strips the padding with it before the model sees the prompt).
+TEXT_TOKENS = "guidance_lab_text_tokens"
 FORMAT = "guidance_lab.agd_trajectories.v1"
 # Left free beside the data: the memory maps are sparse files, so a disk that fills while they
 # are written fails a write into a mapped page (SIGBUS, the process dies), not a Python call.
@@ -116,10 +124,22 @@ class TrajectoryStore:
                 take(self.scales), take(self.targets))
 
     def batch_extras(self, indices: np.ndarray, device) -> dict:
-        """The extra conditioning of the given samples, in ``batch``'s order: {name: [n, ...] float32}."""
+        """The extra conditioning of the given samples, in ``batch``'s order: {name: [n, ...] float32},
+        a constant as a tuple of n numbers (its type from ``meta["constants"]``)."""
         rows = self.prompt_index[np.sort(indices)]
-        return {name: torch.from_numpy(np.ascontiguousarray(array[rows])).to(device=device, dtype=torch.float32)
-                for name, array in (self.extras or {}).items()}
+        constants = self.meta.get("constants", {})
+        out = {}
+        for name, array in (self.extras or {}).items():
+            values = np.ascontiguousarray(array[rows])
+            if name in constants:
+                kind = int if constants[name] == "int" else float
+                out[name] = tuple(kind(v) for v in values.reshape(-1).tolist())
+            else:
+                out[name] = torch.from_numpy(values).to(device=device, dtype=torch.float32)
+        if "text_lengths" in self.meta:
+            lengths = self.meta["text_lengths"]
+            out[TEXT_TOKENS] = tuple(int(lengths[p]) for p in rows.tolist())
+        return out
 
 
-__all__ = ["ARRAYS", "FORMAT", "TrajectoryStore", "write_json"]
+__all__ = ["ARRAYS", "FORMAT", "TEXT_TOKENS", "TrajectoryStore", "write_json"]

@@ -17,7 +17,10 @@ offset adapters: ``transformer_options["patches_replace"]["dit"][(block type, in
 block replacement these models' forwards offer, calls the original block and adds the
 adapter's offset to the hidden states it returns (``img``; for Flux's single stream blocks the
 joint text+image sequence). A replacement another node put there first is called in place of
-the original block, so both apply.
+the original block, so both apply. Lumina 2 (NextDiT) offers no block replacement; where the
+host's NextDiT calls ``transformer_options["patches"]["double_block"]`` after each of its main
+layers (ComfyUI 0.33; 0.3.75's does not), that post-block patch adds the offset to the layer's
+image tokens, as the replacement does for the other transformers.
 
 Both kinds read the model call's conditioning from an ``APPLY_MODEL`` wrapper
 (``comfy/model_base.py``, the same for every family), which hands the call's prompt embedding
@@ -41,6 +44,7 @@ import torch
 
 from ...guiders.agd import AdapterSet, AGDPolicy, block_name
 from ...guiders.agd.policy import RUN_KEY
+from ...guiders.agd.trajectories import TEXT_TOKENS
 from .fingerprint import base_model_fingerprint
 from .policy_guider import PolicyGuider
 
@@ -53,17 +57,34 @@ PREFIXES = {"input_blocks": "input", "middle_block": "middle", "output_blocks": 
 # ComfyUI 0.3.75 and 0.33), by the architecture name an adapter file records.
 DIT_FAMILIES = {"Flux": "flux", "OpenAISignatureMMDITWrapper": "mmdit", "WanModel": "wan"}
 ARCHITECTURE_NAMES = {"unet": "UNet (SD1.x / SD2.x / SDXL)", "flux": "Flux", "mmdit": "SD3 (MMDiT)",
-                      "wan": "Wan 2.1"}
-# Transformers ComfyUI runs without the block-replacement hook: why AGD cannot serve them.
+                      "wan": "Wan 2.1", "nextdit": "Lumina 2 (NextDiT)"}
+# Transformers whose blocks AGD reaches through the post-block patch where the host's forward calls it.
+POST_BLOCK_FAMILIES = {"NextDiT": "nextdit"}
+# Transformers ComfyUI runs without a block hook: why AGD cannot serve them.
 NO_HOOK = {"NextDiT": "Lumina 2 / NextDiT"}
 
 
+def calls_post_block_patch(network_class) -> bool:
+    """Whether this network class's forward calls ``patches["double_block"]`` after its blocks (read
+    from the host's own code: ComfyUI 0.33's NextDiT does, 0.3.75's does not)."""
+    import inspect
+
+    try:
+        source = inspect.getsource(network_class._forward)
+    except (AttributeError, OSError, TypeError):
+        return False
+    return '"double_block" in patches' in source
+
+
 def architecture_name(model_patcher) -> str:
-    """``unet``, ``flux``, ``mmdit``, ``wan``, or the network's class name where AGD has no adapters."""
+    """``unet``, ``flux``, ``mmdit``, ``wan``, ``nextdit``, or the network's class name where AGD has no adapters."""
     network = model_patcher.model.diffusion_model
     if any(True for _ in _attn2_modules(network)):
         return "unet"
-    return DIT_FAMILIES.get(type(network).__name__, type(network).__name__)
+    name = type(network).__name__
+    if name in POST_BLOCK_FAMILIES and calls_post_block_patch(type(network)):
+        return POST_BLOCK_FAMILIES[name]
+    return DIT_FAMILIES.get(name, name)
 
 
 def _attn2_modules(network):
@@ -83,9 +104,10 @@ def unsupported_reason(model_patcher) -> str:
     network = type(model_patcher.model.diffusion_model).__name__
     if network in NO_HOOK:
         return (f"is a {NO_HOOK[network]} model ({network}), whose transformer blocks offer neither the "
-                "block-replacement hook (transformer_options patches_replace 'dit') nor the cross-attention "
-                "patch hooks in this ComfyUI, the extension points AGD's adapters are injected through; "
-                "AGD supports SD1.x/SD2.x/SDXL UNets, SD3 (MMDiT), Flux and Wan 2.1")
+                "block-replacement hook (transformer_options patches_replace 'dit'), the post-block patch "
+                "(patches 'double_block') nor the cross-attention patch hooks in this ComfyUI, the extension "
+                "points AGD's adapters are injected through; update ComfyUI (0.33's NextDiT calls the "
+                "post-block patch). AGD supports SD1.x/SD2.x/SDXL UNets, SD3 (MMDiT), Flux and Wan 2.1 here")
     return (f"({network}) is not an architecture AGD has adapters for: SD1.x/SD2.x/SDXL UNets (cross-attention "
             "patch hooks), SD3 (MMDiT), Flux and Wan 2.1 text-to-video (their block-replacement hooks)")
 
@@ -109,6 +131,9 @@ def dit_layout(model_patcher) -> dict:
     if arch == "wan":
         return {f"double_block_{i}": (int(network.dim), int(network.text_embedding[0].in_features), 0)
                 for i in range(len(network.blocks))}
+    if architecture_name(model_patcher) == "nextdit":
+        text = network.cap_embedder[-1].in_features
+        return {f"double_block_{i}": (int(network.dim), int(text), 0) for i in range(len(network.layers))}
     return {}
 
 
@@ -301,6 +326,26 @@ class _BlockOffset:
         return self
 
 
+class _PostBlockOffset:
+    """A ``patches["double_block"]`` entry (NextDiT): the adapter's offset added to the image
+    tokens of the block that just ran (``block_index`` names it)."""
+
+    def __init__(self, owner: AGDAdapters):
+        self.owner = owner
+
+    def __call__(self, args):
+        index = args.get("block_index")
+        name = f"double_block_{index}"
+        if index is None or name not in self.owner.adapters:
+            return {}
+        delta = self.owner.offset(name, args.get("transformer_options") or {}, args["img"])
+        return {} if delta is None else {"img": args["img"] + delta}
+
+    def to(self, target):
+        self.owner.to(target)
+        return self
+
+
 class _Attn2Input:
     def __init__(self, owner: AGDAdapters):
         self.owner = owner
@@ -391,6 +436,8 @@ def apply_adapters(model_patcher, adapters: AdapterSet, scale_range, fingerprint
     if adapters.kind == "cross_attention":
         patched.set_model_attn2_patch(agd.input_patch)
         patched.set_model_attn2_output_patch(agd.output_patch)
+    elif agd.architecture in POST_BLOCK_FAMILIES.values():
+        patched.set_model_patch(_PostBlockOffset(agd), "double_block")
     else:
         replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         for name in adapters.layout:
@@ -411,6 +458,8 @@ def call_options(agd: AGDAdapters) -> dict:
     options = {"wrappers": {comfy.patcher_extension.WrappersMP.APPLY_MODEL: {WRAPPER_KEY: [agd.conditioning]}}}
     if agd.adapters.kind == "cross_attention":
         options["patches"] = {"attn2_patch": [agd.input_patch], "attn2_output_patch": [agd.output_patch]}
+    elif agd.architecture in POST_BLOCK_FAMILIES.values():
+        options["patches"] = {"double_block": [_PostBlockOffset(agd)]}
     else:
         blocks = {_dit_key(name): _BlockOffset(agd, name) for name in agd.adapters.layout}
         options["patches_replace"] = {"dit": blocks}
@@ -421,10 +470,49 @@ def adapted_call(model_patcher, agd: AGDAdapters, x, sigma, context, scale, extr
     """One evaluation of the frozen model with the adapters at per-sample ``scale``, outside a
     sampler (training): the model's ``apply_model`` with the hooks in its transformer options.
     ``extras``: the model's other conditioning by name (``y``, ``guidance``: what its
-    ``extra_conds`` made for the prompt, see ``model_extras``)."""
+    ``extra_conds`` made for the prompt, see ``model_extras``); a tuple is a constant per sample
+    (Lumina 2's ``num_tokens``), and samples that differ in one are evaluated in separate calls,
+    as ComfyUI's own batching keeps them apart; ``TEXT_TOKENS`` (prompts of different lengths,
+    zero-padded in the store) is one too, and each call gets its prompts unpadded."""
+    extras = extras or {}
+    constants = {name: value for name, value in extras.items() if isinstance(value, tuple)}
+    if not constants:
+        return _adapted_call(model_patcher, agd, x, sigma, context, scale, extras)
+    groups = {}
+    for row, key in enumerate(zip(*constants.values())):
+        groups.setdefault(key, []).append(row)
+    parts, order = [], []
+    for key, rows in groups.items():
+        index = torch.tensor(rows, device=x.device)
+
+        def take(value):
+            per_sample = isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == x.shape[0]
+            return value[index] if per_sample else value
+        part_extras = {name: take(value) for name, value in extras.items() if name not in constants}
+        part_extras.update(zip(constants, key))
+        part_context = context[index]
+        length = part_extras.pop(TEXT_TOKENS, None)
+        if length is not None:  # the prompts as the encoder gave them, without the store's padding
+            part_context, part_extras = trim_prompt(part_context, part_extras, length)
+        parts.append(_adapted_call(model_patcher, agd, x[index], take(sigma), part_context, take(scale),
+                                   part_extras))
+        order += rows
+    return torch.cat(parts)[torch.argsort(torch.tensor(order, device=x.device))]
+
+
+def trim_prompt(embedding: torch.Tensor, options: dict, length: int) -> "tuple[torch.Tensor, dict]":
+    """A prompt's embedding and options as the encoder gave them: ``encode_prompts``' padding
+    removed (per-token options, such as an attention mask, are [n, L, ...])."""
+    padded = embedding.shape[1]
+    if length == padded:
+        return embedding, options
+    return embedding[:, :length], {k: (v[:, :length] if isinstance(v, torch.Tensor) and v.ndim >= 2 and
+                                       v.shape[1] == padded else v) for k, v in options.items()}
+
+
+def _adapted_call(model_patcher, agd: AGDAdapters, x, sigma, context, scale, extras: dict):
     options = {**call_options(agd), "sigmas": sigma, RUN_KEY: run_options(scale, model_patcher)}
-    return model_patcher.model.apply_model(x, sigma, c_crossattn=context, transformer_options=options,
-                                           **(extras or {}))
+    return model_patcher.model.apply_model(x, sigma, c_crossattn=context, transformer_options=options, **extras)
 
 
 class AGDGuider(PolicyGuider):
@@ -442,4 +530,5 @@ class AGDGuider(PolicyGuider):
 
 __all__ = ["AGDAdapters", "AGDGuider", "ARCHITECTURE_NAMES", "RUN_KEY", "adapted_call", "adapter_layout",
            "apply_adapters", "architecture_name", "architecture_of", "attn2_layout", "base_parameter_count",
-           "call_options", "check_fits", "dit_layout", "find_adapters", "run_options", "unsupported_reason"]
+           "call_options", "calls_post_block_patch", "check_fits", "dit_layout", "find_adapters", "run_options",
+           "trim_prompt", "unsupported_reason"]

@@ -24,7 +24,8 @@ from ...guiders.atomic_file import write_atomically
 from ...guiders.agd import AdapterConfig, AdapterSet, AGDPolicy
 from ...guiders.agd.trajectories import FORMAT, TrajectoryStore, write_json
 from ...guiders.agd.training import agd_loss, batch_indices, lr_at
-from .agd import AGDAdapters, AGDGuider, adapted_call, adapter_layout, apply_adapters, architecture_name
+from .agd import (AGDAdapters, AGDGuider, adapted_call, adapter_layout, apply_adapters, architecture_name,
+                  trim_prompt)
 from .compat import training_mode
 from .fingerprint import base_model_fingerprint
 
@@ -35,19 +36,44 @@ RESUME_SETTINGS = ("batch_size", "lr", "warmup_frac", "seed", "loss_space", "ada
                    "data")
 
 
+def _chunks(clip, text: str) -> int:
+    """How many chunks of its text encoder ``text`` takes (CLIP's 77 tokens; 1 for an encoder
+    that does not pad, such as Lumina 2's Gemma)."""
+    tokens = clip.tokenize(text)
+    if isinstance(tokens, dict):
+        return max([len(chunks) for chunks in tokens.values() if isinstance(chunks, list)] or [1])
+    return 1
+
+
+def _pad_to(value: torch.Tensor, shape) -> torch.Tensor:
+    """``value`` zero-padded at the end of each dimension to ``shape``."""
+    pad = []
+    for have, want in zip(reversed(value.shape), reversed(shape)):
+        pad += [0, want - have]
+    return torch.nn.functional.pad(value, pad)
+
+
 def encode_prompts(clip, prompts: list, options: bool = False):
     """[P, L, D] text embeddings by the model's own CLIP (what CLIPTextEncode gives); with
-    ``options``, also what the encoder gives beside them, as CLIPTextEncode puts it in the
-    conditioning: {name: [P, ...] tensor} (``pooled_output``, an ``attention_mask`` ...; none
-    for an encoder without, e.g. Wan's) or a value all prompts share."""
+    ``options``, (embeddings, options, lengths): also what the encoder gives beside them, as
+    CLIPTextEncode puts it in the conditioning: {name: [P, ...] tensor} (``pooled_output``, an
+    ``attention_mask`` ...; none for an encoder without, e.g. Wan's) or a value all prompts
+    share, and each prompt's token count. An encoder that does not pad (Lumina 2's Gemma)
+    gives prompts of different lengths: they are zero-padded to the longest (per-token options
+    too) and ``lengths`` says where each ends; the model always gets them unpadded
+    (``trim_prompt``). A prompt longer than one chunk of a padding encoder is refused."""
     encoded = [clip.encode_from_tokens(clip.tokenize(text), return_dict=True) for text in prompts]
     rows = [e["cond"] if e["cond"].ndim == 3 else e["cond"][None] for e in encoded]
-    shortest = min(r.shape[1] for r in rows)
+    lengths = [int(r.shape[1]) for r in rows]
+    shortest, longest = min(lengths), max(lengths)
     for line, (text, row) in enumerate(zip(prompts, rows), start=1):
-        if row.shape[1] != shortest:  # one stored embedding per prompt: a single length
+        if row.shape[1] != shortest and _chunks(clip, text) > 1:  # one stored embedding per prompt
             raise ValueError(f"prompt {line} ({text[:40]!r}...) encodes to {row.shape[1]} tokens, more than one "
                              f"chunk of the text encoder ({shortest}); shorten it")
-    embeddings = torch.cat(rows).float()
+    if shortest != longest and not options:
+        raise ValueError(f"the prompts encode to different lengths ({shortest} to {longest} tokens); give prompts "
+                         "of one length here")
+    embeddings = torch.cat([_pad_to(r, (1, longest, r.shape[2])) for r in rows]).float()
     if not options:
         return embeddings
     found = {}
@@ -55,14 +81,18 @@ def encode_prompts(clip, prompts: list, options: bool = False):
         values = [e.get(name) for e in encoded]
         if all(v is None for v in values):
             continue
-        if all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
-            found[name] = torch.cat([v if v.ndim and v.shape[0] == 1 else v[None] for v in values])
+        if all(isinstance(v, torch.Tensor) for v in values) and len({v.ndim for v in values}) == 1:
+            values = [v if v.ndim and v.shape[0] == 1 else v[None] for v in values]
+            shape = [max(v.shape[d] for v in values) for d in range(values[0].ndim)]
+            if len({tuple(v.shape) for v in values}) == 1 or shortest != longest:
+                found[name] = torch.cat([_pad_to(v, shape) for v in values])
+                continue
         elif all(not isinstance(v, torch.Tensor) and v == values[0] for v in values):
             found[name] = values[0]
-        else:
-            raise ValueError(f"the text encoder's output {name!r} differs in kind or shape between the prompts; "
-                             "the trainer stores one per prompt")
-    return embeddings, found
+            continue
+        raise ValueError(f"the text encoder's output {name!r} differs in kind or shape between the prompts; "
+                         "the trainer stores one per prompt")
+    return embeddings, found, lengths
 
 
 def select_options(options: dict, rows) -> dict:
@@ -71,22 +101,38 @@ def select_options(options: dict, rows) -> dict:
                 v[rows] if isinstance(v, torch.Tensor) else v) for k, v in options.items()}
 
 
-def model_extras(model, embedding: torch.Tensor, options: dict, latent_shape) -> dict:
-    """The model's other conditioning for one prompt, as its ``extra_conds`` makes it for a
-    sampler (``comfy.samplers.encode_model_conds``, as CFGGuider does): {name: tensor}, one row
-    (SDXL's ``y`` from the pooled text and the image size, SD3's and Flux's ``y``, Flux's
-    ``guidance``). The prompt embedding itself (``c_crossattn``) is not among them. ``options``:
-    the prompt's conditioning options (``select_options``)."""
+def _model_conds(model, embedding: torch.Tensor, options: dict, latent_shape) -> dict:
+    """The model's ``extra_conds`` for one prompt as a sampler makes them
+    (``comfy.samplers.encode_model_conds``, as CFGGuider does): {name: COND object}."""
     import comfy.samplers
 
     noise = torch.zeros((1, *latent_shape))
     cond = {"cross_attn": embedding, "model_conds": {}, **options}
-    device = torch.device("cpu")
-    made = comfy.samplers.encode_model_conds(model.model.extra_conds, [cond], noise, device, "positive",
-                                             latent_image=noise, denoise_mask=None, seed=0)[0]["model_conds"]
+    return comfy.samplers.encode_model_conds(model.model.extra_conds, [cond], noise, torch.device("cpu"),
+                                             "positive", latent_image=noise, denoise_mask=None,
+                                             seed=0)[0]["model_conds"]
+
+
+def _is_constant(value) -> bool:
+    """One number per model call (``CONDConstant``, Lumina 2's num_tokens): ComfyUI never batches
+    conds whose constants differ, and neither do the student's calls (``adapted_call``)."""
+    import comfy.conds
+
+    return isinstance(value, comfy.conds.CONDConstant) and isinstance(value.cond, (bool, int, float))
+
+
+def model_extras(model, embedding: torch.Tensor, options: dict, latent_shape) -> dict:
+    """The model's other conditioning for one prompt, as its ``extra_conds`` makes it for a
+    sampler: {name: tensor}, one row (SDXL's ``y`` from the pooled text and the image size, SD3's
+    and Flux's ``y``, Flux's ``guidance``; a constant as a 0-d tensor, see ``constant_extras``).
+    The prompt embedding itself (``c_crossattn``) is not among them. ``options``: the prompt's
+    conditioning options (``select_options``)."""
     extras = {}
-    for name, value in made.items():
+    for name, value in _model_conds(model, embedding, options, latent_shape).items():
         if name == "c_crossattn":
+            continue
+        if _is_constant(value):
+            extras[name] = torch.tensor(float(value.cond))
             continue
         tensor = getattr(value, "cond", None)
         if not isinstance(tensor, torch.Tensor):
@@ -94,6 +140,12 @@ def model_extras(model, embedding: torch.Tensor, options: dict, latent_shape) ->
                              "trainer can store with the trajectories")
         extras[name] = (tensor[0] if tensor.shape[:1] == (1,) else tensor).detach().float().cpu()
     return extras
+
+
+def constant_extras(model, embedding: torch.Tensor, options: dict, latent_shape) -> dict:
+    """{name: "int" | "float"} of the model's conditionings that are one number per model call."""
+    return {name: ("int" if isinstance(value.cond, (bool, int)) else "float")
+            for name, value in _model_conds(model, embedding, options, latent_shape).items() if _is_constant(value)}
 
 
 def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scales: torch.Tensor,
@@ -128,18 +180,19 @@ def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scal
 
 def encode_with_empty(clip, prompts: list) -> tuple:
     """(prompt embeddings, empty prompt's, fingerprint, prompts' conditioning options, empty
-    prompt's; see ``encode_prompts``). The fingerprint covers what the text encoder (its
+    prompt's, prompts' token counts; see ``encode_prompts``). The fingerprint covers what the text encoder (its
     weights, LoRAs, clip skip) made of them, so trajectories made with another encoder are
     never taken for these."""
-    embeddings, options = encode_prompts(clip, prompts, True)
-    empty, empty_options = encode_prompts(clip, [""], True)
+    embeddings, options, lengths = encode_prompts(clip, prompts, True)
+    empty, empty_options, _ = encode_prompts(clip, [""], True)
     digest = hashlib.blake2b(digest_size=8)
     for value in (embeddings, empty, *(v for o in (options, empty_options) for _k, v in sorted(o.items()))):
         if isinstance(value, torch.Tensor):
             digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
         else:
             digest.update(repr(value).encode())
-    return embeddings, empty, digest.hexdigest(), options, empty_options
+    digest.update(repr(lengths).encode())
+    return embeddings, empty, digest.hexdigest(), options, empty_options, lengths
 
 
 def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int, seed: int, chunk: int = 16,
@@ -153,11 +206,18 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
     if not lo <= hi:  # the adapter file would be refused after all the training
         raise ValueError(f"the scale range [{lo:g}, {hi:g}] is empty; give it low to high")
     texts = [p for p in prompts for _ in range(per_prompt)]
-    embeddings, empty, text_fingerprint, options, empty_options = encoded or encode_with_empty(clip, prompts)
+    embeddings, empty, text_fingerprint, options, empty_options, lengths = (encoded or
+                                                                            encode_with_empty(clip, prompts))
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
-    # The model's other conditioning per prompt (SDXL's y ...), stored for the student's calls.
-    extras = [model_extras(model, embeddings[i:i + 1], select_options(options, slice(i, i + 1)), latent_shape)
-              for i in range(len(prompts))]
+    unpadded = [trim_prompt(embeddings[i:i + 1], select_options(options, slice(i, i + 1)), lengths[i])
+                for i in range(len(prompts))]
+    # The model's other conditioning per prompt (SDXL's y ...), stored for the student's calls
+    # (zero-padded alike where the prompts' lengths differ: Lumina 2's attention mask).
+    extras = [model_extras(model, embedding, prompt_options, latent_shape) for embedding, prompt_options in unpadded]
+    for name in extras[0]:
+        shape = [max(row[name].shape[d] for row in extras) for d in range(extras[0][name].ndim)]
+        for row in extras:
+            row[name] = _pad_to(row[name], shape)
     meta = {"format": FORMAT, "prompts": prompts, "per_prompt": per_prompt,
             "scale_range": [lo, hi], "steps": steps, "seed": seed, "sampler": sampler_name,
             "scheduler": scheduler, "negative": "", "model_fingerprint": fingerprint,
@@ -165,6 +225,11 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
             "latent_shape": list(latent_shape), "trajectories": len(texts), "samples": len(texts) * steps}
     if extras[0]:
         meta["extras"] = sorted(extras[0])
+    constants = constant_extras(model, *unpadded[0], latent_shape)
+    if constants:
+        meta["constants"] = constants
+    if len(set(lengths)) > 1:
+        meta["text_lengths"] = lengths
     progress_path = out_dir / "progress.json"
     done = 0
     if (out_dir / "meta.json").is_file():
@@ -191,20 +256,27 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
         scales = torch.tensor([lo + (hi - lo) * float(torch.rand(1, generator=g)) for g in gens])
         noise = torch.stack([torch.randn(latent_shape, generator=g) for g in gens])
         prompt_ids = [i // per_prompt for i in ids]
-        records = cfg_trajectories(
-            model, embeddings[prompt_ids], empty.expand(len(ids), -1, -1).contiguous(), scales, noise, sigmas,
-            sampler_name, seed, select_options(options, prompt_ids),
-            select_options(empty_options, [0] * len(ids)))
-        if len(records) != steps:
-            raise ValueError(f"sampler {sampler_name!r} made {len(records)} model evaluations for {steps} steps; "
-                             "use a sampler with one evaluation per step (euler, ddim, dpmpp_2m ...)")
-        for k, (x, sigma, target) in enumerate(records):
-            rows = [store.row(i, k) for i in ids]
-            store.states[rows] = x.numpy().astype(np.float16)
-            store.targets[rows] = target.numpy().astype(np.float16)
-            store.sigmas[rows] = sigma.reshape(-1).expand(len(ids)).numpy()
-            store.scales[rows] = scales.numpy()
-            store.prompt_index[rows] = np.asarray(prompt_ids, dtype=np.int32)
+        # The teacher samples each prompt as the encoder gave it: one CFG run per prompt length.
+        groups = {}
+        for j, p in enumerate(prompt_ids):
+            groups.setdefault(lengths[p], []).append(j)
+        for length, members in groups.items():
+            group_ids, group_prompts = [ids[j] for j in members], [prompt_ids[j] for j in members]
+            positive, positive_options = trim_prompt(embeddings[group_prompts], select_options(options, group_prompts),
+                                                     length)
+            records = cfg_trajectories(
+                model, positive, empty.expand(len(members), -1, -1).contiguous(), scales[members], noise[members],
+                sigmas, sampler_name, seed, positive_options, select_options(empty_options, [0] * len(members)))
+            if len(records) != steps:
+                raise ValueError(f"sampler {sampler_name!r} made {len(records)} model evaluations for {steps} steps; "
+                                 "use a sampler with one evaluation per step (euler, ddim, dpmpp_2m ...)")
+            for k, (x, sigma, target) in enumerate(records):
+                rows = [store.row(i, k) for i in group_ids]
+                store.states[rows] = x.numpy().astype(np.float16)
+                store.targets[rows] = target.numpy().astype(np.float16)
+                store.sigmas[rows] = sigma.reshape(-1).expand(len(members)).numpy()
+                store.scales[rows] = scales[members].numpy()
+                store.prompt_index[rows] = np.asarray(group_prompts, dtype=np.int32)
         for array in (store.states, store.targets, store.sigmas, store.scales, store.prompt_index, store.prompts,
                       *store.extras.values()):
             array.flush()

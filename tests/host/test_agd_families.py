@@ -4,8 +4,11 @@ Wan 2.1 models built through ComfyUI's own classes (families.py), with the AGD n
 SDXL takes cross-attention adapters with its pooled conditioning (``y``) as one more token;
 SD3 (MMDiT joint blocks), Flux (double and single stream blocks) and Wan (5-D video latents)
 take offset adapters through ComfyUI's ``patches_replace["dit"]`` block replacement. Lumina 2
-(NextDiT) has no such hook in ComfyUI and is refused, naming the node, the input and why."""
+(NextDiT) takes them through the post-block patch (``patches["double_block"]``) where the host's
+NextDiT calls it (0.33); where it does not (0.3.75) it is refused, naming the node, the input and
+why."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +21,16 @@ from .families import FAMILIES, tiny_model
 
 pytestmark = pytest.mark.host
 
-SUPPORTED = ("sdxl", "sd3", "flux", "wan")
+def _lumina_served() -> bool:
+    import comfy.ldm.lumina.model
+
+    from guidance_lab.nodes.bridge.agd import calls_post_block_patch
+
+    return calls_post_block_patch(comfy.ldm.lumina.model.NextDiT)
+
+
+LUMINA_SERVED = _lumina_served()
+SUPPORTED = ("sdxl", "sd3", "flux", "wan", *(("lumina2",) if LUMINA_SERVED else ()))
 SMALL = AdapterConfig(width=8, fourier_features=8, mlp_hidden=16, time_features=8, seed=0)
 COUNT_KEY = "test_agd_families_count"
 
@@ -95,6 +107,7 @@ def test_layout_names_the_blocks_the_hooks_serve(models, name):
     else:
         assert kind == "offset"
         blocks = {"sd3": len(getattr(network, "joint_blocks", [])), "wan": len(getattr(network, "blocks", [])),
+                  "lumina2": len(getattr(network, "layers", [])),
                   "flux": len(getattr(network, "double_blocks", [])) + len(getattr(network, "single_blocks", []))}
         assert len(layout) == blocks[name]
         if name == "flux":
@@ -136,20 +149,27 @@ class FakeClip:
     """A text encoder of the family's conditioning shapes (no CLIP can be downloaded): the same
     text always encodes to the same embedding (and pooled output, where the family has one)."""
 
-    def __init__(self, positive):
+    def __init__(self, positive, attention_mask: bool = False, padded: bool = True):
         self.tokens, self.width = positive[0][0].shape[1:]
         pooled = positive[0][1].get("pooled_output")
         self.pooled = None if pooled is None else pooled.shape[-1]
+        self.attention_mask = attention_mask  # Lumina 2's encoder gives one (its num_tokens comes from it)
+        self.padded = padded  # False: a token per word plus 2, as an encoder that does not pad (Gemma)
+
+    def length(self, text) -> int:
+        return self.tokens if self.padded else 2 + len(text.split())
 
     def tokenize(self, text):
         return text
 
     def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
         g = torch.Generator().manual_seed(sum(map(ord, tokens)) + 7 * len(tokens))
-        cond = torch.randn(1, self.tokens, self.width, generator=g)
+        cond = torch.randn(1, self.length(tokens), self.width, generator=g)
         pooled = None if self.pooled is None else torch.randn(1, self.pooled, generator=g)
         if return_dict:  # as ComfyUI's CLIP: the pooled output is None where the encoder has none
-            return {"cond": cond, "pooled_output": pooled}
+            mask = ({"attention_mask": torch.ones(1, self.length(tokens), dtype=torch.long)} if self.attention_mask
+                    else {})
+            return {"cond": cond, "pooled_output": pooled, **mask}
         return (cond, pooled) if return_pooled else cond
 
 
@@ -160,7 +180,7 @@ def test_train_node_trains_then_loader_and_guider_sample(models, name, output_di
     from guidance_lab.guiders.agd.trajectories import TrajectoryStore
 
     model, _positive, _negative = models[name]
-    clip = FakeClip(models[name][1])
+    clip = FakeClip(models[name][1], attention_mask=name == "lumina2")
     temp_before = folder_paths.get_temp_directory()
     folder_paths.set_temp_directory(str(output_dir / "temp"))
     try:
@@ -175,7 +195,7 @@ def test_train_node_trains_then_loader_and_guider_sample(models, name, output_di
     assert vars(comfy.model_management).get("in_training", False) is False
     assert file == f"agd/{name}.safetensors" and "2 prompts, 3 steps" in report and curve.shape[-1] == 3
     made = adapter_file.load(output_dir / file)
-    assert made.architecture["architecture"] == ("unet" if name == "sdxl" else name if name != "sd3" else "mmdit")
+    assert made.architecture["architecture"] == {"sdxl": "unet", "sd3": "mmdit", "lumina2": "nextdit"}.get(name, name)
     assert made.adapters.kind == ("cross_attention" if name == "sdxl" else "offset")
     # every block's adapter learnt: gradients reach the first blocks through all later ones
     assert all(p.abs().max() > 0 for n, p in made.adapters.named_parameters() if n.endswith("out.weight"))
@@ -186,6 +206,9 @@ def test_train_node_trains_then_loader_and_guider_sample(models, name, output_di
         assert "y" in store.meta["extras"] and store.extras["y"].shape[0] == 2
     if name == "sdxl":
         assert store.extras["y"].shape[1] == model.model.adm_channels
+    if name == "lumina2":  # num_tokens: one number per model call, stored per prompt
+        assert store.meta["constants"] == {"num_tokens": "int"}
+        assert store.batch_extras(np.arange(4), "cpu")["num_tokens"] == (clip.tokens,) * 4
     positive = [[torch.from_numpy(store.prompts[:1].astype("float32")),
                  {} if clip.pooled is None else {"pooled_output": clip.encode_from_tokens("a red circle", True)[1]}]]
     patched = node_out(AGDAdapterLoaderNode.execute(model, file))[0]
@@ -248,11 +271,17 @@ def test_an_adapter_for_one_family_is_refused_on_another(models, made_for, used_
     assert f"this model is {ARCHITECTURE_NAMES[architecture_name(target)]}" in message
 
 
-def test_lumina2_is_refused_by_training_and_loading_naming_the_missing_hook(models, output_dir):
+def test_lumina2_is_served_where_the_host_calls_the_post_block_patch_and_refused_where_not(models, output_dir):
+    """0.33's NextDiT calls ``patches["double_block"]`` after each layer (the tests above train and
+    sample it); 0.3.75's has no hook at all, and both nodes say so, naming the node and the input."""
     from guidance_lab.nodes.agd import trainable_problem
+    from guidance_lab.nodes.bridge.agd import architecture_name
 
     model = models["lumina2"][0]
     problem = trainable_problem(model)
+    if LUMINA_SERVED:
+        assert problem == "" and architecture_name(model) == "nextdit"
+        return
     assert "Lumina 2" in problem and "patches_replace 'dit'" in problem, problem
     with pytest.raises(NodeInputError, match=r"AGD Train Adapter \(Guidance Lab\): input 'model' is a Lumina 2"):
         AGDTrainNode.execute(model, FakeClip(models["lumina2"][1]), "a red circle", 1.0, 8.0, 2, 2, 2, 1e-3, 8, 64,
@@ -334,3 +363,87 @@ def test_flux_dev_guidance_is_stored_with_the_trajectories_and_given_to_the_stud
     assert (without - target).abs().max() > 0.1  # the guidance input matters to this model
     torch.testing.assert_close(out, target, atol=2e-2, rtol=2e-2)  # targets are stored as float16
     assert adapter_file.load(output_dir / file).architecture["architecture"] == "flux"
+
+
+def test_samples_differing_in_a_constant_conditioning_are_evaluated_apart(models):
+    """Lumina 2's num_tokens is one number per model call (ComfyUI never batches conds whose
+    constants differ): a training batch mixing values is evaluated one call per value, in order.
+    (The grouping is the trainer's own; on 0.3.75 the adapters' hook is simply not called.)"""
+    from guidance_lab.nodes.bridge.agd import AGDAdapters, adapted_call
+
+    model, positive, _negative = models["lumina2"]
+    adapters = AdapterSet({"double_block_0": (64, 32, 0)}, SMALL, "offset")
+    agd = AGDAdapters(adapters, (1.0, 8.0), "", architecture="nextdit",
+                      model_sampling=model.get_model_object("model_sampling"))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((3, *FAMILIES["lumina2"]), generator=g)
+    sigma, scale = torch.tensor([0.9, 0.5, 0.7]), torch.tensor([2.0, 5.0, 3.0])
+    context = torch.randn(3, 8, 32, generator=g)
+    seen = []  # what the network was called with (a test-only hook, removed below)
+    hook = model.model.diffusion_model.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append((args[0].shape[0], args[3] if len(args) > 3 else kwargs["num_tokens"])),
+        with_kwargs=True)
+    try:
+        with torch.no_grad():
+            mixed = adapted_call(model, agd, x, sigma, context, scale,
+                                 {"num_tokens": (8, 5, 8)})
+            calls, seen[:] = list(seen), []
+            alone = [adapted_call(model, agd, x[i:i + 1], sigma[i:i + 1], context[i:i + 1], scale[i:i + 1],
+                                  {"num_tokens": n}) for i, n in enumerate((8, 5, 8))]
+    finally:
+        hook.remove()
+    assert sorted(calls) == [(1, 5), (2, 8)]  # one call per value, each with its own samples
+    assert torch.allclose(mixed, torch.cat(alone), atol=1e-5)  # and the batch's order kept
+
+
+@pytest.mark.parametrize("name", [n for n in ("flux", "lumina2") if n in SUPPORTED])
+def test_prompts_of_different_lengths_train_each_as_the_encoder_gave_it(models, name, output_dir):
+    """An encoder that does not pad (Lumina 2's Gemma; T5 past its minimum) gives prompts of
+    different token counts: the store pads them, the teacher's CFG runs and the student's calls
+    see each prompt unpadded (a padded prompt would be another prompt to these models)."""
+    import folder_paths
+
+    from guidance_lab.guiders.agd.trajectories import TEXT_TOKENS, TrajectoryStore
+    from guidance_lab.nodes.bridge.agd import AGDAdapters, adapted_call
+    from guidance_lab.nodes.bridge.agd_training import cfg_trajectories
+
+    model = models[name][0]
+    clip = FakeClip(models[name][1], attention_mask=name == "lumina2", padded=False)
+    prompts = ["a red circle", "a big blue star on green grass"]
+    temp_before = folder_paths.get_temp_directory()
+    folder_paths.set_temp_directory(str(output_dir / "temp_lengths"))
+    try:
+        with torch.inference_mode():
+            file, _curve, report = node_out(AGDTrainNode.execute(
+                model, clip, "\n".join(prompts), 2.0, 6.0, 3, 2, 4, 1e-2, 8, 64, 0, f"agd/{name}_lengths"))
+    finally:
+        folder_paths.set_temp_directory(temp_before)
+    store = TrajectoryStore.open(next((output_dir / "temp_lengths" / "guidance_lab_agd").glob("data_*")))
+    assert store.meta["text_lengths"] == [5, 9]
+    assert not store.prompts[0, 5:].any() and store.prompts[1].shape[0] == 9
+    # the teacher: trajectory 0 (the short prompt) is CFG on its own unpadded embedding
+    row = store.row(0, 0)
+    x, sigma, _c, scale, target = store.batch(np.array([row]), "cpu")
+    encoded = [clip.encode_from_tokens(text, return_dict=True) for text in (prompts[0], "")]
+    (embedding, options), (empty, empty_options) = [
+        (e["cond"], {k: v for k, v in e.items() if k != "cond" and v is not None}) for e in encoded]
+    sigmas = torch.tensor([float(sigma), 0.0])
+    records = cfg_trajectories(model, embedding, empty, scale, x / float(sigma), sigmas, "euler", 0, options,
+                               empty_options)
+    assert torch.allclose(records[0][2], target, atol=2e-2)
+    # the student: a padded batch equals each prompt's own call
+    made = adapter_file.load(output_dir / file)
+    agd = AGDAdapters(made.adapters, (2.0, 6.0), "", architecture=made.architecture["architecture"],
+                      model_sampling=model.get_model_object("model_sampling"))
+    rows = np.array([store.row(0, 1), store.row(1, 1)])
+    x, sigma, context, scale, _target = store.batch(rows, "cpu")
+    extras = store.batch_extras(rows, "cpu")
+    assert extras[TEXT_TOKENS] == (5, 9)
+    with torch.no_grad():
+        together = adapted_call(model, agd, x, sigma, context, scale, extras)
+        for i, length in enumerate((5, 9)):
+            own = {k: (v[i:i + 1, :length] if k == "attention_mask" else (v[i],) if isinstance(v, tuple) else
+                       v[i:i + 1]) for k, v in extras.items() if k != TEXT_TOKENS}
+            own = {k: (v[0] if isinstance(v, tuple) else v) for k, v in own.items()}
+            alone = adapted_call(model, agd, x[i:i + 1], sigma[i:i + 1], context[i:i + 1, :length], scale[i:i + 1], own)
+            assert torch.allclose(together[i:i + 1], alone, atol=1e-5)

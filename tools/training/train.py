@@ -83,6 +83,12 @@ def parse_args(argv=None):
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="start a new run from the latest checkpoint of run RUN (weights, EMA, optimizer, "
                         "step), e.g. to fine-tune with other settings")
+    p.add_argument("--teacher", default=None, metavar="FILE",
+                   help="an exported default model of the same prediction type whose predictions are "
+                        "blended into the target (knowledge distillation; see --teacher-weight)")
+    p.add_argument("--teacher-weight", type=float, default=0.0,
+                   help="share of the teacher's prediction in the target: (1 - w) * data target + "
+                        "w * teacher; 0 trains on the data alone")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
@@ -251,6 +257,26 @@ def noised_inputs(prediction: str, acp, x0, u, noise):
     return xt, timesteps, target, alpha, sigma
 
 
+def load_teacher(path: Path) -> "Trainer":
+    """The frozen network and text encoder of an exported default-model file, built with the
+    settings its metadata records (the source of distillation targets)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        saved = json.loads((f.metadata() or {}).get("training_config", "{}"))
+    args = parse_args([])
+    for key in vars(args):
+        if key in saved:
+            setattr(args, key, saved[key])
+    args.teacher, args.teacher_weight = None, 0.0
+    teacher = Trainer(args)
+    teacher.load_exported(Path(path))
+    for module in (teacher.unet, teacher.text):
+        module.eval()
+        module.requires_grad_(False)
+    return teacher
+
+
 class Trainer:
     def __init__(self, args):
         import torch
@@ -295,6 +321,12 @@ class Trainer:
                                       {"params": no_decay, "weight_decay": 0.0}],
                                      lr=args.lr, betas=(0.9, 0.99))
         self.ema = {n: p.detach().clone() for n, p in self.named_params()}
+        self.teacher = None
+        if getattr(args, "teacher", None) and getattr(args, "teacher_weight", 0.0) > 0:
+            self.teacher = load_teacher(Path(args.teacher))
+            if self.teacher.args.prediction != args.prediction:
+                sys.exit(f"--teacher {args.teacher} predicts {self.teacher.args.prediction}, "
+                         f"this run {args.prediction}: a teacher must predict the same target")
         self.step = 0
         # Every command that trained this run, with its step range and hardware: the file's provenance.
         self.history = []
@@ -324,6 +356,7 @@ class Trainer:
         x0, prompts, u, noise = self.batch(self.step)
         xt, timesteps, target, _alpha, _sigma = noised_inputs(self.args.prediction, self.acp, x0, u, noise)
         flux = getattr(self.args, "architecture", "unet") == "flux"
+        raw_timesteps = timesteps
         if flux:
             timesteps = timesteps * (timestep_multiplier(self.args) / 1000.0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.precision == "bf16"):
@@ -335,6 +368,8 @@ class Trainer:
                     out = self.unet(xt, timesteps, context, y=pooled)
             else:
                 out = self.unet(xt, timesteps=timesteps, context=context)
+        if self.teacher is not None:
+            target = self.blend_teacher(target, xt, raw_timesteps, prompts)
         loss = torch.nn.functional.mse_loss(out.float(), target)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
@@ -348,6 +383,16 @@ class Trainer:
                 self.ema[n].lerp_(p.detach(), 1 - decay)
         self.step += 1
         return float(loss.detach())
+
+    def blend_teacher(self, target, xt, timesteps, prompts):
+        """(1 - w) * target + w * the teacher's prediction for the same noisy input and caption:
+        the teacher's estimate of E[target | x_t, c] has far less variance than one sample's
+        target, so a student learns what the teacher knows (shapes) in far fewer steps."""
+        torch, teacher, w = self.torch, self.teacher, self.args.teacher_weight
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.precision == "bf16"):
+            context, _pooled = teacher.text.clip_l([teacher.tokens(p) for p in prompts])
+            predicted = teacher.unet(xt, timesteps=timesteps, context=context)
+        return (1.0 - w) * target + w * predicted.float()
 
     # ------------------------------------------------------------ checkpoints
 
