@@ -179,3 +179,34 @@ def test_agd_trains_offset_adapters_on_the_dit_default_model_that_the_loader_and
         folder_paths.set_output_directory(before[0])
         folder_paths.set_temp_directory(before[1])
     assert torch.isfinite(out).all() and guider.last_record.nfe_per_step == [1, 1, 1]
+
+
+def test_the_trainer_blends_a_teacher_of_the_same_prediction_and_refuses_another(host):
+    """--teacher FILE --teacher-weight w: the target is (1 - w) * the data's + w * the teacher's
+    prediction for the same noisy input, caption and noise level (a shipped UNet teaching the
+    DiT); a teacher of another prediction type is refused, naming it."""
+    from pathlib import Path
+
+    from tools.training.train import Trainer, load_teacher, noised_inputs, parse_args
+    from guidance_lab.tests.fixtures.dit_default_model import TINY_DIT_ARGS
+
+    weights = Path(__file__).resolve().parents[2] / "default_model" / "weights"
+    flow = weights / "guidance_lab_flow32.safetensors"
+    args = parse_args([*TINY_DIT_ARGS, "--batch-size", "4", "--teacher", str(flow), "--teacher-weight", "0.75"])
+    trainer = Trainer(args)
+    assert trainer.teacher is not None and not any(p.requires_grad for p in trainer.teacher.unet.parameters())
+    x0, prompts, u, noise = trainer.batch(0)
+    xt, timesteps, target, _a, _s = noised_inputs("flow", None, x0, u, noise)
+    teacher = load_teacher(flow)
+    with torch.no_grad():
+        context, _ = teacher.text.clip_l([teacher.tokens(p) for p in prompts])
+        predicted = teacher.unet(xt.float(), timesteps=timesteps, context=context)
+    args.precision = "fp32"
+    blended = trainer.blend_teacher(target, xt, timesteps, prompts)
+    assert torch.allclose(blended, 0.25 * target + 0.75 * predicted, atol=1e-5)
+    # the teacher knows the data: its prediction is far closer to the target than zero is
+    assert ((predicted - target) ** 2).mean() < 0.2 * (target ** 2).mean()
+    assert Trainer(parse_args([*TINY_DIT_ARGS, "--teacher", str(flow)])).teacher is None  # weight 0: off
+    with pytest.raises(SystemExit, match="predicts v"):
+        Trainer(parse_args([*TINY_DIT_ARGS, "--teacher", str(weights / "guidance_lab_vpred32.safetensors"),
+                            "--teacher-weight", "0.5"]))
