@@ -39,12 +39,30 @@ def trajectories(shapes_model, tmp_path_factory):
     return root
 
 
-def train_args(data, run_dir, steps, *extra):
+@pytest.fixture(scope="module")
+def dit_trajectories(host, tmp_path_factory):
+    """(data folder, model file) of a tiny random-weight DiT default model (ComfyUI's Flux
+    network): offset adapters on its double and single stream blocks."""
+    from guidance_lab.nodes.bridge.agd_training import generate
+    from guidance_lab.nodes.bridge.fingerprint import base_model_fingerprint
+    from guidance_lab.tests.fixtures.dit_default_model import write_dit_file
+    from tools.training.agd import default_prompts, load_model
+
+    root = tmp_path_factory.mktemp("agd_dit")
+    path = write_dit_file(root / "tiny_dit.safetensors")
+    model, clip = load_model(path)
+    generate(model, clip, root / "data", default_prompts(6), (2.0, 6.0), 4, seed=0, chunk=4,
+             fingerprint=base_model_fingerprint(model))
+    return root / "data", path
+
+
+def train_args(data, run_dir, steps, *extra, model=None):
     from guidance_lab.default_model import WEIGHTS_DIR
     from tools.training.agd import VPRED32_FILE
 
     return ["train", "--data", str(data), "--run-dir", str(run_dir), "--steps", str(steps), "--batch-size", "8",
-            "--lr", "1e-3", "--model", str(WEIGHTS_DIR / VPRED32_FILE), "--checkpoint-every", "2", *TINY, *extra]
+            "--lr", "1e-3", "--model", str(model or WEIGHTS_DIR / VPRED32_FILE), "--checkpoint-every", "2", *TINY,
+            *extra]
 
 
 def trained_weights(run_dir):
@@ -152,14 +170,19 @@ def test_evaluate_refuses_an_adapter_of_another_model(tmp_path):
 DDP_TOLERANCE = 1e-5
 
 
-def test_ddp_on_two_gloo_processes_trains_what_one_process_trains(trajectories, tmp_path):
+@pytest.mark.parametrize("network", ["unet", "dit"])
+def test_ddp_on_two_gloo_processes_trains_what_one_process_trains(network, request, tmp_path):
+    """Cross-attention adapters on the v-prediction UNet, offset adapters (block replacement
+    with activation checkpointing) on a DiT: DDP changes neither."""
     from tools.training.agd import parse_args, train
 
+    data, model = ((request.getfixturevalue("trajectories"), None) if network == "unet"
+                   else request.getfixturevalue("dit_trajectories"))
     torchrun = [str(HOST_PYTHON.parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
     out = tmp_path / "ddp.safetensors"
-    ddp = run_cli(train_args(trajectories, tmp_path / "ddp", 3, "--out", str(out)), launcher=torchrun)
+    ddp = run_cli(train_args(data, tmp_path / "ddp", 3, "--out", str(out), model=model), launcher=torchrun)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    train(parse_args(train_args(trajectories, tmp_path / "one", 3)), log=lambda *_: None)
+    train(parse_args(train_args(data, tmp_path / "one", 3, model=model)), log=lambda *_: None)
     two, one = trained_weights(tmp_path / "ddp"), trained_weights(tmp_path / "one")
     worst = max(float((two[k] - one[k]).abs().max()) for k in one)
     assert worst <= DDP_TOLERANCE
