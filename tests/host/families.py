@@ -48,7 +48,8 @@ FLOW = ("sd3", "flux", "wan", "lumina2")
 
 
 def _init(module: torch.nn.Module, seed: int) -> None:
-    """ComfyUI's ops skip initialisation: N(0, 1/fan_in) matrices, unit norm scales, zero biases."""
+    """ComfyUI's ops skip initialisation: N(0, 1/fan_in) matrices, unit norm scales, zero biases,
+    small normal floating-point buffers."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -59,6 +60,11 @@ def _init(module: torch.nn.Module, seed: int) -> None:
             else:
                 p.fill_(1.0) if ("norm" in name or name.endswith("scale")) else p.copy_(
                     torch.randn(p.shape, generator=g) * 0.02)
+        # Buffers too: SD3's pos_embed is made with torch.empty and filled only by a checkpoint,
+        # so left alone it is whatever memory it got (now and then NaN, and the tests flaky).
+        for _name, b in module.named_buffers():
+            if b.is_floating_point():
+                b.copy_(torch.randn(b.shape, generator=g) * 0.02)
 
 
 def _conditioning(spec, seed: int) -> list:
