@@ -38,7 +38,8 @@ class AGDAdapterLoaderNode(io.ComfyNode):
                         "to the model, on a clone: the base weights stay as they are (cross-attention "
                         "adapters on SD1.x/SD2.x/SDXL UNets, offset adapters on the transformer blocks of "
                         "SD3, Flux, Wan 2.1 and, on ComfyUI 0.33, Lumina 2). Sample with the AGD Guider for "
-                        "CFG-like images at one model evaluation per step. Refuses adapters trained on another base model or family.",
+                        "CFG-like images at one model evaluation per step. Refuses adapters trained on another "
+                        "base model or family.",
             inputs=[
                 io.Model.Input("model", tooltip="The base model the adapter was trained on (LoRAs on it are fine)."),
                 io.String.Input("adapter_file", default="agd/adapter.safetensors", tooltip=FILE_TOOLTIP),

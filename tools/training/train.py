@@ -91,6 +91,9 @@ def parse_args(argv=None):
                         "w * teacher; 0 trains on the data alone")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu",
+                   help="where the networks train (cpu, cuda, cuda:1 ...); batches are drawn on the CPU from "
+                        "the same seeds and moved, so a run may change device when it resumes")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                    help="autocast of the forward pass (weights and optimizer stay fp32); bf16 is "
                         "about 1.5x faster on CPUs with AVX512-BF16")
@@ -307,6 +310,9 @@ class Trainer:
         clip_l.train()
         for p in self.text.parameters():
             p.requires_grad_(True)
+        self.device = torch.device(getattr(args, "device", "cpu"))
+        self.unet.to(self.device)
+        self.text.to(self.device)
         self.tokenizer = dm.ShapesTokenizer()
         prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
                    for b in BACKGROUNDS]
@@ -351,15 +357,21 @@ class Trainer:
         progress = min(1.0, step / max(1, a.steps))
         return a.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    def autocast(self):
+        """bf16 autocast of the forward pass on the training device (``--precision``)."""
+        torch = self.torch
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.precision == "bf16")
+
     def train_step(self):
         torch = self.torch
-        x0, prompts, u, noise = self.batch(self.step)
+        x0, prompts, u, noise = (v.to(self.device) if isinstance(v, torch.Tensor) else v
+                                 for v in self.batch(self.step))
         xt, timesteps, target, _alpha, _sigma = noised_inputs(self.args.prediction, self.acp, x0, u, noise)
         flux = getattr(self.args, "architecture", "unet") == "flux"
         raw_timesteps = timesteps
         if flux:
             timesteps = timesteps * (timestep_multiplier(self.args) / 1000.0)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.precision == "bf16"):
+        with self.autocast():
             context, pooled = self.text.clip_l([self.tokens(p) for p in prompts])
             if flux:
                 # Flux's blocks add their residuals in place (inference code): saved activations are
@@ -389,7 +401,7 @@ class Trainer:
         the teacher's estimate of E[target | x_t, c] has far less variance than one sample's
         target, so a student learns what the teacher knows (shapes) in far fewer steps."""
         torch, teacher, w = self.torch, self.teacher, self.args.teacher_weight
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.precision == "bf16"):
+        with torch.no_grad(), self.autocast():
             context, _pooled = teacher.text.clip_l([teacher.tokens(p) for p in prompts])
             predicted = teacher.unet(xt, timesteps=timesteps, context=context)
         return (1.0 - w) * target + w * predicted.float()
@@ -479,7 +491,7 @@ class Trainer:
             sd = networks.export_state_dict(self.unet, self.text, self.text_config, self.token_ids)
             for n, p in self.named_params():
                 p.copy_(live[n])
-        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+        sd = {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in sd.items()}
         metadata = {
             "format": self.dm.FORMAT,
             "unet_config": json.dumps(self.unet_config),
@@ -571,8 +583,8 @@ def main(argv=None):
         saved = trainer.load(checkpoint)["args"]
         defaults = vars(parse_args([]))
         changed = {k: (saved.get(k, defaults[k]), v) for k, v in vars(args).items()
-                   if k not in ("steps", "checkpoint_every", "threads", "export", "benchmark", "precision",
-                                "init_from", "finetune_from", "text_encoder_from")
+                   if k not in ("steps", "checkpoint_every", "threads", "device", "export", "benchmark",
+                                "precision", "init_from", "finetune_from", "text_encoder_from")
                    and saved.get(k, defaults[k]) != (str(v) if isinstance(v, Path) else v)}
         if changed:
             sys.exit(f"checkpoint {checkpoint} was made with other settings {changed}; "
@@ -585,8 +597,9 @@ def main(argv=None):
 
     trainer.history.append({"command": " ".join(["train.py"] + list(sys.argv[1:] if argv is None else argv)),
                             "from_step": trainer.step, "run": args.run_name,
-                            "hardware": f"{platform.machine()} {platform.processor() or 'cpu'}, "
-                                        f"{torch.get_num_threads()} threads"})
+                            "hardware": (torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda"
+                                         else f"{platform.machine()} {platform.processor() or 'cpu'}, "
+                                              f"{torch.get_num_threads()} threads")})
     from tqdm import tqdm
 
     log = open(run_dir / "loss.jsonl", "a")
