@@ -180,9 +180,9 @@ def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scal
 
 def encode_with_empty(clip, prompts: list) -> tuple:
     """(prompt embeddings, empty prompt's, fingerprint, prompts' conditioning options, empty
-    prompt's, prompts' token counts; see ``encode_prompts``). The fingerprint covers what the text encoder (its
-    weights, LoRAs, clip skip) made of them, so trajectories made with another encoder are
-    never taken for these."""
+    prompt's, prompts' token counts; see ``encode_prompts``). The fingerprint covers what the
+    text encoder (its weights, LoRAs, clip skip) made of them, so trajectories made with another
+    encoder are never taken for these."""
     embeddings, options, lengths = encode_prompts(clip, prompts, True)
     empty, empty_options, _ = encode_prompts(clip, [""], True)
     digest = hashlib.blake2b(digest_size=8)
@@ -191,7 +191,8 @@ def encode_with_empty(clip, prompts: list) -> tuple:
             digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
         else:
             digest.update(repr(value).encode())
-    digest.update(repr(lengths).encode())
+    if len(set(lengths)) > 1:  # (equal lengths: the fingerprint stores made before lengths were kept have)
+        digest.update(repr(lengths).encode())
     return embeddings, empty, digest.hexdigest(), options, empty_options, lengths
 
 
@@ -262,14 +263,14 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
             groups.setdefault(lengths[p], []).append(j)
         for length, members in groups.items():
             group_ids, group_prompts = [ids[j] for j in members], [prompt_ids[j] for j in members]
-            positive, positive_options = trim_prompt(embeddings[group_prompts], select_options(options, group_prompts),
-                                                     length)
+            positive, positive_options = trim_prompt(embeddings[group_prompts],
+                                                     select_options(options, group_prompts), length)
             records = cfg_trajectories(
                 model, positive, empty.expand(len(members), -1, -1).contiguous(), scales[members], noise[members],
                 sigmas, sampler_name, seed, positive_options, select_options(empty_options, [0] * len(members)))
             if len(records) != steps:
-                raise ValueError(f"sampler {sampler_name!r} made {len(records)} model evaluations for {steps} steps; "
-                                 "use a sampler with one evaluation per step (euler, ddim, dpmpp_2m ...)")
+                raise ValueError(f"sampler {sampler_name!r} made {len(records)} model evaluations for {steps} "
+                                 "steps; use a sampler with one evaluation per step (euler, ddim, dpmpp_2m ...)")
             for k, (x, sigma, target) in enumerate(records):
                 rows = [store.row(i, k) for i in group_ids]
                 store.states[rows] = x.numpy().astype(np.float16)
