@@ -502,12 +502,13 @@ def adapted_call(model_patcher, agd: AGDAdapters, x, sigma, context, scale, extr
 
 def trim_prompt(embedding: torch.Tensor, options: dict, length: int) -> "tuple[torch.Tensor, dict]":
     """A prompt's embedding and options as the encoder gave them: ``encode_prompts``' padding
-    removed (per-token options, such as an attention mask, are [n, L, ...])."""
+    removed. The per-token options are the masks ([n, L, ...] under a name with "mask":
+    ``attention_mask``, its model-side copies); a pooled output of width L is left alone."""
     padded = embedding.shape[1]
     if length == padded:
         return embedding, options
-    return embedding[:, :length], {k: (v[:, :length] if isinstance(v, torch.Tensor) and v.ndim >= 2 and
-                                       v.shape[1] == padded else v) for k, v in options.items()}
+    return embedding[:, :length], {k: (v[:, :length] if "mask" in k and isinstance(v, torch.Tensor) and v.ndim >= 2
+                                       and v.shape[1] == padded else v) for k, v in options.items()}
 
 
 def _adapted_call(model_patcher, agd: AGDAdapters, x, sigma, context, scale, extras: dict):
