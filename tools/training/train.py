@@ -260,9 +260,9 @@ def noised_inputs(prediction: str, acp, x0, u, noise):
     return xt, timesteps, target, alpha, sigma
 
 
-def load_teacher(path: Path) -> "Trainer":
+def load_teacher(path: Path, device: str = "cpu") -> "Trainer":
     """The frozen network and text encoder of an exported default-model file, built with the
-    settings its metadata records (the source of distillation targets)."""
+    settings its metadata records, on ``device`` (the source of distillation targets)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
@@ -271,7 +271,7 @@ def load_teacher(path: Path) -> "Trainer":
     for key in vars(args):
         if key in saved:
             setattr(args, key, saved[key])
-    args.teacher, args.teacher_weight = None, 0.0
+    args.teacher, args.teacher_weight, args.device = None, 0.0, device
     teacher = Trainer(args)
     teacher.load_exported(Path(path))
     for module in (teacher.unet, teacher.text):
@@ -329,7 +329,7 @@ class Trainer:
         self.ema = {n: p.detach().clone() for n, p in self.named_params()}
         self.teacher = None
         if getattr(args, "teacher", None) and getattr(args, "teacher_weight", 0.0) > 0:
-            self.teacher = load_teacher(Path(args.teacher))
+            self.teacher = load_teacher(Path(args.teacher), str(self.device))
             if self.teacher.args.prediction != args.prediction:
                 sys.exit(f"--teacher {args.teacher} predicts {self.teacher.args.prediction}, "
                          f"this run {args.prediction}: a teacher must predict the same target")
