@@ -121,31 +121,26 @@ def _is_constant(value) -> bool:
     return isinstance(value, comfy.conds.CONDConstant) and isinstance(value.cond, (bool, int, float))
 
 
-def model_extras(model, embedding: torch.Tensor, options: dict, latent_shape) -> dict:
+def model_extras(model, embedding: torch.Tensor, options: dict, latent_shape) -> "tuple[dict, dict]":
     """The model's other conditioning for one prompt, as its ``extra_conds`` makes it for a
-    sampler: {name: tensor}, one row (SDXL's ``y`` from the pooled text and the image size, SD3's
-    and Flux's ``y``, Flux's ``guidance``; a constant as a 0-d tensor, see ``constant_extras``).
-    The prompt embedding itself (``c_crossattn``) is not among them. ``options``: the prompt's
-    conditioning options (``select_options``)."""
-    extras = {}
+    sampler: ({name: tensor}, one row (SDXL's ``y`` from the pooled text and the image size, SD3's
+    and Flux's ``y``, Flux's ``guidance``; a constant as a 0-d tensor), {name: "int" | "float"}
+    of the constants, one number per model call). The prompt embedding itself (``c_crossattn``)
+    is not among them. ``options``: the prompt's conditioning options (``select_options``)."""
+    extras, constants = {}, {}
     for name, value in _model_conds(model, embedding, options, latent_shape).items():
         if name == "c_crossattn":
             continue
         if _is_constant(value):
             extras[name] = torch.tensor(float(value.cond))
+            constants[name] = "int" if isinstance(value.cond, (bool, int)) else "float"
             continue
         tensor = getattr(value, "cond", None)
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f"the model's conditioning {name!r} ({type(value).__name__}) is not a tensor the "
                              "trainer can store with the trajectories")
         extras[name] = (tensor[0] if tensor.shape[:1] == (1,) else tensor).detach().float().cpu()
-    return extras
-
-
-def constant_extras(model, embedding: torch.Tensor, options: dict, latent_shape) -> dict:
-    """{name: "int" | "float"} of the model's conditionings that are one number per model call."""
-    return {name: ("int" if isinstance(value.cond, (bool, int)) else "float")
-            for name, value in _model_conds(model, embedding, options, latent_shape).items() if _is_constant(value)}
+    return extras, constants
 
 
 def cfg_trajectories(model, positive: torch.Tensor, negative: torch.Tensor, scales: torch.Tensor,
@@ -214,7 +209,8 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
                 for i in range(len(prompts))]
     # The model's other conditioning per prompt (SDXL's y ...), stored for the student's calls
     # (zero-padded alike where the prompts' lengths differ: Lumina 2's attention mask).
-    extras = [model_extras(model, embedding, prompt_options, latent_shape) for embedding, prompt_options in unpadded]
+    made = [model_extras(model, embedding, prompt_options, latent_shape) for embedding, prompt_options in unpadded]
+    extras, constants = [row for row, _kinds in made], made[0][1]
     for name in extras[0]:
         shape = [max(row[name].shape[d] for row in extras) for d in range(extras[0][name].ndim)]
         for row in extras:
@@ -226,7 +222,6 @@ def generate(model, clip, out_dir: Path, prompts: list, scale_range, steps: int,
             "latent_shape": list(latent_shape), "trajectories": len(texts), "samples": len(texts) * steps}
     if extras[0]:
         meta["extras"] = sorted(extras[0])
-    constants = constant_extras(model, *unpadded[0], latent_shape)
     if constants:
         meta["constants"] = constants
     if len(set(lengths)) > 1:
