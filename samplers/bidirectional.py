@@ -94,6 +94,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
+from .loop import schedule_denoiser
+
 METHODS = ("bdia", "o_belm")
 EDIT_GAMMA = 0.96  # BDIA's authors: gamma in [0.92, 1.0] for round-trip editing
 SAMPLING_GAMMA = 0.5  # BDIA's sampling runs and the BELM repository's BDIA sampler
@@ -324,17 +326,6 @@ def invert_states(denoise: Denoise, z, sigmas: Sequence[float], rule: Bidirectio
 
 # -- k-diffusion form (what ComfyUI's KSAMPLER wraps) -------------------------------------------
 
-def _k_denoise(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict]) -> Denoise:
-    """``denoise(z, s)`` over a k-diffusion model, with sigma in the schedule's own dtype."""
-    extra_args = {} if extra_args is None else extra_args
-    s_in = torch.ones(x.shape[0], device=x.device, dtype=sigmas.dtype)
-
-    def denoise(z, sigma):
-        return model(z, sigma * s_in, **extra_args)
-
-    return denoise
-
-
 def _k_callback(callback, dtype):
     if callback is None:
         return None
@@ -370,7 +361,7 @@ def sample_bidirectional(model, x, sigmas, extra_args=None, callback=None, disab
                                                 None if above_low is None else _state(above_low, x, state_dtype)),
                                        float(above_sigma))
     schedule = check_schedule(sigmas.tolist(), min_steps=1)  # the one read of the schedule
-    pair = denoise_states(_k_denoise(model, x, sigmas, extra_args), z, schedule, rule, prev, model_dtype,
+    pair = denoise_states(schedule_denoiser(model, x, sigmas, extra_args), z, schedule, rule, prev, model_dtype,
                           _k_callback(callback, x.dtype))
     if result is not None:
         result["pair"], result["pair_low"] = tuple(w.hi for w in pair), tuple(w.lo for w in pair)
@@ -388,7 +379,7 @@ def sample_bidirectional_inversion(model, x, sigmas, extra_args=None, callback=N
     words), z_0 is returned in x's dtype."""
     rule = rule_for(method, gamma, family=family)
     schedule = check_schedule(sigmas.flip(0).tolist())
-    pair = invert_states(_k_denoise(model, x, sigmas, extra_args), _state(x, x, state_dtype), schedule, rule,
+    pair = invert_states(schedule_denoiser(model, x, sigmas, extra_args), _state(x, x, state_dtype), schedule, rule,
                          model_dtype, _k_callback(callback, x.dtype), network_dtype)
     if result is not None:
         result["pair"], result["pair_low"] = tuple(w.hi for w in pair), tuple(w.lo for w in pair)

@@ -36,6 +36,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .loop import schedule_denoiser
+
 DEFAULT_P = 0.93  # the paper's mixing weight
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
@@ -135,17 +137,6 @@ def invert_pair(denoise: Denoise, x, y, sigmas: Sequence[float], p: float = DEFA
     return x, y
 
 
-def _k_denoise(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict]) -> Denoise:
-    """``denoise(z, s)`` over a k-diffusion model, with sigma in the schedule's own dtype."""
-    extra_args = {} if extra_args is None else extra_args
-    s_in = torch.ones(x.shape[0], device=x.device, dtype=sigmas.dtype)
-
-    def denoise(z, sigma):
-        return model(z, sigma * s_in, **extra_args)
-
-    return denoise
-
-
 def _k_callback(callback, dtype):
     """The k-diffusion per-step callback (the guider keys its steps on it), with x in ``dtype``."""
     if callback is None:
@@ -176,7 +167,7 @@ def sample_edict(model, x, sigmas, extra_args=None, callback=None, disable=None,
     no console bar of its own; the host's callback drives the progress bar)."""
     sigmas_list = sigmas.tolist()
     a, b = _start_pair(x, pair, state_dtype)
-    a, b = denoise_pair(_k_denoise(model, x, sigmas, extra_args), a, b, sigmas_list, p, model_dtype,
+    a, b = denoise_pair(schedule_denoiser(model, x, sigmas, extra_args), a, b, sigmas_list, p, model_dtype,
                         _k_callback(callback, x.dtype))
     if result is not None:
         result["pair"] = (a, b)
@@ -191,7 +182,7 @@ def sample_edict_inversion(model, x, sigmas, extra_args=None, callback=None, dis
     the pair goes to ``result["pair"]``, x is returned in the input's dtype."""
     schedule = sigmas.flip(0)
     a, b = _start_pair(x, pair, state_dtype)
-    a, b = invert_pair(_k_denoise(model, x, sigmas, extra_args), a, b, schedule.tolist(), p, model_dtype,
+    a, b = invert_pair(schedule_denoiser(model, x, sigmas, extra_args), a, b, schedule.tolist(), p, model_dtype,
                        _k_callback(callback, x.dtype))
     if result is not None:
         result["pair"] = (a, b)

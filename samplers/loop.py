@@ -24,6 +24,19 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Step = Callable[[Denoise, torch.Tensor, torch.Tensor, torch.Tensor, dict], "tuple[torch.Tensor, torch.Tensor]"]
 
 
+def schedule_denoiser(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict]):
+    """``denoise(z, s)`` over a k-diffusion model for the samplers that run their own loop (EDICT,
+    BDIA / O-BELM): a Python-float sigma becomes the model's batch of sigmas in the schedule's
+    own dtype (float64 schedules stay float64)."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = torch.ones(x.shape[0], device=x.device, dtype=sigmas.dtype)
+
+    def denoise(z, sigma):
+        return model(z, sigma * s_in, **extra_args)
+
+    return denoise
+
+
 @torch.no_grad()
 def sampling_loop(step: Step, model, x: torch.Tensor, sigmas: torch.Tensor,
                   extra_args: Optional[dict] = None, callback=None, disable=None,

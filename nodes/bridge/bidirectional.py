@@ -16,7 +16,7 @@ import comfy.samplers
 import torch
 
 from ...samplers.bidirectional import Bidirectional, sample_bidirectional, sample_bidirectional_inversion
-from .inversion import _run, _short, to_latent_space
+from .inversion import _run, model_mismatch, schedule_mismatch, to_latent_space
 from .compat import ksampler
 from .policy_guider import PolicyGuider
 from .samplers import on_host
@@ -52,29 +52,17 @@ class BidirectionalPair:
 
     def mismatch(self, sigmas: list, rule: Bidirectional, fingerprint: str, channels: int) -> Optional[str]:
         """Why this pair cannot be sampled back with these settings, or None."""
-        if tuple(self.upper.shape) != self.shape or tuple(self.lower.shape) != self.shape:
-            return (f"holds states of shape {tuple(self.upper.shape)} / {tuple(self.lower.shape)} but records "
-                    f"shape {self.shape}; it is damaged, invert again")
-        if fingerprint != self.model_fingerprint:
-            return ("was inverted with another model (weights, patches such as LoRAs, or prediction type "
-                    "differ); connect the model it was inverted with, or invert again with this one")
-        if len(self.shape) < 2 or self.shape[1] != channels:
-            return (f"holds {self.shape[1] if len(self.shape) > 1 else 'no'}-channel latents of shape "
-                    f"{self.shape}, this model's latents have {channels} channels")
         if rule.name != self.rule.name:
-            return (f"was inverted with {self.rule.settings()}, input 'method' is {rule.name}; "
-                    f"use the same method on both nodes")
-        if rule != self.rule:
-            return (f"was inverted with {self.rule.settings()}, input 'gamma' gives {rule.settings()}; "
-                    f"use the same gamma on both nodes")
-        if len(sigmas) != len(self.sigmas):
-            return (f"was inverted along {len(self.sigmas) - 1} steps, input 'sigmas' has {len(sigmas) - 1}; "
-                    f"connect the same schedule to both nodes")
-        worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(sigmas, self.sigmas))
-        if worst > 1e-6:
-            return (f"was inverted along another schedule (sigmas {_short(self.sigmas)}, input 'sigmas' has "
-                    f"{_short(sigmas)}); connect the same schedule to both nodes")
-        return None
+            method = (f"was inverted with {self.rule.settings()}, input 'method' is {rule.name}; "
+                      f"use the same method on both nodes")
+        elif rule != self.rule:
+            method = (f"was inverted with {self.rule.settings()}, input 'gamma' gives {rule.settings()}; "
+                      f"use the same gamma on both nodes")
+        else:
+            method = None
+        return (model_mismatch((self.upper, self.lower), self.shape, self.model_fingerprint, fingerprint,
+                               channels)
+                or method or schedule_mismatch(self.sigmas, sigmas))
 
 
 def _options(rule: Bidirectional) -> dict:

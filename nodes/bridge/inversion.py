@@ -54,26 +54,42 @@ class EdictLatent:
 
     def mismatch(self, sigmas: list, p: float, fingerprint: str, channels: int) -> Optional[str]:
         """Why this pair cannot be sampled back with these settings, or None."""
-        if tuple(self.x.shape) != self.shape or tuple(self.y.shape) != self.shape:
-            return (f"holds sequences of shape {tuple(self.x.shape)} / {tuple(self.y.shape)} but records "
-                    f"shape {self.shape}; it is damaged, invert again")
-        if fingerprint != self.model_fingerprint:
-            return ("was inverted with another model (weights, patches such as LoRAs, or prediction type "
-                    "differ); connect the model it was inverted with, or invert again with this one")
-        if len(self.shape) < 2 or self.shape[1] != channels:
-            return (f"holds {self.shape[1] if len(self.shape) > 1 else 'no'}-channel latents of shape "
-                    f"{self.shape}, this model's latents have {channels} channels")
-        if len(sigmas) != len(self.sigmas):
-            return (f"was inverted along {len(self.sigmas) - 1} steps, input 'sigmas' has {len(sigmas) - 1}; "
-                    f"connect the same schedule to both nodes")
-        worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(sigmas, self.sigmas))
-        if worst > 1e-6:
-            return (f"was inverted along another schedule (sigmas {_short(self.sigmas)}, input 'sigmas' has "
-                    f"{_short(sigmas)}); connect the same schedule to both nodes")
-        if abs(p - self.p) > 1e-9:
-            return (f"was inverted with mixing weight {self.p}, input 'mixing_weight' is {p}; "
-                    f"use the same value on both nodes")
-        return None
+        if abs(p - self.p) <= 1e-9:
+            method = None
+        else:
+            method = (f"was inverted with mixing weight {self.p}, input 'mixing_weight' is {p}; "
+                      f"use the same value on both nodes")
+        return (model_mismatch((self.x, self.y), self.shape, self.model_fingerprint, fingerprint, channels,
+                               "sequences")
+                or schedule_mismatch(self.sigmas, sigmas) or method)
+
+
+def model_mismatch(states, shape: tuple, recorded_fingerprint: str, fingerprint: str, channels: int,
+                   held: str = "states") -> Optional[str]:
+    """Why an inverted pair (``states``, recording ``shape`` and the fingerprint of the model it was
+    inverted with) cannot be sampled by a model of ``fingerprint`` and ``channels``, or None."""
+    if any(tuple(t.shape) != tuple(shape) for t in states):
+        return (f"holds {held} of shape {' / '.join(str(tuple(t.shape)) for t in states)} but records "
+                f"shape {shape}; it is damaged, invert again")
+    if fingerprint != recorded_fingerprint:
+        return ("was inverted with another model (weights, patches such as LoRAs, or prediction type "
+                "differ); connect the model it was inverted with, or invert again with this one")
+    if len(shape) < 2 or shape[1] != channels:
+        return (f"holds {shape[1] if len(shape) > 1 else 'no'}-channel latents of shape "
+                f"{shape}, this model's latents have {channels} channels")
+    return None
+
+
+def schedule_mismatch(recorded: tuple, sigmas: list) -> Optional[str]:
+    """Why ``sigmas`` is not the schedule a pair was inverted along (``recorded``), or None."""
+    if len(sigmas) != len(recorded):
+        return (f"was inverted along {len(recorded) - 1} steps, input 'sigmas' has {len(sigmas) - 1}; "
+                f"connect the same schedule to both nodes")
+    worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(sigmas, recorded))
+    if worst > 1e-6:
+        return (f"was inverted along another schedule (sigmas {_short(recorded)}, input 'sigmas' has "
+                f"{_short(sigmas)}); connect the same schedule to both nodes")
+    return None
 
 
 def _short(sigmas) -> str:

@@ -210,3 +210,28 @@ def test_the_trainer_blends_a_teacher_of_the_same_prediction_and_refuses_another
     with pytest.raises(SystemExit, match="predicts v"):
         Trainer(parse_args([*TINY_DIT_ARGS, "--teacher", str(weights / "guidance_lab_vpred32.safetensors"),
                             "--teacher-weight", "0.5"]))
+
+
+def test_a_time_boxed_training_run_stops_with_a_checkpoint_and_resumes_to_the_same_weights(host, tmp_path,
+                                                                                            monkeypatch):
+    """--max-minutes stops after the step that passes the time box, with a checkpoint, and the same
+    command resumes it to the weights of an uninterrupted run, bit for bit (batches are drawn per
+    step from the seeds; the optimizer state travels in the checkpoint)."""
+    from guidance_lab.guiders import training_checkpoint
+    from guidance_lab.tests.fixtures.dit_default_model import TINY_DIT_ARGS
+    from tools.training import train
+
+    monkeypatch.setattr(train, "TRAINING_CACHE", tmp_path)
+    common = [*TINY_DIT_ARGS, "--batch-size", "2", "--steps", "3", "--warmup", "1", "--checkpoint-every", "10",
+              "--threads", str(torch.get_num_threads())]
+    train.main(["--run-name", "whole", *common])
+    train.main(["--run-name", "boxed", *common, "--max-minutes", "0"])
+    assert training_checkpoint.load(tmp_path / "boxed" / train.CHECKPOINT)["step"] == 1
+    train.main(["--run-name", "boxed", *common])
+    whole, resumed = (training_checkpoint.load(tmp_path / run / train.CHECKPOINT)
+                      for run in ("whole", "boxed"))
+    assert resumed["step"] == whole["step"] == 3
+    for name, value in whole["ema"].items():
+        assert torch.equal(resumed["ema"][name], value), name
+    for name, value in whole["unet"].items():
+        assert torch.equal(resumed["unet"][name], value), name

@@ -99,6 +99,9 @@ def parse_args(argv=None):
                         "about 1.5x faster on CPUs with AVX512-BF16")
     p.add_argument("--export", type=Path, default=None, metavar="PATH",
                    help="write the EMA weights of the latest checkpoint to PATH and exit")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="stop, with a checkpoint, after the step that passes M minutes of training (a time "
+                        "box for a device call or the end of a session); the same command resumes")
     p.add_argument("--benchmark", type=int, default=0, metavar="N",
                    help="time N training steps (no checkpoint) and exit")
     return p.parse_args(argv)
@@ -584,7 +587,7 @@ def main(argv=None):
         defaults = vars(parse_args([]))
         changed = {k: (saved.get(k, defaults[k]), v) for k, v in vars(args).items()
                    if k not in ("steps", "checkpoint_every", "threads", "device", "export", "benchmark",
-                                "precision", "init_from", "finetune_from", "text_encoder_from")
+                                "max_minutes", "precision", "init_from", "finetune_from", "text_encoder_from")
                    and saved.get(k, defaults[k]) != (str(v) if isinstance(v, Path) else v)}
         if changed:
             sys.exit(f"checkpoint {checkpoint} was made with other settings {changed}; "
@@ -617,10 +620,15 @@ def main(argv=None):
                                   "time": round(time.time(), 1)}) + "\n")
             log.flush()
             window = []
-        if trainer.step % args.checkpoint_every == 0 or trainer.step == args.steps:
+        out_of_time = args.max_minutes is not None and time.perf_counter() - started >= 60 * args.max_minutes
+        if trainer.step % args.checkpoint_every == 0 or trainer.step == args.steps or out_of_time:
             trainer.save(checkpoint)
+        if out_of_time:
+            break
     bar.close()
-    print(f"done: {trainer.step} steps in {time.perf_counter() - started:.0f} s", flush=True)
+    done = ("done" if trainer.step >= args.steps
+            else f"time box of {args.max_minutes:g} min reached, checkpoint saved")
+    print(f"{done}: step {trainer.step} of {args.steps}, {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
