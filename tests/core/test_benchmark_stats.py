@@ -221,3 +221,43 @@ def test_scoring_prompts_leave_out_what_the_tuning_saw():
     assert len(prompts) == args.prompts and not excluded & set(prompts)
     # the same draw as before, minus the excluded prompts
     assert scoring_prompts(5, args.eval_seed, ()) == scoring_prompts(5, args.eval_seed, ())
+
+
+def test_update_rows_replaces_only_the_rows_it_ran(tmp_path, monkeypatch):
+    """--methods X --update-rows: X runs in a scratch folder with its references and replaces X in
+    the stored results; every other row, the timing and the inversion stay as they were."""
+    from pathlib import Path
+
+    from tools.benchmark import guidance_benchmark as gb
+    from tools.benchmark import report
+
+    stored = tmp_path / "stored"
+    stored.mkdir()
+    (stored / "results.json").write_text(json.dumps({
+        "meta": {"weights": "w.safetensors"}, "inversion": {"kept": 1},
+        "methods": {"o_belm": {"adherence": 0.8}, "comfy_cfg": {"adherence": 0.9}, "apg": {"adherence": 0.7}}}))
+    ran = []
+
+    def fake_main(argv):
+        ran.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "results.json").write_text(json.dumps({
+            "meta": {"date": "today", "wall_seconds": 1.0},
+            "methods": {"o_belm": {"adherence": 0.95}, "comfy_cfg": {"adherence": 0.91}}}))
+        (out / "grid_o_belm.png").write_bytes(b"png")
+
+    monkeypatch.setattr(gb, "main", fake_main)
+    monkeypatch.setattr(gb, "run_workdir", lambda kind: tmp_path / kind)
+    monkeypatch.setattr(gb, "publish", lambda args, summary: None)
+    monkeypatch.setattr(report, "regenerate", lambda out: "tables")
+    args = gb.parse_args(["--weights", "w.safetensors", "--methods", "o_belm", "--update-rows", "--out", str(stored)])
+    assert gb.update_rows(args) == 0
+    assert "--inversion-pairs" in ran[0] and ran[0][ran[0].index("--inversion-pairs") + 1] == "0"
+    result = json.loads((stored / "results.json").read_text())
+    assert result["methods"] == {"o_belm": {"adherence": 0.95}, "comfy_cfg": {"adherence": 0.9},
+                                 "apg": {"adherence": 0.7}}
+    assert result["inversion"] == {"kept": 1} and result["meta"]["rows_rerun"][0]["rows"] == ["o_belm"]
+    assert (stored / "grid_o_belm.png").read_bytes() == b"png"
+    with pytest.raises(SystemExit):
+        gb.parse_args(["--update-rows"])

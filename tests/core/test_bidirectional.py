@@ -236,6 +236,18 @@ def test_weights_and_the_inversion_gain():
     assert math.isclose(inversion_gain(sigmas, o_belm), (first / last) ** 2)  # the ratios telescope
 
 
+def test_o_belms_weight_is_capped_at_one_where_the_steps_grow():
+    """(B)'s parasitic root is -a: O-BELM's (h_next / h_prev)^2 above 1 would grow the pair's
+    difference mode, so it is capped at 1 (O_BELM_MAX_WEIGHT); shrinking steps keep the paper's."""
+    o_belm, flow = rule_for("o_belm"), rule_for("o_belm", family="flow")
+    assert o_belm.weight(3.0, 2.5, 1.0) == 1.0  # (1.5 / 0.5)^2 = 9
+    assert o_belm.weight(4.0, 2.0, 1.5) == 0.0625
+    assert flow.weight(1.0, 0.99, 0.9) == 1.0  # the step after a flow schedule's top, in s: 81
+    assert flow.weight(0.5, 0.4, 0.39) < 1.0  # shrinking steps in BELM's variables: its own weight
+    growing = [4518.8, 38.2, 17.1, 0.37, 0.241, 0.029, 0.0]  # the v-prediction model's kind of tail
+    assert max(o_belm.weight(*growing[k - 1:k + 2]) for k in range(1, len(growing) - 1)) == 1.0
+
+
 def test_o_belm_weighs_flow_steps_in_belms_variables():
     """(B-flow): on a flow model O-BELM's weight is the paper's, in sb = s / (1 - s), carried to the
     flow state by (1 - s_{k+1}) / (1 - s_{k-1}); on a uniform schedule that is (k - 1) / (k + 1),

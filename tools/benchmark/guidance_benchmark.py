@@ -73,6 +73,10 @@ def parse_args(argv=None):
     p.add_argument("--inversion-only", action="store_true",
                    help="run only the inversion section and put it into the results.json stored in --out "
                         "(the other rows kept as they are), then regenerate the tables as --regenerate does")
+    p.add_argument("--update-rows", action="store_true",
+                   help="with --methods: run those rows (with their references and the time baseline, no "
+                        "inversion section) and replace them in the results.json stored in --out, the other "
+                        "rows kept as they are; then regenerate the tables as --regenerate does")
     p.add_argument("--page", "--readme", dest="page", type=Path, default=None,
                    help="Markdown page to copy the tables into, between the model's benchmark markers "
                         "(default: docs/benchmark.md, when --out is the default)")
@@ -80,6 +84,8 @@ def parse_args(argv=None):
                    help="run nothing: rewrite results.md, the verdicts in results.json, the trade-off plot "
                         "and the page's tables from the results.json stored in --out")
     args = p.parse_args(argv)
+    if args.update_rows and not args.methods:
+        p.error("--update-rows needs --methods: the rows to run and replace")
     args.default_out = BENCHMARK_RESULTS / Path(args.weights).stem
     args.out = args.out or args.default_out
     return args
@@ -214,6 +220,8 @@ def main(argv=None) -> int:
         return 0
     if args.inversion_only:
         return rerun_inversion(args)
+    if args.update_rows:
+        return update_rows(args)
     import_pack()
     from tools.benchmark.methods import BASELINE, BY_NAME, CFG, LINEAR_AG_CALIBRATION, METHODS, tuned
     from tools.benchmark.report import write_results
@@ -300,6 +308,39 @@ def run_inversion(runner, args) -> dict:
     # Another dataset seed than the scoring prompts': editing is judged on fresh scenes.
     pairs = inv.edit_pairs(args.inversion_pairs, args.eval_seed + 3)
     return inv.run_section(runner, pairs, args.steps, args.weights, log=lambda line: print(line, flush=True))
+
+
+def update_rows(args) -> int:
+    """Rows ``args.methods`` run anew (with their references, in a scratch folder) and put into the
+    results.json stored in ``args.out``; every other row, the timing and the inversion kept."""
+    from tools.benchmark.report import regenerate
+
+    stored_out = args.out
+    stored = json.loads((stored_out / "results.json").read_text())
+    scratch = run_workdir("benchmark-rows")
+    # Another results folder than the model's own: the inner run publishes nothing.
+    main([*argv_of(args), "--out", str(scratch / "out"), "--inversion-pairs", "0"])
+    fresh = json.loads((scratch / "out" / "results.json").read_text())
+    for name in args.methods:
+        stored["methods"][name] = fresh["methods"][name]
+        grid = scratch / "out" / f"grid_{name}.png"
+        if grid.is_file():
+            shutil.copy(grid, stored_out / grid.name)
+    stored["meta"].setdefault("rows_rerun", []).append(
+        {"rows": list(args.methods), "date": fresh["meta"]["date"], "wall_seconds": fresh["meta"]["wall_seconds"]})
+    (stored_out / "results.json").write_text(json.dumps(stored))
+    args.weights = stored["meta"]["weights"]
+    summary = regenerate(stored_out)
+    print(summary)
+    publish(args, summary)
+    return 0
+
+
+def argv_of(args) -> list:
+    """The command line of a run of the same model, steps, prompts and seeds as ``args``."""
+    return ["--weights", args.weights, "--steps", str(args.steps), "--prompts", str(args.prompts), "--seeds",
+            str(args.seeds), "--eval-seed", str(args.eval_seed), "--methods", *args.methods,
+            "--timing-pairs", str(args.timing_pairs)]
 
 
 def rerun_inversion(args) -> int:
