@@ -118,12 +118,13 @@ TUNED_ONE_EVALUATION: dict = {
     # _1/_2.json, it reached 69 % at most.)
     "guidance_lab_flow32": {"bdia": EditSettings(edit_cfg=5.0, gamma=0.92),
                             "o_belm": EditSettings(edit_cfg=6.0)},
-    # None reaches 80 % on the v-prediction model; the most landed is kept (16
-    # tuning pairs): BDIA at edit CFG 3 lands 31 % (CFG 5-8: 19-25 %, the backdrop broken in
-    # 62-81 %), O-BELM at CFG 8 lands 44 % (CFG 3-5: 38 %). Partial strengths land less
-    # (tune_inversion_bidirectional_strength.json: strength 0.8 at edit CFG 5-12, O-BELM 19-38 %,
-    # BDIA 12-38 %; strength 0.6: 0-12 %).
-    "guidance_lab_vpred32": {"bdia": EditSettings(edit_cfg=3.0), "o_belm": EditSettings(edit_cfg=8.0)},
+    # BDIA reaches 80 % nowhere on the v-prediction model; its most landed is kept (16 tuning
+    # pairs): edit CFG 3 lands 31 % (CFG 5-8: 19-25 %, the backdrop broken in 62-81 %). Partial
+    # strengths land less (tune_inversion_bidirectional_strength.json: strength 0.8 at edit CFG
+    # 5-12, BDIA 12-38 %; strength 0.6: 0-12 %). O-BELM with its weight capped at 1
+    # (tune_inversion_o_belm_capped.json): edit CFG 6 lands 81 % and keeps 56 % (CFG 3-5: 62-75 %,
+    # CFG 7-12: 62 %; inversion CFG 1 or 5 land less); uncapped it landed 38-44 %.
+    "guidance_lab_vpred32": {"bdia": EditSettings(edit_cfg=3.0), "o_belm": EditSettings(edit_cfg=6.0)},
 }
 
 
