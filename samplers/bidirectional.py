@@ -376,8 +376,8 @@ def sample_bidirectional(model, x, sigmas, extra_args=None, callback=None, disab
                                                 None if above_low is None else _state(above_low, x, state_dtype)),
                                        float(above_sigma))
     schedule = check_schedule(sigmas.tolist(), min_steps=1)  # the one read of the schedule
-    pair = denoise_states(schedule_denoiser(model, x, sigmas, extra_args), z, schedule, rule, prev, model_dtype,
-                          _k_callback(callback, x.dtype))
+    denoise = schedule_denoiser(model, x, sigmas, extra_args)
+    pair = denoise_states(denoise, z, schedule, rule, prev, model_dtype, _k_callback(callback, x.dtype))
     if result is not None:
         result["pair"], result["pair_low"] = tuple(w.hi for w in pair), tuple(w.lo for w in pair)
     return pair[1].hi.to(x.dtype)
@@ -394,8 +394,9 @@ def sample_bidirectional_inversion(model, x, sigmas, extra_args=None, callback=N
     words), z_0 is returned in x's dtype."""
     rule = rule_for(method, gamma, family=family)
     schedule = check_schedule(sigmas.flip(0).tolist())
-    pair = invert_states(schedule_denoiser(model, x, sigmas, extra_args), _state(x, x, state_dtype), schedule, rule,
-                         model_dtype, _k_callback(callback, x.dtype), network_dtype)
+    denoise = schedule_denoiser(model, x, sigmas, extra_args)
+    pair = invert_states(denoise, _state(x, x, state_dtype), schedule, rule, model_dtype,
+                         _k_callback(callback, x.dtype), network_dtype)
     if result is not None:
         result["pair"], result["pair_low"] = tuple(w.hi for w in pair), tuple(w.lo for w in pair)
     return pair[0].hi.to(x.dtype)

@@ -167,8 +167,8 @@ def sample_edict(model, x, sigmas, extra_args=None, callback=None, disable=None,
     no console bar of its own; the host's callback drives the progress bar)."""
     sigmas_list = sigmas.tolist()
     a, b = _start_pair(x, pair, state_dtype)
-    a, b = denoise_pair(schedule_denoiser(model, x, sigmas, extra_args), a, b, sigmas_list, p, model_dtype,
-                        _k_callback(callback, x.dtype))
+    denoise = schedule_denoiser(model, x, sigmas, extra_args)
+    a, b = denoise_pair(denoise, a, b, sigmas_list, p, model_dtype, _k_callback(callback, x.dtype))
     if result is not None:
         result["pair"] = (a, b)
     return a.to(x.dtype)
@@ -182,8 +182,8 @@ def sample_edict_inversion(model, x, sigmas, extra_args=None, callback=None, dis
     the pair goes to ``result["pair"]``, x is returned in the input's dtype."""
     schedule = sigmas.flip(0)
     a, b = _start_pair(x, pair, state_dtype)
-    a, b = invert_pair(schedule_denoiser(model, x, sigmas, extra_args), a, b, schedule.tolist(), p, model_dtype,
-                       _k_callback(callback, x.dtype))
+    denoise = schedule_denoiser(model, x, sigmas, extra_args)
+    a, b = invert_pair(denoise, a, b, schedule.tolist(), p, model_dtype, _k_callback(callback, x.dtype))
     if result is not None:
         result["pair"] = (a, b)
     return a.to(x.dtype)
