@@ -326,7 +326,7 @@ def update_rows(args) -> int:
         grid = scratch / "out" / f"grid_{name}.png"
         if grid.is_file():
             shutil.copy(grid, stored_out / grid.name)
-    rerun = {"rows": list(args.methods), "date": fresh["meta"]["date"], "wall_seconds": fresh["meta"]["wall_seconds"]}
+    rerun = {"rows": list(args.methods), **{k: fresh["meta"][k] for k in ("date", "wall_seconds")}}
     stored["meta"].setdefault("rows_rerun", []).append(rerun)
     (stored_out / "results.json").write_text(json.dumps(stored))
     args.weights = stored["meta"]["weights"]
