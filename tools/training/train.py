@@ -366,6 +366,14 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.precision == "bf16")
 
     def train_step(self):
+        """One optimizer step, with the host's networks on their differentiable path
+        (``training_mode``: 0.33's Flux RoPE kernel has no backward otherwise)."""
+        from guidance_lab.nodes.bridge.compat import training_mode
+
+        with training_mode():
+            return self._train_step()
+
+    def _train_step(self):
         torch = self.torch
         x0, prompts, u, noise = (v.to(self.device) if isinstance(v, torch.Tensor) else v
                                  for v in self.batch(self.step))
