@@ -52,17 +52,17 @@ class BidirectionalPair:
 
     def mismatch(self, sigmas: list, rule: Bidirectional, fingerprint: str, channels: int) -> Optional[str]:
         """Why this pair cannot be sampled back with these settings, or None."""
+        problem = model_mismatch((self.upper, self.lower), self.shape, self.model_fingerprint, fingerprint,
+                                 channels)
+        if problem:
+            return problem
         if rule.name != self.rule.name:
-            method = (f"was inverted with {self.rule.settings()}, input 'method' is {rule.name}; "
-                      f"use the same method on both nodes")
-        elif rule != self.rule:
-            method = (f"was inverted with {self.rule.settings()}, input 'gamma' gives {rule.settings()}; "
-                      f"use the same gamma on both nodes")
-        else:
-            method = None
-        return (model_mismatch((self.upper, self.lower), self.shape, self.model_fingerprint, fingerprint,
-                               channels)
-                or method or schedule_mismatch(self.sigmas, sigmas))
+            return (f"was inverted with {self.rule.settings()}, input 'method' is {rule.name}; "
+                    f"use the same method on both nodes")
+        if rule != self.rule:
+            return (f"was inverted with {self.rule.settings()}, input 'gamma' gives {rule.settings()}; "
+                    f"use the same gamma on both nodes")
+        return schedule_mismatch(self.sigmas, sigmas)
 
 
 def _options(rule: Bidirectional) -> dict:

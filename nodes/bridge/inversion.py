@@ -54,14 +54,13 @@ class EdictLatent:
 
     def mismatch(self, sigmas: list, p: float, fingerprint: str, channels: int) -> Optional[str]:
         """Why this pair cannot be sampled back with these settings, or None."""
-        if abs(p - self.p) <= 1e-9:
-            method = None
-        else:
-            method = (f"was inverted with mixing weight {self.p}, input 'mixing_weight' is {p}; "
-                      f"use the same value on both nodes")
-        return (model_mismatch((self.x, self.y), self.shape, self.model_fingerprint, fingerprint, channels,
-                               "sequences")
-                or schedule_mismatch(self.sigmas, sigmas) or method)
+        problem = (model_mismatch((self.x, self.y), self.shape, self.model_fingerprint, fingerprint, channels,
+                                  "sequences")
+                   or schedule_mismatch(self.sigmas, sigmas))
+        if problem or abs(p - self.p) <= 1e-9:
+            return problem
+        return (f"was inverted with mixing weight {self.p}, input 'mixing_weight' is {p}; "
+                f"use the same value on both nodes")
 
 
 def model_mismatch(states, shape: tuple, recorded_fingerprint: str, fingerprint: str, channels: int,
