@@ -45,9 +45,12 @@ def noise_to_signal(sigma: float, family: str) -> float:
 
 def window_steps(schedule: Sequence[float], family: str, window: float = DEFAULT_WINDOW) -> list:
     """Per schedule step (the transition schedule[i] -> schedule[i + 1]), whether its estimates
-    fall inside the window: made at 0 < noise-to-signal(schedule[i]) <= window."""
+    fall inside the window: made at 0 < noise-to-signal(schedule[i]) <= window. An ascending
+    schedule (an inversion) ends in noise, not in an image: none of its steps are scored."""
     if not (isinstance(window, (int, float)) and math.isfinite(window) and window > 0):
         raise ValueError(f"the trajectory-variance window must be a positive noise level, got {window!r}")
+    if len(schedule) > 1 and float(schedule[-1]) > float(schedule[0]):
+        return [False] * (len(schedule) - 1)
     levels = [noise_to_signal(float(s), family) for s in schedule[:-1]]
     return [0.0 < level <= window for level in levels]
 

@@ -161,7 +161,8 @@ class AGDTrainNode(io.ComfyNode):
             description="Trains AGD adapters for this model: samples one CFG run per prompt (scale drawn from "
                         "the range, empty negative prompt), then fits the adapters so that one model "
                         "evaluation imitates CFG at any scale of the range. Saves the adapter file for the AGD "
-                        "Adapter Loader. Interrupted runs continue where they stopped when queued again.",
+                        "Adapter Loader. An interrupted run continues where it stopped when queued again, until "
+                        "ComfyUI restarts (its work lies in ComfyUI's temp folder, which a restart clears).",
             inputs=[
                 io.Model.Input("model", tooltip="The base model to distil (the adapters are only valid for it)."),
                 io.Clip.Input("clip", tooltip="The model's text encoder, to encode the prompts."),

@@ -191,4 +191,5 @@ class BidirectionalSamplerNode(io.ComfyNode):
     @classmethod
     @checks_inputs
     def execute(cls, method, gamma) -> io.NodeOutput:
-        return io.NodeOutput(bidirectional_sampler(checked_rule(cls.DISPLAY, method, gamma, invertible=False)))
+        return io.NodeOutput(bidirectional_sampler(checked_rule(cls.DISPLAY, method, gamma, invertible=False),
+                                                   cls.DISPLAY))

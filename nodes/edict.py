@@ -145,6 +145,14 @@ def checked_latent(node: str, model, latent_image: dict, method: str) -> torch.T
     if getattr(latent, "is_nested", False):
         raise NodeInputError(node, "latent_image", f"is a nested (multi-part) latent; {method} inverts one "
                                                    "image or video latent")
+    if not latent.any():
+        # ComfyUI moves only a latent with a nonzero entry into the model's space (an empty
+        # latent is noise's start); where that move shifts, an all-zero one would be inverted unmoved.
+        fmt = model.get_model_object("latent_format")
+        if fmt.process_in(latent[:1]).any():
+            raise NodeInputError(node, "latent_image", "is all zeros (an empty latent): ComfyUI does not move it "
+                                 "into this model's latent space, so it is no image to invert; encode one with "
+                                 "VAEEncode")
     return latent
 
 

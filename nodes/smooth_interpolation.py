@@ -52,6 +52,10 @@ def _embedding_pair(node: str, a, b):
     """The first [tensor, options] entry of each conditioning, checked to interpolate."""
     require_conditioning(node, "positive_a", a)
     require_conditioning(node, "positive_b", b)
+    for name, cond in (("positive_a", a), ("positive_b", b)):
+        if len(cond) != 1:
+            raise NodeInputError(node, name, f"holds {len(cond)} prompts (a combined or area conditioning); "
+                                 "interpolation takes one prompt per end: encode each end as one prompt")
     (ta, oa), (tb, ob) = a[0], b[0]
     if ta.shape != tb.shape:
         raise NodeInputError(node, "positive_b", f"has shape {tuple(tb.shape)}, positive_a {tuple(ta.shape)}: "

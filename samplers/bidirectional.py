@@ -15,10 +15,17 @@ denoising step k >= 1 is
 the DDIM step to s_{k+1} plus a_k times what z_k's DDIM step back to s_{k-1} missed of the
 state actually there. Expanded, z_{k+1} = a z_{k-1} + (1 - a) z_k + (h_next + a h_prev) f_k:
 
-- BDIA: a_k = gamma, constant. This is the paper's Eq. (BDIA-DDIM),
-  ``z_{i-1} = z_{i+1} - (1 - gamma)(z_{i+1} - z_i) - gamma Delta(t_i -> t_{i+1} | z_i)
-  + Delta(t_i -> t_{i-1} | z_i)`` with the paper's i+1, i, i-1 = our k-1, k, k+1 and
-  Delta(t_i -> t_j | z_i) = (s_j - s_i) f_i. Sign convention: gamma is the weight of the
+- BDIA: the paper's Eq. (BDIA-DDIM),
+  ``x_{i-1} = x_{i+1} - (1 - gamma)(x_{i+1} - x_i) - gamma Delta(t_i -> t_{i+1} | x_i)
+  + Delta(t_i -> t_{i-1} | x_i)`` with the paper's i+1, i, i-1 = our k-1, k, k+1, is written
+  in the model's own states x = alpha z, where Delta is the DDIM increment. Put z = x / alpha
+  in it and the terms in z_k cancel: it is (B) with a_k = gamma alpha_{k-1} / alpha_{k+1}
+  (BDIA-VP). On eps and v-prediction models alpha = 1 / sqrt(1 + s^2) (ComfyUI's sigma is
+  sqrt((1 - abar) / abar)), so a_k = gamma sqrt((1 + s_{k+1}^2) / (1 + s_{k-1}^2)): far below
+  gamma at the top of a schedule, where a constant gamma would carry most of a 4481-wide step
+  back into the next state (zero terminal SNR) and an edited prompt's change with it. A flow
+  model's state already is the paper's variables (alpha = 1 - s), so a_k = gamma there.
+  Sign convention: gamma is the weight of the
   older state z_{k-1}, as in the authors' editing code and the BELM repository's BDIA
   sampler (gamma = 0 is DDIM step for step, inversion divides by gamma); the BDIA README's
   formula writes 1 - gamma where the code has gamma. The authors recommend gamma in
@@ -47,8 +54,11 @@ Decisions (algorithms.md, "Exact inversion at one evaluation per step"):
   a_k = (k - 1) / (k + 1)), and the inversion gain stays ~ n^2 / 2. At s_{k-1} = 1 (the top
   of a full flow schedule) sb is infinite and (B-flow) tends to 0, a DDIM step that could not
   be inverted: the one step after the top uses O-BELM's weight in s instead. BDIA's Delta is
-  the DDIM increment, the same in both variables, and its gamma stays constant (the EDM
-  variant the BDIA paper also reports, for eps models).
+  the DDIM increment, the same in both variables, and its gamma stays constant on the flow
+  state. On eps and v-prediction models gamma weighs the VP states, not ComfyUI's (BDIA-VP
+  above): with gamma constant on ComfyUI's state (until 2026-12-07) edits on the v-prediction
+  default model landed in 31 % of the tuning pairs at most, the backdrop broken in most; with
+  the paper's weight, 75 % (docs/methods/bidirectional.md).
 - Zero-stability. Without the model, (B)'s roots are 1 and -a_k: the pair's difference mode is
   multiplied by -a_k per step. O-BELM's weight exceeds 1 wherever the steps grow (the end of the
   normal schedule on SD's discrete sigmas), and there the mode grows into the image; the weight
@@ -69,7 +79,8 @@ Decisions (algorithms.md, "Exact inversion at one evaluation per step"):
 - The step to sigma 0 evaluates at s_{n-1} > 0 like every other step, so it inverts like
   every other step; sigma 0 is never evaluated.
 - Rounding. (B) damps the difference mode of the pair by a_k per step and (B^-1) grows it by
-  1/a_k: over the way up by prod 1/a_k (``inversion_gain``), i.e. gamma^-(n-1) for BDIA and
+  1/a_k: over the way up by prod 1/a_k (``inversion_gain``), i.e. gamma^-(n-1) for BDIA (times
+  about alpha_{n-1} / (alpha_0 alpha_1) on eps / v models, the states' own growth) and
   about (h_0 / h_{n-1})^2 for O-BELM (eps family; n (n - 1) / 2 on a uniform flow schedule).
   The round trip undoes it, but the inverted pair carries it, so the pair is kept in float64
   and the nodes refuse settings whose gain would make rounding a visible part of the
@@ -123,11 +134,13 @@ O_BELM_MAX_WEIGHT = 1.0
 # So the guess is moved to a quarter ulp (of the network's dtype) above the number it rounds to:
 # as far from a tie as a value can be, and closer to the guess than its own DDIM error.
 OFF_TIE_ULPS = 0.25
+# The dtypes a network computes in (fp8 weights are cast up to one of these before use).
+_TIE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def off_tie(t: torch.Tensor, network_dtype: torch.dtype) -> torch.Tensor:
     """``t`` moved to a quarter ulp of ``network_dtype`` above its nearest ``network_dtype`` number."""
-    if t.dtype == network_dtype:
+    if t.dtype == network_dtype or network_dtype not in _TIE_DTYPES:
         return t
     base = t.to(network_dtype)
     ulp = torch.nextafter(base, torch.full_like(base, float("inf"))).to(t.dtype) - base.to(t.dtype)
@@ -205,7 +218,10 @@ class Bidirectional:
     def weight(self, s_prev: float, s: float, s_next: float) -> float:
         """a_k of (B), the weight of the older state z_{k-1}, for the step s_k -> s_{k+1}."""
         if self.name == "bdia":
-            return self.gamma
+            if self.family == "flow":
+                return self.gamma  # the flow state is the paper's own variables (alpha = 1 - s)
+            # (BDIA-VP): gamma weighs the paper's VP states x = alpha z, alpha = 1 / sqrt(1 + s^2)
+            return self.gamma * math.sqrt((1.0 + s_next * s_next) / (1.0 + s_prev * s_prev))
         if self.family == "flow" and s_prev < 1.0:
             def sb(t: float) -> float:
                 return t / (1.0 - t)
@@ -414,5 +430,17 @@ def sample_bdia(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                                 **options)
 
 
+def sampling_schedule_problem(sigmas: torch.Tensor) -> Optional[str]:
+    """Why the plain samplers cannot walk ``sigmas`` (check_schedule's reason), or None; read
+    before the run, so the host can name the node."""
+    try:
+        check_schedule(sigmas.tolist(), min_steps=1)
+    except ValueError as problem:
+        return str(problem)
+    return None
+
+
 for _fn in (sample_bidirectional, sample_bidirectional_inversion, sample_o_belm, sample_bdia):
     _fn.evaluations_per_step = 1
+for _fn in (sample_bidirectional, sample_o_belm, sample_bdia):
+    _fn.schedule_problem = sampling_schedule_problem

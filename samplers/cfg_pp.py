@@ -23,7 +23,8 @@ import math
 import torch
 
 from .loop import require_ascending, sampling_loop
-from .sigma_space import alpha, noise_from_denoised
+from .euler import to_d
+from .sigma_space import alpha, noise_from_denoised, split_along
 
 
 def uncond_tap(extra_args: dict) -> "tuple[dict, dict]":
@@ -104,27 +105,19 @@ def make_cfg_pp_step(family: str, eta: float = 0.0, s_noise: float = 1.0, noise=
 
 
 def make_inversion_step(family: str):
-    """CFG++ DDIM inversion (sigma ascending): x' = alpha' D_u + sigma' eps_lam, the
-    mirror of the sampling step: denoise with uncond, re-noise with the guided noise.
-
-    The model is evaluated at the step's own (lower) sigma, as the sampling step is. A
-    schedule that keeps its 0 (ComfyUI's FlipSigmas turns it into 1e-4) has no noise
-    estimate there: that first step takes x itself as x0 (exact at sigma 0) and eps_lam from
-    an evaluation at sigma', as DDIM inversion does (with cond == uncond on an eps model it
-    is DDIM inversion's first step)."""
+    """CFG++ DDIM inversion (sigma ascending; the reference's DDIM CFG++ inversion): the model
+    is asked at the known state x and the target level sigma', x is split at its own level
+    along the unconditional direction (x0_u) and re-noised with the guided one:
+    x' = alpha' x0_u + sigma' eps_lam. With cond == uncond it is DDIM inversion step for step,
+    and the step up from sigma 0 (a schedule that keeps its 0) needs no special case."""
 
     def step(denoise, x, sigma, sigma_next, state):
         i, sig = state["i"], state["sigmas"]
         if i == 0:
             require_ascending(sig, "ddim_cfg_pp_inversion")
-        if sig[i] > 0:
-            denoised, uncond = guided_and_uncond(denoise, x, sigma, state["tap"])
-            eps_guided = noise_from_denoised(x, denoised, sigma, family)
-            x0 = uncond
-        else:
-            denoised, _ = guided_and_uncond(denoise, x, sigma_next, state["tap"])
-            eps_guided = noise_from_denoised(x, denoised, sigma_next, family)
-            x0 = x
+        denoised, uncond = guided_and_uncond(denoise, x, sigma_next, state["tap"])
+        x0, _ = split_along(x, to_d(x, sigma_next, uncond), sig[i], family)
+        _, eps_guided = split_along(x, to_d(x, sigma_next, denoised), sig[i], family)
         return alpha(sig[i + 1], family) * x0 + sig[i + 1] * eps_guided, denoised
 
     return step

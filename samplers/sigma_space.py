@@ -47,3 +47,17 @@ def denoised_from_noise(x: torch.Tensor, eps: torch.Tensor, sigma, family: str =
     if family == "eps":
         return x - s * eps
     raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+
+
+def split_along(x: torch.Tensor, direction: torch.Tensor, sigma, family: str = "eps") -> "tuple[torch.Tensor, torch.Tensor]":
+    """(x0, eps) of the state x at level sigma along the direction d = (x - D) / sigma' of an
+    estimate at another level: x0 = x - sigma d, and eps = d (eps models) or x + (1 - sigma) d
+    (flow models), so that alpha(sigma) x0 + sigma eps = x. Re-noised at any level t they give
+    DDIM's step x + (t - sigma) d."""
+    s = expand(sigma, x)
+    if family == "flow":
+        return x - s * direction, x + (1 - s) * direction
+    if family == "eps":
+        return x - s * direction, direction
+    raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+

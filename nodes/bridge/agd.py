@@ -176,6 +176,8 @@ def base_parameter_count(model_patcher) -> int:
 
 def _per_sample(value, n: int, device) -> torch.Tensor:
     """A scalar or a [b] tensor as [n] (ComfyUI batches cond chunks as repeats of the batch)."""
+    if isinstance(value, (int, float)):
+        return torch.full((n,), float(value), dtype=torch.float32, device=device)  # no host-to-device copy
     value = torch.as_tensor(value, dtype=torch.float32, device=device).reshape(-1)
     if value.numel() == n:
         return value

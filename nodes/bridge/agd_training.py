@@ -570,6 +570,10 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
 
     store = generate(model, clip, work / f"data_{digest(data_key)}", prompts, scale_range, sampling_steps, seed,
                      latent_shape=latent_shape, fingerprint=fingerprint, progress=progress, encoded=encoded)
+    # The sampled model stays loaded after the trajectories; the copy that trains is made from
+    # its offloaded weights, so the device holds one copy of the network, not two.
+    comfy.model_management.unload_all_models()
+    comfy.model_management.soft_empty_cache()
     with torch.inference_mode(False), torch.enable_grad():
         trainable = training_copy(model)
         adapters, losses = fit(trainable, store, config, work / f"run_{digest(run_key)}", training_steps, batch_size,

@@ -69,6 +69,12 @@ def _options(rule: Bidirectional) -> dict:
     return {"method": rule.name, "gamma": rule.gamma, "family": rule.family}
 
 
+def network_dtype(model_patcher) -> torch.dtype:
+    """The dtype the network computes in: fp8 weights are cast up to the model's manual-cast
+    dtype before every layer, and the network's input with them."""
+    return getattr(model_patcher.model, "manual_cast_dtype", None) or model_patcher.model_dtype()
+
+
 def bidirectional_invert(guider: PolicyGuider, latent: torch.Tensor, sigmas: torch.Tensor, rule: Bidirectional,
                          state_dtype: torch.dtype) -> "tuple[torch.Tensor, ...]":
     """(upper, lower, upper_low, lower_low) at (sigmas[0], sigmas[1]) from the latent at
@@ -76,7 +82,7 @@ def bidirectional_invert(guider: PolicyGuider, latent: torch.Tensor, sigmas: tor
     result: dict = {}
     sampler = comfy.samplers.KSAMPLER(sample_bidirectional_inversion,
                                       extra_options={**_options(rule), "state_dtype": state_dtype,
-                                                     "network_dtype": guider.model_patcher.model_dtype(),
+                                                     "network_dtype": network_dtype(guider.model_patcher),
                                                      "result": result})
     # Ascending with the final 0 kept: ComfyUI then starts from the latent itself.
     _run(guider, sampler, latent, sigmas.flip(0))
@@ -99,7 +105,7 @@ def bidirectional_sample(guider: PolicyGuider, pair: BidirectionalPair):
     return to_latent_space(guider.model_patcher, result["pair"][1]), result["pair"]
 
 
-def bidirectional_sampler(rule: Bidirectional) -> comfy.samplers.KSAMPLER:
+def bidirectional_sampler(rule: Bidirectional, node: str) -> comfy.samplers.KSAMPLER:
     """A SAMPLER that samples from noise with the rule (first step DDIM), for SamplerCustomAdvanced;
     the model family O-BELM's weight depends on is read from the model it runs."""
-    return ksampler(on_host(sample_bidirectional, rule.name, family_aware=True), _options(rule))
+    return ksampler(on_host(sample_bidirectional, rule.name, family_aware=True, node=node), _options(rule))

@@ -188,6 +188,9 @@ def read_weights(path, node: str = "", input_name: str = "weights"):
         metadata["sampling_settings"] = json.loads(metadata.get("sampling_settings", "{}"))
     except (KeyError, ValueError) as error:
         raise _fail(node, input_name, path, f"metadata lacks a valid model config ({error})") from None
+    for key in ("unet_config", "text_config", "sampling_settings"):
+        if not isinstance(metadata[key], dict):
+            raise _fail(node, input_name, path, f"metadata '{key}' is not a JSON object")
     return tensors, metadata
 
 
@@ -222,7 +225,10 @@ def model_type_of(metadata: dict, node: str, input_name: str, path):
 
 
 def _load_strict(module, sd, what, node, input_name, path):
-    result = module.load_state_dict(sd, strict=False)
+    try:
+        result = module.load_state_dict(sd, strict=False)
+    except RuntimeError as error:  # a tensor whose shape does not fit the config
+        raise _fail(node, input_name, path, f"{what} weights do not fit the config ({error})") from None
     missing = list(getattr(result, "missing_keys", []))
     unexpected = list(getattr(result, "unexpected_keys", []))
     if missing or unexpected:
@@ -244,11 +250,13 @@ def load_default_model(path, node: str = "", input_name: str = "weights"):
         token_ids = text_sd.pop("token_ids").long()
         token_rows = text_sd.pop("token_rows").float()
         table = seeded_token_table(text_config)
+        if token_ids.numel() and (token_ids.min() < 0 or token_ids.max() >= table.shape[0]):
+            raise IndexError(f"token ids outside the vocabulary [0, {table.shape[0]})")
         table[token_ids] = token_rows
         text_sd = {k: v.float() for k, v in text_sd.items()}
         text_sd[TOKEN_TABLE_KEY] = table
-    except (KeyError, IndexError, RuntimeError) as error:
-        raise _fail(node, input_name, path, f"missing or malformed tensors ({error})") from None
+    except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as error:
+        raise _fail(node, input_name, path, f"missing or malformed tensors or text_config ({error})") from None
 
     device = comfy.model_management.get_torch_device()
     offload = comfy.model_management.unet_offload_device()
@@ -273,10 +281,13 @@ def load_default_model(path, node: str = "", input_name: str = "weights"):
     _load_strict(base.diffusion_model, unet_sd, architecture, node, input_name, path)
     model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=offload)
 
-    target = comfy.supported_models_base.ClipTarget(ShapesTokenizer, text_encoder_class(text_config))
-    # fp32: the encoder is tiny, and fp16 on the CPU would round it away from how it was trained.
-    clip = comfy.sd.CLIP(target=target, parameters=sum(v.numel() for v in text_sd.values()),
-                         model_options={"dtype": torch.float32})
+    try:
+        target = comfy.supported_models_base.ClipTarget(ShapesTokenizer, text_encoder_class(text_config))
+        # fp32: the encoder is tiny, and fp16 on the CPU would round it away from how it was trained.
+        clip = comfy.sd.CLIP(target=target, parameters=sum(v.numel() for v in text_sd.values()),
+                             model_options={"dtype": torch.float32})
+    except Exception as error:
+        raise _fail(node, input_name, path, f"its text_config does not build a text encoder ({error})") from None
     _load_strict(clip.cond_stage_model.clip_l, text_sd, "text encoder", node, input_name, path)
 
     vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})

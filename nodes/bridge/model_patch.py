@@ -41,7 +41,7 @@ from ...guiders.adaptive import AdaptivePolicy
 from ...guiders.guided_run import NonFiniteEstimate
 from ...guiders.linear_ag import LinearAGPolicy
 from ...guiders.policy import SettingMismatch
-from .policy_guider import PolicyGuider, sampler_name
+from .policy_guider import PolicyGuider, run_transformer_options, sampler_name
 from .samplers import evaluation_plan, model_family, sampler_options
 
 log = logging.getLogger("guidance_lab")
@@ -133,9 +133,11 @@ def _run(executor, policy, node_name, args, kwargs):
     except NonFiniteEstimate as err:
         raise ValueError(f"{node_name}: {err}") from err
     log.info("%s: %s", node_name, record.summary().replace("\n", "; "))
-    # The samplers' callers move the result to the intermediate device; doing it here keeps
-    # this tensor (and the record on it) the one that lands in the LATENT.
-    out = out.to(comfy.model_management.intermediate_device())
+    # The samplers' callers move the result to the intermediate device and dtype (0.33's
+    # --fp16-intermediates); doing it here keeps this tensor (and the record on it) the one
+    # that lands in the LATENT.
+    dtype = getattr(comfy.model_management, "intermediate_dtype", lambda: out.dtype)()
+    out = out.to(device=comfy.model_management.intermediate_device(), dtype=dtype)
     setattr(out, RECORD_ATTR, record)
     return out
 
@@ -144,7 +146,7 @@ def _install(guider, run: GuidedRun) -> None:
     """The run's hooks, in ``guider.model_options``: the per-sample clone of this run only."""
     options = guider.model_options
     policy = run.policy
-    options.setdefault("transformer_options", {}).update(policy.transformer_options())
+    options.setdefault("transformer_options", {}).update(run_transformer_options(policy, guider.model_patcher))
     previous_batch = options.get("sampler_calc_cond_batch_function")
     others = list(options.get("sampler_post_cfg_function", []))
     pending = []  # the evaluation between the cond-batch hook and the post-CFG hook

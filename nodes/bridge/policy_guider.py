@@ -10,6 +10,7 @@ import comfy.samplers
 import torch
 
 from ...guiders import GuidancePolicy, GuidanceRecord, GuidedRun
+from ...guiders.agd.policy import RUN_KEY as AGD_RUN_KEY
 from ...guiders.guided_run import NonFiniteEstimate
 from ...guiders.policy import SettingMismatch
 from .samplers import evaluation_plan, model_family, sampler_options
@@ -17,6 +18,17 @@ from .samplers import evaluation_plan, model_family, sampler_options
 log = logging.getLogger("guidance_lab")
 
 NFE_WRAPPER_KEY = "guidance_lab_nfe"
+
+
+def run_transformer_options(policy: GuidancePolicy, model_patcher) -> dict:
+    """The policy's per-run transformer options. AGD's also carry the sampled model's
+    model_sampling: a ModelSampling node after the adapter loader changes sigma's timestep,
+    and the adapters must read the timestep the network gets."""
+    options = policy.transformer_options()
+    run = options.get(AGD_RUN_KEY)
+    if run is not None:
+        options = {**options, AGD_RUN_KEY: {**run, "model_sampling": model_patcher.get_model_object("model_sampling")}}
+    return options
 
 
 class PolicyGuider(comfy.samplers.CFGGuider):
@@ -120,7 +132,8 @@ class PolicyGuider(comfy.samplers.CFGGuider):
         comfy.patcher_extension.add_wrapper_with_key(
             comfy.patcher_extension.WrappersMP.APPLY_MODEL, NFE_WRAPPER_KEY, count_evaluations,
             self.model_options, is_model_options=True)
-        self.model_options.setdefault("transformer_options", {}).update(self.policy.transformer_options())
+        self.model_options.setdefault("transformer_options", {}).update(
+            run_transformer_options(self.policy, self.model_patcher))
         return super().outer_sample(*args, **kwargs)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None, **host_kwargs):

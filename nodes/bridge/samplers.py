@@ -22,19 +22,22 @@ def model_family(model_sampling) -> str:
     return "flow" if isinstance(model_sampling, comfy.model_sampling.CONST) else "eps"
 
 
-def flow_end_problem(name: str, family: str, sigmas) -> "str | None":
+PACK_SAMPLER_NODE = "Sampler (Guidance Lab)"
+
+
+def flow_end_problem(name: str, family: str, sigmas, node: str = PACK_SAMPLER_NODE) -> "str | None":
     """Why a run of ``name`` cannot end where ``sigmas`` does, or None. KSAMPLER hands back a
     flow model's state at the last sigma as x / (1 - sigma): at sigma 1 (where FlipSigmas puts
     the end of an inversion) that is inf everywhere, and sampling on from it gives NaN."""
     if family != "flow" or len(sigmas) < 2 or float(sigmas[-1]) < 1.0:
         return None
-    return (f"Sampler (Guidance Lab) '{name}': the schedule ends at sigma {float(sigmas[-1]):g} on a flow model, "
+    return (f"{node} '{name}': the schedule ends at sigma {float(sigmas[-1]):g} on a flow model, "
             "and ComfyUI keeps a partly noised flow latent as x / (1 - sigma), which has no value at sigma 1 "
             "(the result would be all inf); end it below 1: SplitSigmas at step 1 and FlipSigmas on its "
             "low_sigmas (sample back down on those low_sigmas), or use EDICT Invert")
 
 
-def on_host(fn, name: str, family_aware: bool):
+def on_host(fn, name: str, family_aware: bool, node: str = PACK_SAMPLER_NODE):
     """A pack sampler as ComfyUI runs it: refuses a schedule whose end ComfyUI cannot hand back
     (``flow_end_problem``), tells a family-aware core sampler the model's family, and hands one
     that draws ancestral noise the host's own noise source (compat.ancestral_noise_sampler)."""
@@ -42,9 +45,12 @@ def on_host(fn, name: str, family_aware: bool):
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         family = model_family(model.inner_model.model_patcher.get_model_object("model_sampling"))
-        problem = flow_end_problem(name, family, sigmas)
+        problem = flow_end_problem(name, family, sigmas, node)
         if problem:
             raise ValueError(problem)
+        if hasattr(fn, "schedule_problem") and (problem := fn.schedule_problem(sigmas)):
+            raise ValueError(f"{node} '{name}': the sigmas it was given (input 'sigmas' of "
+                             f"SamplerCustomAdvanced, or the KSampler's steps): {problem}")
         if draws_noise and options.get("noise_sampler") is None:
             host_noise = ancestral_noise_sampler(x, (extra_args or {}).get("seed"))
             options["noise_sampler"] = lambda z: host_noise(None, None)

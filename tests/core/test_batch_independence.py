@@ -48,7 +48,10 @@ SAMPLERS = ["euler", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp"
 
 def schedule(sampler, family):
     sigmas = SIGMAS[family]
-    return sigmas[:-1].flip(0) if sampler == "ddim_cfg_pp_inversion" else sigmas
+    if sampler == "ddim_cfg_pp_inversion":
+        # up to below 1 on flow models, as the host demands (nodes/bridge/samplers.flow_end_problem)
+        return sigmas[1 if family == "flow" else 0:-1].flip(0)
+    return sigmas
 
 
 def start(sampler, family, pair):

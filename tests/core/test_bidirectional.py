@@ -17,7 +17,7 @@ from guidance_lab.guiders.apg import APGPolicy
 from guidance_lab.samplers import SAMPLERS
 from guidance_lab.samplers.bidirectional import (EDIT_GAMMA, METHODS, Words, _add, _two_prod,
                                                  bidirectional_inverse_step, bidirectional_step, check_schedule,
-                                                 inversion_gain, rule_for, sample_bidirectional,
+                                                 inversion_gain, off_tie, rule_for, sample_bidirectional,
                                                  sample_bidirectional_inversion)
 
 from .test_edict import SHAPE, MixtureToy, ddim_round_trip, model_for, schedule
@@ -226,14 +226,47 @@ def test_double_words_are_exact_where_float64_rounds():
     assert Fraction(product.hi.item()) + Fraction(product.lo.item()) == Fraction(0.1) * 3
 
 
+def test_the_first_guess_moves_off_ties_of_compute_dtypes_only():
+    """A quarter ulp above the network dtype's number; fp8 weights are not a compute dtype
+    (the network casts them up), so the guess is left alone instead of failing in nextafter."""
+    t = torch.tensor([1.0 + 2.0 ** -11], dtype=torch.float64)  # a tie between two float16 numbers
+    moved = off_tie(t, torch.float16)
+    assert moved.item() == 1.0 + 0.25 * 2.0 ** -10 and moved.to(torch.float16).item() == 1.0
+    assert off_tie(t, torch.float64) is t and off_tie(t, torch.float8_e4m3fn) is t
+
+
 def test_weights_and_the_inversion_gain():
     o_belm, bdia = rule_for("o_belm"), rule_for("bdia", 0.9)
     assert o_belm.weight(3.0, 2.0, 1.0) == 1.0 and o_belm.weight(4.0, 2.0, 1.0) == 0.25  # leapfrog on a uniform grid
-    assert bdia.weight(4.0, 2.0, 1.0) == 0.9 and rule_for("bdia", 0.9, family="flow").weight(0.9, 0.5, 0.1) == 0.9
+    assert math.isclose(bdia.weight(4.0, 2.0, 1.0), 0.9 * math.sqrt(2 / 17))  # gamma alpha(4) / alpha(1)
+    assert rule_for("bdia", 0.9, family="flow").weight(0.9, 0.5, 0.1) == 0.9
     sigmas = schedule("eps", 10).tolist()
-    assert math.isclose(inversion_gain(sigmas, bdia), 0.9 ** -9)
+    alpha = [1 / math.sqrt(1 + s * s) for s in sigmas]
+    # the alpha ratios telescope: the states' own growth from the bottom pair to the top pair
+    assert math.isclose(inversion_gain(sigmas, bdia), 0.9 ** -9 * alpha[-1] * alpha[-2] / (alpha[0] * alpha[1]))
     first, last = sigmas[1] - sigmas[0], sigmas[-1] - sigmas[-2]
     assert math.isclose(inversion_gain(sigmas, o_belm), (first / last) ** 2)  # the ratios telescope
+
+
+def test_bdia_on_eps_models_is_the_papers_rule_on_the_vp_states():
+    """BDIA-DDIM as the paper writes it, on VP states x = alpha z (alpha = 1 / sqrt(1 + s^2)):
+    x_{i-1} = x_{i+1} - (1 - gamma)(x_{i+1} - x_i) - gamma Delta(t_i -> t_{i+1} | x_i)
+    + Delta(t_i -> t_{i-1} | x_i), Delta the DDIM increment; one step of (B) with the rule's
+    weight on ComfyUI's states z is that step, divided by the new state's alpha."""
+    g = torch.Generator().manual_seed(3)
+    z_prev, z, f = (torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    gamma, (s_prev, s, s_next) = 0.9, (80.0, 6.0, 1.5)
+    alpha = lambda t: 1 / math.sqrt(1 + t * t)
+
+    def delta(x, t_from, t_to):  # DDIM increment of the VP state x at t_from (its eps estimate is f)
+        x0 = x / alpha(t_from) - t_from * f
+        return alpha(t_to) * (x0 + t_to * f) - x
+
+    x_prev, x = alpha(s_prev) * z_prev, alpha(s) * z
+    paper = x_prev - (1 - gamma) * (x_prev - x) - gamma * delta(x, s, s_prev) + delta(x, s, s_next)
+    a = rule_for("bdia", gamma).weight(s_prev, s, s_next)
+    ours = bidirectional_step(Words.of(z_prev), Words.of(z), f, a, s - s_prev, s_next - s).hi
+    torch.testing.assert_close(ours * alpha(s_next), paper, rtol=1e-12, atol=1e-12)
 
 
 def test_o_belms_weight_is_capped_at_one_where_the_steps_grow():

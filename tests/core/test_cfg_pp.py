@@ -70,15 +70,30 @@ def test_other_cfg_pp_samplers_reach_the_data(name, family):
     assert torch.isfinite(out).all() and abs(out.mean().item() - 1.0) < 0.5
 
 
-def test_inversion_then_sampling_round_trips_without_guidance():
-    """With lambda 0 and cond == uncond, CFG++ inversion is DDIM inversion: sampling the
-    inverted noise back lands near the start on a smooth toy model."""
-    model = ToyGuider(0.0, cond_mean=0.3, uncond_mean=0.3)
-    s = torch.tensor([14.0, 8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.05, 0.02])
-    x0 = torch.full((1, 1, 2, 2), 0.3) + 0.01 * torch.randn(1, 1, 2, 2)
-    noise = SAMPLERS["ddim_cfg_pp_inversion"](model, x0.clone(), s.flip(0), {}, disable=True)
-    back = SAMPLERS["euler_cfg_pp"](model, noise, torch.cat([s, torch.zeros(1)]), {}, disable=True)
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_inversion_without_guidance_is_ddim_inversion_step_for_step(family):
+    """With cond == uncond, CFG++ inversion is DDIM inversion (the model asked at the known
+    state and the target level), whatever lambda; sampling it back lands near the start."""
+    model = ToyGuider(0.6, cond_mean=0.3, uncond_mean=0.3, family=family)
+    s = sigmas_for(family)[:-1]
+    x0 = torch.full((1, 1, 2, 2), 0.3) + 0.01 * torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    noise = SAMPLERS["ddim_cfg_pp_inversion"](model, x0.clone(), s.flip(0), {}, disable=True, family=family)
+    assert torch.allclose(noise, SAMPLERS["ddim_inversion"](model, x0.clone(), s.flip(0), {}, disable=True),
+                          rtol=1e-5, atol=1e-6)
+    back = SAMPLERS["euler_cfg_pp"](model, noise, torch.cat([s, torch.zeros(1)]), {}, disable=True, family=family)
     assert torch.allclose(back, x0, atol=0.05)
+
+
+def test_inversion_renoises_the_unconditional_x0_with_the_guided_noise():
+    """One step s -> t of the reference's DDIM CFG++ inversion, eps model: both estimates at
+    (x, t), x0_u = x - s eps_u, x' = x0_u + t eps_lam."""
+    model = ToyGuider(0.5, cond_mean=1.0, uncond_mean=-1.0)
+    x = torch.full((1, 1, 2, 2), 0.2)
+    s, t = 0.5, 2.0
+    out = SAMPLERS["ddim_cfg_pp_inversion"](model, x.clone(), torch.tensor([s, t]), {}, disable=True)
+    d_c, d_u = model.denoise(x, torch.tensor([t]), 1.0), model.denoise(x, torch.tensor([t]), -1.0)
+    eps_u, eps_lam = (x - d_u) / t, (x - (d_u + 0.5 * (d_c - d_u))) / t
+    assert torch.allclose(out, x - s * eps_u + t * eps_lam, atol=1e-6)
 
 
 def test_ancestral_cfg_pp_starts_from_sigma_one_on_flow_models():
@@ -96,18 +111,16 @@ def test_ancestral_cfg_pp_starts_from_sigma_one_on_flow_models():
 
 @pytest.mark.parametrize("family", ["eps", "flow"])
 def test_inversion_from_a_schedule_that_keeps_its_zero_is_finite_and_starts_like_ddim_inversion(family):
-    """An ascending schedule starting at sigma 0 (not FlipSigmas' 1e-4): the first step has no
-    noise estimate at 0, so it takes x as x0 and the noise from sigma'; with cond == uncond on
-    an eps model that is DDIM inversion's first step."""
+    """An ascending schedule starting at sigma 0 (not FlipSigmas' 1e-4): the model is asked at
+    sigma', never at 0, and x at 0 is its own x0; with cond == uncond that is DDIM inversion's
+    first step."""
     model = ToyGuider(0.0, cond_mean=0.3, uncond_mean=0.3, family=family)
     s = sigmas_for(family).flip(0)
     x0 = torch.full((2, 1, 2, 2), 0.3) + 0.01 * torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(1))
     noise = SAMPLERS["ddim_cfg_pp_inversion"](model, x0.clone(), s, {}, disable=True, family=family)
     assert torch.isfinite(noise).all()
-    if family == "eps":
-        first = SAMPLERS["ddim_cfg_pp_inversion"](model, x0.clone(), s[:2], {}, disable=True, family=family)
-        assert torch.allclose(first, SAMPLERS["ddim_inversion"](model, x0.clone(), s[:2], {}, disable=True),
-                              atol=1e-6)
+    first = SAMPLERS["ddim_cfg_pp_inversion"](model, x0.clone(), s[:2], {}, disable=True, family=family)
+    assert torch.allclose(first, SAMPLERS["ddim_inversion"](model, x0.clone(), s[:2], {}, disable=True), atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["eps", "flow"])

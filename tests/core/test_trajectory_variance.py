@@ -50,6 +50,8 @@ def test_the_window_is_a_noise_level_the_same_in_every_family():
     # Twice the steps in the same band: twice the estimates, the same band of noise levels.
     fine = [0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.0]
     assert sum(window_steps(fine, "eps", 0.2)) == 4
+    # An inversion's ascending schedule ends in noise: nothing of it is scored.
+    assert window_steps(SIGMAS["eps"].flip(0).tolist(), "eps", 0.5) == [False] * 10
     with pytest.raises(ValueError, match="family"):
         noise_to_signal(0.5, "vp")
     for bad in (0.0, -1.0, math.nan, math.inf):

@@ -4,6 +4,7 @@ schedules), one evaluation per step, every ComfyUI scheduler's schedule accepted
 SAMPLER in SamplerCustomAdvanced, and bad input refused naming node and input."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -170,6 +171,22 @@ def test_sampler_runs_in_sampler_custom_advanced(fixture_model, families, method
         assert guider.last_record.nfe_per_step == [2.0] * 6 and not guider.last_record.warnings
         euler = custom_advanced(guider, "euler", 6, empty_latent(2), seed=3)
         assert 0 < (out - euler).abs().max() < 10 * euler.abs().max()
+
+
+@pytest.mark.parametrize("sigmas, problem", [([14.6], "0 step"), ([14.6, 3.0, 3.0, 0.0], "repeats"),
+                                             ([0.5, 3.0, 14.6], "ascending")])
+def test_sampler_refuses_a_schedule_it_cannot_walk_naming_itself(fixture_model, families, sigmas, problem):
+    """A schedule the sampler cannot walk is refused before any step, naming the node and the input."""
+    import comfy_extras.nodes_custom_sampler as cs
+
+    from .comfy_graph import empty_latent
+
+    _, pos, neg = fixture_model
+    guider = node_out(CFGGuiderNode.execute(families["eps"], pos, neg, 5.0))[0]
+    sampler = node_out(BidirectionalSamplerNode.execute("o_belm", 0.5))[0]
+    noise = node_out(cs.RandomNoise.execute(3))[0]
+    with pytest.raises(ValueError, match=re.escape(f"{SAMPLER} 'o_belm': the sigmas") + f".*input 'sigmas'.*{problem}"):
+        cs.SamplerCustomAdvanced.execute(noise, guider, sampler, torch.tensor(sigmas), empty_latent(1))
 
 
 def test_o_belm_sampler_takes_the_weight_of_the_model_family_it_runs(fixture_model, families):

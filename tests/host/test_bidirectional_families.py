@@ -77,3 +77,23 @@ def test_round_trip_is_exact_on_the_default_models(default_models, method, batch
         start = model.get_model_object("latent_format").process_in(latent["samples"]).double()
         err = ((final[1].cpu() - start).abs().max() / start.abs().max()).item()
         assert err <= 1e-6, err
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_empty_latent_is_refused_where_the_latent_format_shifts_it(models, family):
+    """ComfyUI leaves an all-zero latent out of the model's space; on a shifting latent format
+    (SD3, Flux) the inversion would start from the wrong place, so the node refuses it."""
+    from comfy_extras import nodes_custom_sampler as cs
+
+    from guidance_lab.nodes.validation import NodeInputError
+
+    model, pos, neg, shape = models[family]
+    sigmas = node_out(cs.BasicScheduler.execute(model, "simple", 5, 1.0))[0]
+    empty = {"samples": torch.zeros(1, *shape)}
+    shifts = bool(model.get_model_object("latent_format").process_in(empty["samples"]).any())
+    if shifts:
+        with pytest.raises(NodeInputError, match="input 'latent_image' is all zeros"):
+            BidirectionalInvertNode.execute(model, pos, neg, CFG, sigmas, "o_belm", 0.96, empty, "float64")
+    else:
+        node_out(BidirectionalInvertNode.execute(model, pos, neg, CFG, sigmas, "o_belm", 0.96, empty, "float64"))
+

@@ -196,6 +196,49 @@ def test_mislabelled_family_is_refused_naming_node_and_input(tmp_path, host, mon
     assert message in str(err.value)
 
 
+def _with_tensors(source, target, change):
+    """A copy of a weights file with ``change(tensors, metadata)`` applied."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    change(tensors, metadata)
+    save_file(tensors, str(target), metadata=metadata)
+
+
+def _wrong_shape(tensors, _meta):
+    key = next(k for k in tensors if k.startswith("diffusion_model.") and tensors[k].ndim == 2)
+    tensors[key] = torch.zeros(tensors[key].shape[0] + 1, tensors[key].shape[1])
+
+
+def _bad_token_ids(tensors, _meta):
+    tensors["text_encoder.token_ids"] = -tensors["text_encoder.token_ids"] - 1
+
+
+def _text_config_list(_tensors, meta):
+    meta["text_config"] = "[1, 2]"
+
+
+def _text_config_bad_value(_tensors, meta):
+    config = json.loads(meta["text_config"])
+    meta["text_config"] = json.dumps({**config, "hidden_act": "no_such_activation"})
+
+
+@pytest.mark.parametrize("change, message", [
+    (_wrong_shape, "weights do not fit the config"), (_bad_token_ids, "outside the vocabulary"),
+    (_text_config_list, "'text_config' is not a JSON object"), (_text_config_bad_value, "text_config"),
+], ids=["tensor-of-another-shape", "negative-token-ids", "text-config-not-an-object", "text-config-unbuildable"])
+def test_files_whose_tensors_or_text_config_do_not_fit_are_refused_naming_node_and_input(
+        tmp_path, host, monkeypatch, change, message):
+    _with_tensors(SHIPPED, tmp_path / "bad.safetensors", change)
+    monkeypatch.setattr(loader_module, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(NodeInputError, match=r"Default Model Loader \(Guidance Lab\): input 'weights'") as err:
+        DefaultModelLoaderNode.execute("bad.safetensors")
+    assert message in str(err.value)
+
+
 def test_shape_audit_reports_what_the_analyser_reads_in_the_models_samples(tmp_path):
     """tools/quality/audit_shapes.py: per prompted shape, what the analyser reads in the model's
     own CFG samples, with the misreads' features and a contact sheet."""

@@ -77,6 +77,21 @@ def test_ksampler_with_patch_equals_the_guider_path(fixture_model, method, famil
         assert got.total_nfe < 2 * STEPS * batch  # uncond really skipped somewhere
 
 
+def test_the_record_survives_fp16_intermediates(fixture_model, monkeypatch):
+    """ComfyUI 0.33's --fp16-intermediates casts KSampler's result to float16; the record rides
+    on the tensor that lands in the LATENT, so the patch hands over that dtype already."""
+    import comfy.cli_args
+    import comfy.model_management
+
+    if not hasattr(comfy.model_management, "intermediate_dtype"):
+        pytest.skip("this ComfyUI has no intermediate dtype (added after 0.3.75); CI's 0.33 run covers it")
+    monkeypatch.setattr(comfy.cli_args.args, "fp16_intermediates", True)
+    model, pos, neg = fixture_model
+    out = ksampler(patched(model, pos, neg, policy("cfg", 2.0)), pos, neg, 6.0, empty_latent(1), seed=21)
+    assert out["samples"].dtype == torch.float16
+    assert "NFE" in report(out)[0]
+
+
 @pytest.mark.parametrize("method", ["apg", "ag"])
 def test_ksampler_advanced_start_and_end_steps(fixture_model, method):
     import nodes

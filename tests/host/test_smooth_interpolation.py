@@ -76,6 +76,9 @@ def test_interpolation_refuses_prompts_of_different_encoders(fixture_model):
         SmoothInterpolateNode.execute(noise, noise, empty_latent(1), positive, other, 4)
     with pytest.raises(NodeInputError, match="input 'frames'"):
         SmoothInterpolateNode.execute(noise, noise, empty_latent(1), positive, positive, 1)
+    # ConditioningCombine's output: two prompts, of which interpolation would keep one silently
+    with pytest.raises(NodeInputError, match="input 'positive_a' holds 2 prompts"):
+        SmoothInterpolateNode.execute(noise, noise, empty_latent(1), positive + positive, positive, 4)
 
 
 def test_edict_interpolation_ends_reproduce_the_two_inverted_images(host):

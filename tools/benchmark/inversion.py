@@ -119,12 +119,16 @@ TUNED_ONE_EVALUATION: dict = {
     "guidance_lab_flow32": {"bdia": EditSettings(edit_cfg=5.0, gamma=0.92),
                             "o_belm": EditSettings(edit_cfg=6.0)},
     # BDIA reaches 80 % nowhere on the v-prediction model; its most landed is kept (16 tuning
-    # pairs): edit CFG 3 lands 31 % (CFG 5-8: 19-25 %, the backdrop broken in 62-81 %). Partial
-    # strengths land less (tune_inversion_bidirectional_strength.json: strength 0.8 at edit CFG
-    # 5-12, BDIA 12-38 %; strength 0.6: 0-12 %). O-BELM with its weight capped at 1
-    # (tune_inversion_o_belm_capped.json): edit CFG 6 lands 81 % and keeps 56 % (CFG 3-5: 62-75 %,
-    # CFG 7-12: 62 %; inversion CFG 1 or 5 land less); uncapped it landed 38-44 %.
-    "guidance_lab_vpred32": {"bdia": EditSettings(edit_cfg=3.0), "o_belm": EditSettings(edit_cfg=6.0)},
+    # pairs). With gamma weighing the paper's VP states (tune_inversion_bdia_vp.json), gamma 0.8,
+    # edit CFG 8 and the source prompt as the edit's negative land 75 % and keep 62 % (empty
+    # negative: 44-50 %; gamma 0.5: 6 %, 0.7: 31 %, 1.0: 38 %; inversion CFG 1 lands no more).
+    # With a constant gamma it landed 31 % at most, the backdrop broken in 62-81 % (edit CFG 5-8),
+    # and partial strengths landed less (tune_inversion_bidirectional_strength.json).
+    # O-BELM with its weight capped at 1 (tune_inversion_o_belm_capped.json): edit CFG 6 lands 81 %
+    # and keeps 56 % (CFG 3-5: 62-75 %, CFG 7-12: 62 %; inversion CFG 1 or 5 land less); uncapped
+    # it landed 38-44 %; with the source negative 56-62 % (tune_inversion_o_belm_source_negative.json).
+    "guidance_lab_vpred32": {"bdia": EditSettings(edit_cfg=8.0, edit_negative="source", gamma=0.8),
+                             "o_belm": EditSettings(edit_cfg=6.0)},
 }
 
 
@@ -351,7 +355,8 @@ def _settings_note(summary: dict, method: str) -> str:
     if not s:
         return f"p {summary['mixing_weight']:g}" if method == "edict" else ""
     own = {"edict": f"p {s['mixing_weight']:g}", "bdia": f"gamma {s['gamma']:g}"}.get(method, "")
-    return ", ".join(x for x in (own, f"edit {_edit_guidance(s)}", f"strength {s['strength']:g}") if x)
+    negative = "source prompt as the edit's negative" if s.get("edit_negative") == "source" else ""
+    return ", ".join(x for x in (own, f"edit {_edit_guidance(s)}", negative, f"strength {s['strength']:g}") if x)
 
 
 def _edit_guidance(s: dict) -> str:
