@@ -109,6 +109,36 @@ def test_trained_adapters_change_the_output_with_the_scale_and_leave_the_base_al
     assert torch.equal(cond_only_sample(patched, positive, negative), base)
 
 
+def test_adapters_read_the_timestep_of_a_model_sampling_node_after_the_loader(shapes, output_dir):
+    """ModelSamplingDiscrete after the loader changes which timestep a sigma is; the adapters get
+    the one the network gets, not the one of the model they were loaded onto."""
+    from comfy_extras import nodes_model_advanced as adv
+
+    from guidance_lab.nodes.bridge.agd import find_adapters
+
+    model, positive, _negative = shapes
+    save_adapter(model, output_dir / "agd" / "resampled.safetensors", trained=True)
+    patched = node_out(AGDAdapterLoaderNode.execute(model, "agd/resampled.safetensors"))[0]
+    resampled = adv.ModelSamplingDiscrete().patch(patched, "v_prediction", False)[0]  # the file's is zsnr
+    agd, seen = find_adapters(resampled), []
+    original = agd.call_inputs
+
+    def spy(run, sigma, count, device):
+        out = original(run, sigma, count, device)
+        seen.append((sigma.detach().clone(), out["timestep"]))
+        return out
+
+    agd.call_inputs = spy
+    try:
+        agd_sample(resampled, positive, 3.0)
+    finally:
+        del agd.call_inputs
+    sampling, loaded = resampled.get_model_object("model_sampling"), patched.get_model_object("model_sampling")
+    assert seen and any(not torch.equal(sampling.timestep(s), loaded.timestep(s)) for s, _ in seen)
+    for sigma, timestep in seen:
+        torch.testing.assert_close(timestep, sampling.timestep(sigma).float().expand_as(timestep))
+
+
 def test_a_batch_sample_gets_what_it_gets_alone(shapes, output_dir):
     model, positive, _negative = shapes
     save_adapter(model, output_dir / "agd" / "trained.safetensors", trained=True)
