@@ -137,15 +137,22 @@ def invert_pair(denoise: Denoise, x, y, sigmas: Sequence[float], p: float = DEFA
     return x, y
 
 
-def _k_callback(callback, dtype):
-    """The k-diffusion per-step callback (the guider keys its steps on it), with x in ``dtype``."""
+def _with_k_callback(denoise: Denoise, callback, dtype) -> "tuple[Denoise, StepCallback]":
+    """The denoiser and the k-diffusion per-step callback (the guider keys its steps on it, the
+    host previews its "denoised"): x in ``dtype`` and the step's last x0 estimate, which the
+    denoiser keeps as it passes it on (the states themselves are still noisy)."""
     if callback is None:
-        return None
+        return denoise, None
+    last: list = [None]
+
+    def keeping(z, sigma):
+        last[0] = denoise(z, sigma)
+        return last[0]
 
     def report(i, sigma, x, y):
-        callback({"x": x.to(dtype), "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x.to(dtype)})
+        callback({"x": x.to(dtype), "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": last[0].to(dtype)})
 
-    return report
+    return keeping, report
 
 
 def _start_pair(x: torch.Tensor, pair, state_dtype: torch.dtype):
@@ -167,8 +174,8 @@ def sample_edict(model, x, sigmas, extra_args=None, callback=None, disable=None,
     no console bar of its own; the host's callback drives the progress bar)."""
     sigmas_list = sigmas.tolist()
     a, b = _start_pair(x, pair, state_dtype)
-    denoise = schedule_denoiser(model, x, sigmas, extra_args)
-    a, b = denoise_pair(denoise, a, b, sigmas_list, p, model_dtype, _k_callback(callback, x.dtype))
+    denoise, report = _with_k_callback(schedule_denoiser(model, x, sigmas, extra_args), callback, x.dtype)
+    a, b = denoise_pair(denoise, a, b, sigmas_list, p, model_dtype, report)
     if result is not None:
         result["pair"] = (a, b)
     return a.to(x.dtype)
@@ -182,8 +189,8 @@ def sample_edict_inversion(model, x, sigmas, extra_args=None, callback=None, dis
     the pair goes to ``result["pair"]``, x is returned in the input's dtype."""
     schedule = sigmas.flip(0)
     a, b = _start_pair(x, pair, state_dtype)
-    denoise = schedule_denoiser(model, x, sigmas, extra_args)
-    a, b = invert_pair(denoise, a, b, schedule.tolist(), p, model_dtype, _k_callback(callback, x.dtype))
+    denoise, report = _with_k_callback(schedule_denoiser(model, x, sigmas, extra_args), callback, x.dtype)
+    a, b = invert_pair(denoise, a, b, schedule.tolist(), p, model_dtype, report)
     if result is not None:
         result["pair"] = (a, b)
     return a.to(x.dtype)

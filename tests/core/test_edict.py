@@ -241,3 +241,27 @@ def test_mixing_weight_outside_the_open_interval_is_refused(p):
 def test_bad_schedules_are_refused(sigmas, problem):
     with pytest.raises(ValueError, match=problem):
         check_schedule(sigmas)
+
+
+def test_the_step_callback_previews_an_x0_estimate_not_the_noisy_state():
+    """ComfyUI previews the callback's "denoised": the step's last model estimate, not x."""
+    toy = MixtureToy("eps", 2)
+    sigmas = schedule("eps", 6)
+    model = model_for(toy, sigmas)
+    estimates, seen = [], []
+
+    def recording(x, sigma, **kw):
+        out = model(x, sigma, **kw)
+        estimates.append(out)
+        return out
+
+    def callback(info):
+        model.step_done(info)
+        seen.append((info["denoised"], info["x"]))
+
+    noise = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(4)) * sigmas[0]
+    sample_edict(recording, noise, sigmas, callback=callback)
+    assert len(seen) == 6 and len(estimates) == 12
+    for k, (denoised, x) in enumerate(seen):
+        torch.testing.assert_close(denoised, estimates[2 * k + 1].float())  # the step's second evaluation
+        assert not torch.equal(denoised, x)
