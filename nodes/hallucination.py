@@ -85,7 +85,7 @@ class HallucinationFilterNode(io.ComfyNode):
                 io.Combo.Input("mode", options=["threshold", "keep_best"], default="threshold",
                                tooltip="threshold: keep every image scored at or below 'threshold'. keep_best: "
                                        "keep the 'keep' lowest-scored images (any model, no threshold to set)."),
-                io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1e6, step=0.0001,
+                io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1e6, step=0.0001, round=1e-7,
                                tooltip="Highest score kept (mode 'threshold'). The default was chosen on the "
                                        "pack's flow default model at CFG 3; other models have other scales."),
                 io.Int.Input("keep", default=4, min=0, max=4096,
