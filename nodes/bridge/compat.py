@@ -143,3 +143,14 @@ def training_mode():
         yield
     finally:
         setattr(mm, flag, before)
+
+
+def intermediate_dtype(fallback: torch.dtype) -> torch.dtype:
+    """The dtype ComfyUI hands sampled latents on in: 0.33 casts them (``--fp16-intermediates``
+    gives float16); 0.3.75 keeps the sampler's dtype, ``fallback``. Read by name because only
+    newer hosts define it."""
+    import comfy.model_management as mm
+
+    name = "intermediate_dtype"
+    return getattr(mm, name)() if hasattr(mm, name) else fallback
+

@@ -41,6 +41,7 @@ from ...guiders.adaptive import AdaptivePolicy
 from ...guiders.guided_run import NonFiniteEstimate
 from ...guiders.linear_ag import LinearAGPolicy
 from ...guiders.policy import SettingMismatch
+from . import compat
 from .policy_guider import PolicyGuider, run_transformer_options, sampler_name
 from .samplers import evaluation_plan, model_family, sampler_options
 
@@ -136,8 +137,7 @@ def _run(executor, policy, node_name, args, kwargs):
     # The samplers' callers move the result to the intermediate device and dtype (0.33's
     # --fp16-intermediates); doing it here keeps this tensor (and the record on it) the one
     # that lands in the LATENT.
-    dtype = getattr(comfy.model_management, "intermediate_dtype", lambda: out.dtype)()
-    out = out.to(device=comfy.model_management.intermediate_device(), dtype=dtype)
+    out = out.to(device=comfy.model_management.intermediate_device(), dtype=compat.intermediate_dtype(out.dtype))
     setattr(out, RECORD_ATTR, record)
     return out
 
