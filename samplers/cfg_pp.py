@@ -24,7 +24,7 @@ import torch
 
 from .loop import require_ascending, sampling_loop
 from .euler import to_d
-from .sigma_space import alpha, noise_from_denoised, split_along
+from .sigma_space import alpha, noise_along, noise_from_denoised, x0_along
 
 
 def uncond_tap(extra_args: dict) -> "tuple[dict, dict]":
@@ -116,8 +116,8 @@ def make_inversion_step(family: str):
         if i == 0:
             require_ascending(sig, "ddim_cfg_pp_inversion")
         denoised, uncond = guided_and_uncond(denoise, x, sigma_next, state["tap"])
-        x0, _ = split_along(x, to_d(x, sigma_next, uncond), sig[i], family)
-        _, eps_guided = split_along(x, to_d(x, sigma_next, denoised), sig[i], family)
+        x0 = x0_along(x, to_d(x, sigma_next, uncond), sig[i])
+        eps_guided = noise_along(x, to_d(x, sigma_next, denoised), sig[i], family)
         return alpha(sig[i + 1], family) * x0 + sig[i + 1] * eps_guided, denoised
 
     return step

@@ -49,15 +49,18 @@ def denoised_from_noise(x: torch.Tensor, eps: torch.Tensor, sigma, family: str =
     raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
 
 
-def split_along(x: torch.Tensor, direction: torch.Tensor, sigma, family: str = "eps") -> "tuple[torch.Tensor, torch.Tensor]":
-    """(x0, eps) of the state x at level sigma along the direction d = (x - D) / sigma' of an
-    estimate at another level: x0 = x - sigma d, and eps = d (eps models) or x + (1 - sigma) d
-    (flow models), so that alpha(sigma) x0 + sigma eps = x. Re-noised at any level t they give
-    DDIM's step x + (t - sigma) d."""
-    s = expand(sigma, x)
-    if family == "flow":
-        return x - s * direction, x + (1 - s) * direction
-    if family == "eps":
-        return x - s * direction, direction
-    raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+def x0_along(x: torch.Tensor, direction: torch.Tensor, sigma) -> torch.Tensor:
+    """The x0 of the state x at level sigma along a direction d = (x - D) / sigma' taken at
+    another level: x - sigma d (every family; with noise_along, alpha(sigma) x0 + sigma eps = x,
+    and re-noising at any level t gives DDIM's step x + (t - sigma) d)."""
+    return x - expand(sigma, x) * direction
 
+
+def noise_along(x: torch.Tensor, direction: torch.Tensor, sigma, family: str = "eps") -> torch.Tensor:
+    """The eps of the state x at level sigma along d (see x0_along): d (eps models) or
+    x + (1 - sigma) d (flow models)."""
+    if family == "flow":
+        return x + (1 - expand(sigma, x)) * direction
+    if family == "eps":
+        return direction
+    raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
