@@ -68,7 +68,8 @@ def check_gain(node: str, schedule: list, rule: Bidirectional, state_dtype: torc
     gain = inversion_gain(schedule, rule)
     share = gain * torch.finfo(state_dtype).eps
     if share > MAX_ROUNDING_SHARE:
-        where, fix = (("gamma", "raise gamma (0.92-1.0) or use fewer steps") if rule.name == "bdia" else
+        where, fix = (("gamma", "use the float64 precision, raise gamma (0.92-1.0) or use fewer steps")
+                      if rule.name == "bdia" else
                       ("sigmas", "use the float64 precision or a schedule whose last steps are not far "
                                  "smaller than its first"))
         raise NodeInputError(node, where, f"would grow rounding {gain:.1e}-fold on the way back ({rule.settings()}, "

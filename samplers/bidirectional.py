@@ -19,7 +19,7 @@ state actually there. Expanded, z_{k+1} = a z_{k-1} + (1 - a) z_k + (h_next + a 
   ``x_{i-1} = x_{i+1} - (1 - gamma)(x_{i+1} - x_i) - gamma Delta(t_i -> t_{i+1} | x_i)
   + Delta(t_i -> t_{i-1} | x_i)`` with the paper's i+1, i, i-1 = our k-1, k, k+1, is written
   in the model's own states x = alpha z, where Delta is the DDIM increment. Put z = x / alpha
-  in it and the terms in z_k cancel: it is (B) with a_k = gamma alpha_{k-1} / alpha_{k+1}
+  in it and the terms in alpha_k z_k cancel: it is (B) with a_k = gamma alpha_{k-1} / alpha_{k+1}
   (BDIA-VP). On eps and v-prediction models alpha = 1 / sqrt(1 + s^2) (ComfyUI's sigma is
   sqrt((1 - abar) / abar)), so a_k = gamma sqrt((1 + s_{k+1}^2) / (1 + s_{k-1}^2)): far below
   gamma at the top of a schedule, where a constant gamma would carry most of a 4481-wide step
@@ -50,8 +50,10 @@ Decisions (algorithms.md, "Exact inversion at one evaluation per step"):
   uniform schedules flow models use, a_k = 1 there, leapfrog, whose parasitic mode (the
   pair's difference, set off by the first DDIM step) is never damped and is amplified where
   the network is stiff; it cost 29 adherence points at 20 steps on the flow default model.
-  In sb the steps shrink towards the data end, a_k < 1 damps that mode (on a uniform s grid
-  a_k = (k - 1) / (k + 1)), and the inversion gain stays ~ n^2 / 2. At s_{k-1} = 1 (the top
+  In sb the steps shrink towards the data end, a_k < 1 damps that mode (on a uniform s grid,
+  shift 1, a_k = (k - 1) / (k + 1)), and the inversion gain stays ~ n^2 / 2. Shifted flow
+  schedules (SD3's shift 3) are not uniform in s: some weights there exceed 1 (1.15 at the
+  step after the top, 1.02-1.08 over the last five, 20 steps) and are capped like any other. At s_{k-1} = 1 (the top
   of a full flow schedule) sb is infinite and (B-flow) tends to 0, a DDIM step that could not
   be inverted: the one step after the top uses O-BELM's weight in s instead. BDIA's Delta is
   the DDIM increment, the same in both variables, and its gamma stays constant on the flow
@@ -80,8 +82,9 @@ Decisions (algorithms.md, "Exact inversion at one evaluation per step"):
   every other step; sigma 0 is never evaluated.
 - Rounding. (B) damps the difference mode of the pair by a_k per step and (B^-1) grows it by
   1/a_k: over the way up by prod 1/a_k (``inversion_gain``), i.e. gamma^-(n-1) for BDIA (times
-  about alpha_{n-1} / (alpha_0 alpha_1) on eps / v models, the states' own growth) and
-  about (h_0 / h_{n-1})^2 for O-BELM (eps family; n (n - 1) / 2 on a uniform flow schedule).
+  alpha_{n-1} alpha_n / (alpha_0 alpha_1) on eps / v models, exactly: the product telescopes)
+  and about (h_0 / h_{n-1})^2 for O-BELM (eps family; n (n - 1) / 2 on a uniform flow schedule,
+  shift 1).
   The round trip undoes it, but the inverted pair carries it, so the pair is kept in float64
   and the nodes refuse settings whose gain would make rounding a visible part of the
   inverted noise. The model runs in its own dtype on the
@@ -121,7 +124,7 @@ SAMPLING_GAMMA = 0.5  # BDIA's sampling runs and the BELM repository's BDIA samp
 # normal schedule on SD's discrete sigmas (1.08 and 2.7 at the v-prediction default model's
 # last steps, 20 steps), and there it cost 19 adherence points at CFG 5 (0.771 against euler's
 # 0.965, 144 prompts); capped at 1, where the rule is still zero-stable (leapfrog), 0.93.
-# Weights at most 1, every flow schedule in BELM's variables among them, stay O-BELM's own.
+# Weights at most 1 (every step of a shift-1 flow schedule in BELM's variables) stay O-BELM's own.
 O_BELM_MAX_WEIGHT = 1.0
 
 # The way up's first guess is only a starting point: any value gives an exact round trip. But

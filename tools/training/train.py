@@ -52,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, default=3, help="flux: double-stream blocks")
     p.add_argument("--depth-single", type=int, default=6, help="flux: single-stream blocks")
     p.add_argument("--patch-size", type=int, default=2, help="flux: pixels per token side")
+    p.add_argument("--rope-theta", type=int, default=10000,
+                   help="flux: RoPE base (Flux's 10000 is made for 64+ tokens a side; on a 16-token grid "
+                        "most of its frequencies barely turn across the image, ~100 spreads them over it)")
     p.add_argument("--model-channels", type=int, default=32)
     p.add_argument("--res-blocks", type=int, default=1, help="UNet residual blocks per level")
     p.add_argument("--text-width", type=int, default=64)
@@ -115,7 +118,8 @@ def flux_config(args) -> dict:
     side = (head * 7 // 16) // 2 * 2
     return dict(dm.DEFAULT_FLUX_CONFIG, hidden_size=args.hidden_size, num_heads=args.num_heads, depth=args.depth,
                 depth_single_blocks=args.depth_single, patch_size=args.patch_size, context_in_dim=args.text_width,
-                vec_in_dim=args.text_width, axes_dim=[head - 2 * side, side, side])
+                vec_in_dim=args.text_width, axes_dim=[head - 2 * side, side, side],
+                theta=getattr(args, "rope_theta", dm.DEFAULT_FLUX_CONFIG["theta"]))
 
 
 def configs(args):
