@@ -54,6 +54,14 @@ def test_the_file_loads_as_comfyuis_flux_with_flow_sampling(dit, dit_file):
     assert any(k.endswith("query_norm.scale") for k in keys)
 
 
+def test_the_rope_theta_the_trainer_chose_travels_in_the_file_to_comfyuis_network(host, tmp_path):
+    from guidance_lab.tests.fixtures.dit_default_model import write_dit_file
+
+    path = write_dit_file(tmp_path / "theta.safetensors", ["--rope-theta", "100"])
+    model, _clip, _vae, _meta = load_default_model(path, "test", "weights")
+    assert model.model.diffusion_model.pe_embedder.theta == 100
+
+
 def test_the_loader_node_loads_it_by_name(dit_file, monkeypatch):
     monkeypatch.setattr(loader_module, "WEIGHTS_DIR", dit_file.parent)
     model, clip, vae = node_out(DefaultModelLoaderNode.execute(NAME))
