@@ -243,3 +243,27 @@ def test_a_time_boxed_training_run_stops_with_a_checkpoint_and_resumes_to_the_sa
         assert torch.equal(resumed["ema"][name], value), name
     for name, value in whole["unet"].items():
         assert torch.equal(resumed["unet"][name], value), name
+
+
+def test_export_writes_the_ema_weights_and_the_runs_architecture(host, tmp_path, monkeypatch):
+    """``--export`` writes the EMA weights (not the live ones) with the run's own network config,
+    RoPE theta included (it has no tensor, so a wrong one would load silently)."""
+    from safetensors.torch import load_file
+
+    from guidance_lab.guiders import training_checkpoint
+    from guidance_lab.tests.fixtures.dit_default_model import TINY_DIT_ARGS
+    from tools.training import train
+
+    monkeypatch.setattr(train, "TRAINING_CACHE", tmp_path)
+    train.main(["--run-name", "run", *TINY_DIT_ARGS, "--rope-theta", "100", "--batch-size", "2", "--steps", "3",
+                "--warmup", "1", "--lr", "1e-2", "--threads", str(torch.get_num_threads())])
+    saved = training_checkpoint.load(tmp_path / "run" / train.CHECKPOINT)
+    path = tmp_path / "run.safetensors"
+    train.main(["--run-name", "run", "--export", str(path)])
+    exported = load_file(str(path))
+    name = "final_layer.linear.weight"  # zero at init, so live and EMA differ after a step
+    ema, live = saved["ema"]["unet." + name], saved["unet"][name]
+    assert not torch.equal(ema, live)
+    assert torch.equal(exported["diffusion_model." + name], ema.half())
+    model, _clip, _vae, _meta = load_default_model(path, "test", "weights")
+    assert model.model.diffusion_model.pe_embedder.theta == 100

@@ -503,7 +503,9 @@ class Trainer:
             live = {n: p.detach().clone() for n, p in self.named_params()}
             for n, p in self.named_params():
                 p.copy_(self.ema[n])
-            sd = networks.export_state_dict(self.unet, self.text, self.text_config, self.token_ids)
+            # state_dict() shares the parameters' storage: copy before the live weights go back.
+            sd = {k: v.clone() for k, v in
+                  networks.export_state_dict(self.unet, self.text, self.text_config, self.token_ids).items()}
             for n, p in self.named_params():
                 p.copy_(live[n])
         sd = {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in sd.items()}
@@ -557,7 +559,8 @@ def main(argv=None):
         defaults = vars(parse_args([]))
         for key in ("model_channels", "res_blocks", "text_width", "text_layers", "seed", "data_seed",
                     "batch_size", "zsnr", "prediction", "shift", "channel_mult", "attention_levels",
-                    "architecture", "hidden_size", "num_heads", "depth", "depth_single", "patch_size"):
+                    "architecture", "hidden_size", "num_heads", "depth", "depth_single", "patch_size",
+                    "rope_theta"):
             setattr(args, key, saved.get(key, defaults[key]))
         trainer = Trainer(args)
         trainer.load(checkpoint)
