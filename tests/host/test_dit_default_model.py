@@ -62,6 +62,15 @@ def test_the_rope_theta_the_trainer_chose_travels_in_the_file_to_comfyuis_networ
     assert model.model.diffusion_model.pe_embedder.theta == 100
 
 
+def test_fine_tuning_from_a_file_refuses_a_run_built_with_other_network_settings(host, dit_file):
+    from guidance_lab.tests.fixtures.dit_default_model import TINY_DIT_ARGS
+    from tools.training.train import Trainer, parse_args
+
+    Trainer(parse_args(TINY_DIT_ARGS)).load_exported(dit_file)
+    with pytest.raises(SystemExit, match="theta"):
+        Trainer(parse_args([*TINY_DIT_ARGS, "--rope-theta", "100"])).load_exported(dit_file)
+
+
 def test_the_loader_node_loads_it_by_name(dit_file, monkeypatch):
     monkeypatch.setattr(loader_module, "WEIGHTS_DIR", dit_file.parent)
     model, clip, vae = node_out(DefaultModelLoaderNode.execute(NAME))

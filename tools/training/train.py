@@ -468,6 +468,13 @@ class Trainer:
         with safe_open(str(path), "pt") as f:
             sd = {k: f.get_tensor(k) for k in f.keys()}
             history = json.loads((f.metadata() or {}).get("history", "[]"))
+            stored = json.loads((f.metadata() or {}).get("unet_config", "null"))
+        # Settings without tensors (RoPE theta) would load silently into a network built otherwise.
+        differ = {k for k in set(stored or {}) | set(self.unet_config)
+                  if (stored or {}).get(k) != self.unet_config.get(k)} if stored is not None else set()
+        if differ and not text_only:
+            sys.exit(f"{path}: its network config differs from this run's in {sorted(differ)} "
+                     f"(file: { {k: stored.get(k) for k in sorted(differ)} }); pass the matching settings")
         unet = {k[len("diffusion_model."):]: v for k, v in sd.items() if k.startswith("diffusion_model.")}
         text = {k[len("text_encoder."):]: v for k, v in sd.items() if k.startswith("text_encoder.")}
         ids, rows = text.pop("token_ids"), text.pop("token_rows")
