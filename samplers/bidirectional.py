@@ -53,9 +53,10 @@ Decisions (algorithms.md, "Exact inversion at one evaluation per step"):
   In sb the steps shrink towards the data end, a_k < 1 damps that mode (on a uniform s grid,
   shift 1, a_k = (k - 1) / (k + 1)), and the inversion gain stays ~ n^2 / 2. Shifted flow
   schedules (SD3's shift 3) are not uniform in s: some weights there exceed 1 (1.15 at the
-  step after the top, 1.02-1.08 over the last five, 20 steps) and are capped like any other. At s_{k-1} = 1 (the top
-  of a full flow schedule) sb is infinite and (B-flow) tends to 0, a DDIM step that could not
-  be inverted: the one step after the top uses O-BELM's weight in s instead. BDIA's Delta is
+  step after the top, 1.02-1.08 over the last five, 20 steps) and are capped like any other.
+  At s_{k-1} = 1 (the top of a full flow schedule) sb is infinite and (B-flow) tends to 0, a
+  DDIM step that could not be inverted: the one step after the top uses O-BELM's weight in s
+  instead. BDIA's Delta is
   the DDIM increment, the same in both variables, and its gamma stays constant on the flow
   state. On eps and v-prediction models gamma weighs the VP states, not ComfyUI's (BDIA-VP
   above): with gamma constant on ComfyUI's state (until 2026-12-07) edits on the v-prediction
