@@ -153,4 +153,3 @@ def intermediate_dtype(fallback: torch.dtype) -> torch.dtype:
 
     name = "intermediate_dtype"
     return getattr(mm, name)() if hasattr(mm, name) else fallback
-

@@ -26,6 +26,9 @@ from tools.bootstrap import pack_with_host as import_pack
 from tools.paths import TRAINING_CACHE
 
 CHECKPOINT = "checkpoint.safetensors"  # tensors and settings, no pickle (guiders/training_checkpoint.py)
+# Settings of one command, not of the run: they may change when it resumes or exports.
+PER_COMMAND = ("steps", "checkpoint_every", "threads", "device", "export", "benchmark", "max_minutes",
+               "precision", "init_from", "finetune_from", "text_encoder_from")
 
 
 def parse_args(argv=None):
@@ -468,10 +471,9 @@ class Trainer:
         with safe_open(str(path), "pt") as f:
             sd = {k: f.get_tensor(k) for k in f.keys()}
             history = json.loads((f.metadata() or {}).get("history", "[]"))
-            stored = json.loads((f.metadata() or {}).get("unet_config", "null"))
+            stored = json.loads((f.metadata() or {}).get("unet_config", "null")) or self.unet_config
         # Settings without tensors (RoPE theta) would load silently into a network built otherwise.
-        differ = {k for k in set(stored or {}) | set(self.unet_config)
-                  if (stored or {}).get(k) != self.unet_config.get(k)} if stored is not None else set()
+        differ = {k for k in stored.keys() | self.unet_config.keys() if stored.get(k) != self.unet_config.get(k)}
         if differ and not text_only:
             sys.exit(f"{path}: its network config differs from this run's in {sorted(differ)} "
                      f"(file: { {k: stored.get(k) for k in sorted(differ)} }); pass the matching settings")
@@ -564,11 +566,9 @@ def main(argv=None):
 
         saved = training_checkpoint.load(checkpoint)["args"]
         defaults = vars(parse_args([]))
-        for key in ("model_channels", "res_blocks", "text_width", "text_layers", "seed", "data_seed",
-                    "batch_size", "zsnr", "prediction", "shift", "channel_mult", "attention_levels",
-                    "architecture", "hidden_size", "num_heads", "depth", "depth_single", "patch_size",
-                    "rope_theta"):
+        for key in defaults.keys() - set(PER_COMMAND):  # the run's own settings, network ones included
             setattr(args, key, saved.get(key, defaults[key]))
+        args.teacher = None  # the export needs no teacher
         trainer = Trainer(args)
         trainer.load(checkpoint)
         losses = (run_dir / "loss.jsonl").read_text().splitlines() if (run_dir / "loss.jsonl").exists() else []
@@ -608,9 +608,7 @@ def main(argv=None):
         saved = trainer.load(checkpoint)["args"]
         defaults = vars(parse_args([]))
         changed = {k: (saved.get(k, defaults[k]), v) for k, v in vars(args).items()
-                   if k not in ("steps", "checkpoint_every", "threads", "device", "export", "benchmark",
-                                "max_minutes", "precision", "init_from", "finetune_from", "text_encoder_from")
-                   and saved.get(k, defaults[k]) != (str(v) if isinstance(v, Path) else v)}
+                   if k not in PER_COMMAND and saved.get(k, defaults[k]) != (str(v) if isinstance(v, Path) else v)}
         if changed:
             sys.exit(f"checkpoint {checkpoint} was made with other settings {changed}; "
                      "use another --run-name")
