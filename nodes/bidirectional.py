@@ -32,8 +32,9 @@ def method_input() -> io.Combo.Input:
 def gamma_input(default: float, invertible: bool) -> io.Float.Input:
     use = ("BDIA's gamma, the weight of the older state (in the model's own states, as the paper writes "
            "it): strictly above 0 (inversion divides by it) and at most 1; the authors edit with 0.92-1.0, "
-           "0.8 edits best on the pack's v-prediction default model. Small values amplify rounding on the way back "
-           "(1/gamma per step). Invert and Sample must use the same value. Ignored by o_belm."
+           "0.8 edits best on the pack's v-prediction default model, 0.85 on its flow one. Small values "
+           "amplify rounding on the way back (1/gamma per step). Invert and Sample must use the same value. "
+           "Ignored by o_belm."
            if invertible else
            "BDIA's gamma, 0 to 1: 0 is DDIM, the authors sample with 0.5. Ignored by o_belm.")
     return io.Float.Input("gamma", default=default, min=0.0, max=1.0, step=0.01, round=0.001, tooltip=use)
