@@ -229,6 +229,20 @@ def test_the_trainer_blends_a_teacher_of_the_same_prediction_and_refuses_another
                             "--teacher-weight", "0.5"]))
 
 
+def test_logit_normal_noise_levels_centre_where_the_timestep_mean_puts_them(host):
+    """--timesteps logit-normal --timestep-mean m: u = sigmoid(m + n), n ~ N(0, 1), so the
+    median level is sigmoid(m) (the band the hand-off probe found the student losing shape in)."""
+    import math
+
+    from tools.training.train import parse_args, training_batch
+
+    for mean in (0.0, -0.5):
+        args = parse_args(["--timesteps", "logit-normal", "--timestep-mean", str(mean), "--batch-size", "400"])
+        u = training_batch(args, 0)[2]
+        assert abs(float(u.median()) - 1 / (1 + math.exp(-mean))) < 0.04, mean
+        assert 0 < float(u.min()) and float(u.max()) < 1
+
+
 def test_a_time_boxed_training_run_stops_with_a_checkpoint_and_resumes_to_the_same_weights(host, tmp_path,
                                                                                             monkeypatch):
     """--max-minutes stops after the step that passes the time box, with a checkpoint, and the same

@@ -72,6 +72,9 @@ def parse_args(argv=None):
                    help="training noise levels: uniform, or logit-normal (SD3's, mean 0 std 1) over the "
                         "schedule's [0, 1] position, which spends more steps on the middle levels where "
                         "shape and colour are decided")
+    p.add_argument("--timestep-mean", type=float, default=0.0,
+                   help="logit-normal only: the normal's mean m in u = sigmoid(m + n) (SD3's lognorm(m, 1)); "
+                        "below 0 moves the busiest levels lower; the median level is sigmoid(m), 0.38 at -0.5")
     p.add_argument("--channel-mult", default="1,2,2", help="UNet channel multipliers per level")
     p.add_argument("--attention-levels", type=int, default=1,
                    help="how many of the lowest-resolution levels carry a transformer (plus the middle)")
@@ -240,7 +243,7 @@ def training_batch(args, step: int):
         prompts = noisy_captions(prompts, args.caption_noise, args.seed * 1_000_003 + step + 1)
     prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
     if getattr(args, "timesteps", "uniform") == "logit-normal":
-        u = torch.sigmoid(torch.randn(b, generator=gen))
+        u = torch.sigmoid(torch.randn(b, generator=gen) + getattr(args, "timestep_mean", 0.0))
     else:
         u = torch.rand(b, generator=gen)
     noise = torch.randn(x0.shape, generator=gen)

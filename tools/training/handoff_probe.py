@@ -1,0 +1,102 @@
+"""Where along the schedule does a student default model lose shape? Hand one sampling run
+from one model to another at a chosen step and score the images.
+
+    .host/venv/bin/python -m tools.training.handoff_probe --student /tmp/dit.safetensors \
+        --teacher guidance_lab_flow32.safetensors --switch 5 10 15
+
+For every switch step k, two runs per prompt through the stock KSamplerAdvanced (euler,
+normal schedule, CFG --cfg, each model with its own text encoder): teacher for steps [0, k)
+then student for [k, steps) ("T>S"), and the reverse ("S>T"). If T>S at k scores like the
+teacher, the student's low-noise refinement is sound and its loss of shape lies above step k's
+noise level; if S>T scores like the student, its layout at high noise is already wrong. Both
+models must share the sigma schedule (checked). Prompts and scoring are evaluate.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tools.bootstrap import pack_with_host
+
+
+def load(weights: str):
+    from guidance_lab.nodes.bridge.default_model import load_default_model
+    from guidance_lab.nodes.default_model import DefaultModelLoaderNode
+
+    if "/" in weights:
+        return load_default_model(Path(weights))[:3]
+    return DefaultModelLoaderNode.execute(weights).args
+
+
+def conditioning(clip, prompts):
+    import torch
+
+    import nodes
+
+    encode = nodes.CLIPTextEncode().encode
+    conds = [encode(clip, p)[0][0] for p in prompts]
+    extra = {"pooled_output": torch.cat([c[1]["pooled_output"] for c in conds])} \
+        if all(c[1].get("pooled_output") is not None for c in conds) else {}
+    return [[torch.cat([c[0] for c in conds]), extra]], encode(clip, "")[0]
+
+
+def handoff(first, second, k, latent, args):
+    """Steps [0, k) on ``first`` (model, positive, negative), [k, steps) on ``second``."""
+    import nodes
+
+    ks = nodes.KSamplerAdvanced().sample
+    if k > 0:
+        (latent,) = ks(first[0], "enable", args.seed, args.steps, args.cfg, "euler", "normal", first[1], first[2],
+                       latent, 0, k, "enable")
+    if k < args.steps:
+        (latent,) = ks(second[0], "enable" if k == 0 else "disable", args.seed, args.steps, args.cfg, "euler",
+                       "normal", second[1], second[2], latent, k, args.steps, "disable")
+    return latent
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--student", required=True)
+    p.add_argument("--teacher", default="guidance_lab_flow32.safetensors")
+    p.add_argument("--switch", type=int, nargs="+", default=[5, 10, 15])
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=424242)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--baselines", action="store_true", help="also score each model alone (evaluate.py's CFG row)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    pack_with_host()
+    import torch
+
+    import comfy.samplers
+    from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
+    from tools.quality.shapes import label_accuracy
+    from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
+
+    torch.set_num_threads(args.threads)
+    prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS for b in BACKGROUNDS]
+    (tm, tc, vae), (sm, sc, _v) = load(args.teacher), load(args.student)
+    sigmas = [comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "normal", args.steps)
+              for m in (tm, sm)]
+    if not torch.allclose(sigmas[0], sigmas[1]):
+        raise SystemExit(f"the two models' schedules differ: {sigmas[0]} vs {sigmas[1]}")
+    teacher, student = (tm, *conditioning(tc, prompts)), (sm, *conditioning(sc, prompts))
+    latent = EmptyChromaRadianceLatentImage.execute(width=32, height=32, batch_size=len(prompts)).args[0]
+    rows = {}
+    alone = [("teacher", teacher, teacher, 0), ("student", student, student, 0)] if args.baselines else []
+    for name, first, second, k in (alone + [(f"T>S@{k}", teacher, student, k) for k in args.switch]
+                                   + [(f"S>T@{k}", student, teacher, k) for k in args.switch]):
+        import nodes
+
+        images = nodes.VAEDecode().decode(vae, handoff(first, second, k, latent, args))[0]
+        rows[name] = {"sigma_at_switch": round(float(sigmas[0][k]), 3), **label_accuracy(images, prompts)}
+        print(json.dumps({name: rows[name]}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
