@@ -50,20 +50,46 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def sample_images(model, clip, vae, prompts, cfg, args):
-    """IMAGE (N, 32, 32, 3) for the prompts at one CFG scale, through stock nodes."""
+def vocabulary_prompts(repeats: int = 1) -> list:
+    """Every shape x colour x background of the vocabulary (144), ``repeats`` times."""
+    from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
+
+    return [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
+            for b in BACKGROUNDS] * repeats
+
+
+def load_weights(weights: str):
+    """(MODEL, CLIP, VAE): a shipped file by name through the loader node, or any file by path."""
+    if "/" in weights:  # a file elsewhere (a checkpoint export under evaluation), not a shipped one
+        from guidance_lab.nodes.bridge.default_model import load_default_model
+
+        return load_default_model(Path(weights))[:3]
+    from guidance_lab.nodes.default_model import DefaultModelLoaderNode
+
+    return DefaultModelLoaderNode.execute(weights).args
+
+
+def batched_conditioning(clip, prompts):
+    """(positive, negative) for one batch, one conditioning row per prompt, the empty prompt as
+    the negative, through the stock CLIPTextEncode."""
     import torch
 
     import nodes
-    from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
 
     encode = nodes.CLIPTextEncode().encode
     conds = [encode(clip, p)[0][0] for p in prompts]
-    # One batched conditioning; the DiT's pooled text vector (Flux's modulation input) goes with it.
+    # The DiT's pooled text vector (Flux's modulation input) goes with the batch.
     extra = {"pooled_output": torch.cat([c[1]["pooled_output"] for c in conds])} \
         if all(c[1].get("pooled_output") is not None for c in conds) else {}
-    positive = [[torch.cat([c[0] for c in conds]), extra]]
-    negative = encode(clip, "")[0]
+    return [[torch.cat([c[0] for c in conds]), extra]], encode(clip, "")[0]
+
+
+def sample_images(model, clip, vae, prompts, cfg, args):
+    """IMAGE (N, 32, 32, 3) for the prompts at one CFG scale, through stock nodes."""
+    import nodes
+    from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
+
+    positive, negative = batched_conditioning(clip, prompts)
     latent = EmptyChromaRadianceLatentImage.execute(width=32, height=32, batch_size=len(prompts)).args[0]
     (out,) = nodes.KSampler().sample(model, args.seed, args.steps, cfg, args.sampler, args.scheduler,
                                      positive, negative, latent)
@@ -85,24 +111,16 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     from tools.training.dataset import make_batch
-    from guidance_lab.nodes.default_model import DefaultModelLoaderNode
     from tools.quality.shapes import label_accuracy, saturation_stats
 
     from tools.quality.metrics import scene_distance, scene_features
-    from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
 
-    if "/" in args.weights:  # a file elsewhere (a checkpoint export under evaluation), not a shipped one
-        from guidance_lab.nodes.bridge.default_model import load_default_model
-
-        model, clip, vae, _meta = load_default_model(Path(args.weights))
-    else:
-        model, clip, vae = DefaultModelLoaderNode.execute(args.weights).args
+    model, clip, vae = load_weights(args.weights)
     if args.lora is not None:
         from tools.benchmark.smooth_istd import lora_model
 
         model = lora_model(model, args.lora, args.lora_strength)
-    prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
-               for b in BACKGROUNDS] * args.repeats
+    prompts = vocabulary_prompts(args.repeats)
     real, real_prompts, _ = make_batch(args.eval_seed, 0, args.real, 32)
     real_features = scene_features(real)
     results = {"weights": args.weights, "lora": None if args.lora is None else str(args.lora),

@@ -9,7 +9,7 @@ normal schedule, CFG --cfg, each model with its own text encoder): teacher for s
 then student for [k, steps) ("T>S"), and the reverse ("S>T"). If T>S at k scores like the
 teacher, the student's low-noise refinement is sound and its loss of shape lies above step k's
 noise level; if S>T scores like the student, its layout at high noise is already wrong. Both
-models must share the sigma schedule (checked). Prompts and scoring are evaluate.py's.
+models must share the sigma schedule (checked). Prompts, loading and scoring are evaluate.py's.
 """
 
 from __future__ import annotations
@@ -19,27 +19,6 @@ import json
 from pathlib import Path
 
 from tools.bootstrap import pack_with_host
-
-
-def load(weights: str):
-    from guidance_lab.nodes.bridge.default_model import load_default_model
-    from guidance_lab.nodes.default_model import DefaultModelLoaderNode
-
-    if "/" in weights:
-        return load_default_model(Path(weights))[:3]
-    return DefaultModelLoaderNode.execute(weights).args
-
-
-def conditioning(clip, prompts):
-    import torch
-
-    import nodes
-
-    encode = nodes.CLIPTextEncode().encode
-    conds = [encode(clip, p)[0][0] for p in prompts]
-    extra = {"pooled_output": torch.cat([c[1]["pooled_output"] for c in conds])} \
-        if all(c[1].get("pooled_output") is not None for c in conds) else {}
-    return [[torch.cat([c[0] for c in conds]), extra]], encode(clip, "")[0]
 
 
 def handoff(first, second, k, latent, args):
@@ -72,25 +51,24 @@ def main(argv=None):
     import torch
 
     import comfy.samplers
+    import nodes
     from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
     from tools.quality.shapes import label_accuracy
-    from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
+    from tools.training.evaluate import batched_conditioning, load_weights, vocabulary_prompts
 
     torch.set_num_threads(args.threads)
-    prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS for b in BACKGROUNDS]
-    (tm, tc, vae), (sm, sc, _v) = load(args.teacher), load(args.student)
+    prompts = vocabulary_prompts()
+    (tm, tc, vae), (sm, sc, _v) = load_weights(args.teacher), load_weights(args.student)
     sigmas = [comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "normal", args.steps)
               for m in (tm, sm)]
     if not torch.allclose(sigmas[0], sigmas[1]):
         raise SystemExit(f"the two models' schedules differ: {sigmas[0]} vs {sigmas[1]}")
-    teacher, student = (tm, *conditioning(tc, prompts)), (sm, *conditioning(sc, prompts))
+    teacher, student = (tm, *batched_conditioning(tc, prompts)), (sm, *batched_conditioning(sc, prompts))
     latent = EmptyChromaRadianceLatentImage.execute(width=32, height=32, batch_size=len(prompts)).args[0]
     rows = {}
     alone = [("teacher", teacher, teacher, 0), ("student", student, student, 0)] if args.baselines else []
     for name, first, second, k in (alone + [(f"T>S@{k}", teacher, student, k) for k in args.switch]
                                    + [(f"S>T@{k}", student, teacher, k) for k in args.switch]):
-        import nodes
-
         images = nodes.VAEDecode().decode(vae, handoff(first, second, k, latent, args))[0]
         rows[name] = {"sigma_at_switch": round(float(sigmas[0][k]), 3), **label_accuracy(images, prompts)}
         print(json.dumps({name: rows[name]}), flush=True)
