@@ -7,6 +7,6 @@ packages ``guiders`` and ``samplers`` import without a host.
 
 
 async def comfy_entrypoint():
-    from .nodes import GuidanceLabExtension
+    from .nodes.extension import GuidanceLabExtension
 
     return GuidanceLabExtension()

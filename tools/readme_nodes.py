@@ -28,7 +28,7 @@ def _input_label(spec) -> str:
 def node_schemas() -> list:
     import_pack()
     ensure_host_importable()
-    from guidance_lab.nodes import NODES
+    from guidance_lab.nodes.extension import NODES
 
     return [node.define_schema() for node in NODES]
 

@@ -214,7 +214,7 @@ def test_generated_bad_inputs_are_refused_naming_the_node(server, sd15_checkpoin
     coefficients = "".join(entry["outputs"]["17"]["text"]).split("saved ", 1)[1].split(":", 1)[0]
     plant_files(server, server.output_dir / coefficients)
 
-    # Every pack node (nodes.NODES is the one list of them), in a graph that runs unchanged.
+    # Every pack node (nodes.extension.NODES is the one list of them), in a graph that runs unchanged.
     valid = {c: valid_graph(info, c, ckpt, coefficients) for c in sorted(pack_node_ids())}
     for class_type, graph in valid.items():
         if class_type not in NO_BASELINE:

@@ -13,11 +13,11 @@ SIZE, STEPS = 64, 4
 
 
 def pack_node_ids() -> set:
-    """The ids of the pack's node list (nodes.NODES), the one registry of its nodes."""
+    """The ids of the pack's node list (nodes.extension.NODES), the one registry of its nodes."""
     from tools.bootstrap import ensure_host_importable
 
     ensure_host_importable()
-    from guidance_lab.nodes import NODES
+    from guidance_lab.nodes.extension import NODES
 
     return {node.define_schema().node_id for node in NODES}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from guidance_lab.guiders.agd import AdapterConfig, AdapterSet, adapter_file
-from guidance_lab.nodes import NODES
+from guidance_lab.nodes.extension import NODES
 from guidance_lab.nodes.agd import AGDAdapterLoaderNode, AGDGuiderNode
 from guidance_lab.nodes.default_model import DefaultModelLoaderNode
 from guidance_lab.nodes.validation import NodeInputError

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from guidance_lab.nodes.bridge.default_model import WeightsError, load_default_model
-from guidance_lab.nodes import NODES
+from guidance_lab.nodes.extension import NODES
 from guidance_lab.nodes import default_model as loader_module
 from guidance_lab.default_model import FLOW32, SHIPPED as SHIPPED_NAMES, VPRED32
 from guidance_lab.nodes.default_model import DEFAULT_WEIGHTS, WEIGHTS_DIR, DefaultModelLoaderNode

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from guidance_lab.default_model import FLOW32
-from guidance_lab.nodes import NODES
+from guidance_lab.nodes.extension import NODES
 from guidance_lab.nodes.cfg import CFGGuiderNode
 from guidance_lab.nodes.default_model import DefaultModelLoaderNode
 from guidance_lab.nodes.hallucination import HallucinationFilterNode, HallucinationScoreNode

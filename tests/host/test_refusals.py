@@ -52,7 +52,7 @@ def test_smooth_lora_loader_on_wan_blames_the_layout_not_the_lora(loras):
 
 
 def test_json_booleans_for_number_inputs_become_refusals():
-    from guidance_lab.nodes import NODES
+    from guidance_lab.nodes.extension import NODES
     from guidance_lab.nodes.bridge.prompt_checks import number_inputs, refuse_booleans
 
     table = number_inputs(NODES)

@@ -28,7 +28,7 @@ from tools.paths import TRAINING_CACHE
 CHECKPOINT = "checkpoint.safetensors"  # tensors and settings, no pickle (guiders/training_checkpoint.py)
 # Settings of one command, not of the run: they may change when it resumes or exports.
 PER_COMMAND = ("steps", "checkpoint_every", "threads", "device", "export", "benchmark", "max_minutes",
-               "precision", "init_from", "finetune_from", "text_encoder_from")
+               "precision", "init_from", "finetune_from", "text_encoder_from", "loader_workers")
 
 
 def parse_args(argv=None):
@@ -103,6 +103,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu",
                    help="where the networks train (cpu, cuda, cuda:1 ...); batches are drawn on the CPU from "
                         "the same seeds and moved, so a run may change device when it resumes")
+    p.add_argument("--loader-workers", type=int, default=0, metavar="N",
+                   help="draw the next batches in N worker processes while the network trains (the same "
+                        "batches, in order): on a GPU, rendering a large batch on one core takes longer "
+                        "than the step; 0 draws each batch in the training process")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                    help="autocast of the forward pass (weights and optimizer stay fp32); bf16 is "
                         "about 1.5x faster on CPUs with AVX512-BF16")
@@ -250,6 +254,36 @@ def training_batch(args, step: int):
     return x0, prompts, u, noise
 
 
+class BatchPrefetcher:
+    """``training_batch(args, step)`` for consecutive steps, drawn ahead by worker processes.
+    At most ``depth`` batches wait at a time: a queue that ran freely ahead of a slow
+    training step would hold the whole run in memory."""
+
+    def __init__(self, args, first_step: int, workers: int, depth: int | None = None):
+        import collections
+        import multiprocessing
+
+        # spawn, not fork: the training process may hold a CUDA context, which a fork cannot share.
+        self.pool = multiprocessing.get_context("spawn").Pool(workers)
+        self.args, self.next_step, self.depth = args, first_step, depth or 2 * workers
+        self.pending = collections.deque()
+
+    def take(self, step: int):
+        # By its module's name: under ``python -m`` this file is __main__, which a spawned worker lacks.
+        from tools.training.train import training_batch as draw
+
+        while len(self.pending) < self.depth and self.next_step < self.args.steps:
+            self.pending.append((self.next_step, self.pool.apply_async(draw, (self.args, self.next_step))))
+            self.next_step += 1
+        drawn, result = self.pending.popleft()
+        if drawn != step:
+            raise RuntimeError(f"prefetched batch {drawn} where step {step} was asked for")
+        return result.get()
+
+    def close(self):
+        self.pool.terminate()
+
+
 def noised_inputs(prediction: str, acp, x0, u, noise):
     """(x_t, UNet timesteps, training target, alpha, sigma) for noise level u, with
     x_t = alpha * x0 + sigma * noise (alpha, sigma shaped (N, 1, 1, 1)).
@@ -341,6 +375,7 @@ class Trainer:
                                      lr=args.lr, betas=(0.9, 0.99))
         self.ema = {n: p.detach().clone() for n, p in self.named_params()}
         self.teacher = None
+        self.prefetcher = None  # a BatchPrefetcher when main() is given --loader-workers
         if getattr(args, "teacher", None) and getattr(args, "teacher_weight", 0.0) > 0:
             self.teacher = load_teacher(Path(args.teacher), str(self.device))
             if self.teacher.args.prediction != args.prediction:
@@ -362,6 +397,8 @@ class Trainer:
 
     def batch(self, step):
         """Images as latents in [-1, 1], prompts (with dropout), noise and timesteps of batch ``step``."""
+        if self.prefetcher is not None:
+            return self.prefetcher.take(step)
         return training_batch(self.args, step)
 
     def lr_at(self, step):
@@ -628,6 +665,8 @@ def main(argv=None):
                                               f"{torch.get_num_threads()} threads")})
     from tqdm import tqdm
 
+    if args.loader_workers > 0:
+        trainer.prefetcher = BatchPrefetcher(args, trainer.step, args.loader_workers)
     log = open(run_dir / "loss.jsonl", "a")
     bar = tqdm(total=args.steps, initial=trainer.step, desc=args.run_name, mininterval=5)
     window, started = [], time.perf_counter()
@@ -649,6 +688,8 @@ def main(argv=None):
         if out_of_time:
             break
     bar.close()
+    if trainer.prefetcher is not None:
+        trainer.prefetcher.close()
     done = ("done" if trainer.step >= args.steps
             else f"time box of {args.max_minutes:g} min reached, checkpoint saved")
     print(f"{done}: step {trainer.step} of {args.steps}, {time.perf_counter() - started:.0f} s", flush=True)
