@@ -41,6 +41,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ...guiders.agd import AdapterSet, AGDPolicy, block_name
 from ...guiders.agd.policy import RUN_KEY
@@ -284,6 +285,28 @@ class _Conditioning:
         return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 
 
+def bound_now(fn):
+    """``fn`` with the variables its closure reads fixed at their present values: a copy of the
+    function over new cells, so later assignments in the scope that made it do not reach it."""
+    import types
+
+    if not isinstance(fn, types.FunctionType) or not fn.__closure__:
+        return fn
+    cells = []
+    for cell in fn.__closure__:
+        try:
+            cells.append(types.CellType(cell.cell_contents))
+        except ValueError:  # a variable not assigned yet stays unassigned
+            cells.append(types.CellType())
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(cells))
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
+
+
+def _unchanged(tensor):
+    return tensor
+
+
 class _BlockOffset:
     """A ``patches_replace["dit"]`` entry: the block (or the replacement that was there), then
     the adapter's offset added to the hidden states it returns."""
@@ -294,24 +317,35 @@ class _BlockOffset:
         self.previous = previous
 
     def _block(self, args, extra):
-        call = (lambda a: self.previous(a, extra)) if self.previous is not None else extra["original_block"]
         streams = [k for k in ("img", "txt") if isinstance(args.get(k), torch.Tensor)]
         if not (torch.is_grad_enabled() and any(args[k].requires_grad for k in streams)):
-            return call(args)
-        # Training: gradients reach the adapters of earlier blocks through this one, and ComfyUI's
-        # blocks add to their inputs in place (Flux: ``x += ...`` after normalising x), which
-        # autograd refuses. The block runs on copies of its streams, recomputed in backward.
-        from torch.utils.checkpoint import checkpoint
-
-        # The recomputation in backward sees the options as they were at this block (the model's
-        # forward keeps writing block_index into its dict).
+            return self._call(args, extra)
+        # Training: gradients reach the adapters of earlier blocks through this one, so backward
+        # needs the block's activations. They are not kept but made again in backward (activation
+        # checkpointing), from copies of the block's inputs, with the options as they were here
+        # (the model's forward keeps writing block_index into its dict), and with the block that
+        # ran: ComfyUI's ``original_block`` is a closure over its forward loop's variable (``block``
+        # in Flux and Wan, ``i`` in MMDiT), which names the last block by the time backward runs.
+        # ComfyUI's blocks write to tensors autograd has saved (Flux: ``img += ...`` after
+        # ``img_norm2(img)`` saved img), which a recomputation does not see as a plain backward
+        # would; so the recomputation saves copies (reentrant checkpointing runs it as an ordinary
+        # forward, which the copying hook reaches).
+        extra = {**extra, "original_block": bound_now(extra["original_block"])}
         frozen = {**args, **({"transformer_options": dict(args["transformer_options"])}
                              if isinstance(args.get("transformer_options"), dict) else {})}
+        keys = []
 
         def run(*tensors):
-            return call({**frozen, **{k: t.clone() for k, t in zip(streams, tensors)}})
+            with torch.autograd.graph.saved_tensors_hooks(torch.clone, _unchanged):
+                out = self._call({**frozen, **{k: t.clone() for k, t in zip(streams, tensors)}}, extra)
+            keys[:] = list(out)
+            return tuple(out[k] for k in keys)
 
-        return checkpoint(run, *(args[k] for k in streams), use_reentrant=False)
+        values = checkpoint(run, *(args[k] for k in streams), use_reentrant=True)
+        return dict(zip(keys, values))
+
+    def _call(self, args, extra):
+        return self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
 
     def __call__(self, args, extra):
         out = self._block(args, extra)

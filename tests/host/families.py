@@ -74,10 +74,16 @@ def _conditioning(spec, seed: int) -> list:
     return [[torch.randn(1, tokens, width, generator=g), options]]
 
 
+# The config entries that set how many transformer blocks a family has (SD3's width grows with it).
+_BLOCK_COUNTS = {"sd3": ("depth",), "flux": ("depth", "depth_single_blocks"), "wan": ("num_layers",),
+                 "lumina2": ("n_layers",)}
+
+
 @functools.lru_cache(maxsize=None)
-def tiny_model(name: str):
-    """(MODEL, positive, negative) of a tiny random-weight ``name`` model (see ``FAMILIES``).
-    Shared within a test session: tests that patch it clone it first."""
+def tiny_model(name: str, blocks: int = 0):
+    """(MODEL, positive, negative) of a tiny random-weight ``name`` model (see ``FAMILIES``),
+    with ``blocks`` blocks of each kind where given. Shared within a test session: tests that
+    patch it clone it first."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
@@ -85,6 +91,12 @@ def tiny_model(name: str):
     from guidance_lab.nodes.bridge.compat import flux_network_kwargs
 
     spec = _SPECS[name]
+    if blocks:
+        config = {**spec[1], **{key: blocks for key in _BLOCK_COUNTS[name]}}
+        if name == "sd3":  # MMDiT's width is 64 per block: the text projection follows it
+            config["context_embedder_config"] = {"target": "torch.nn.Linear",
+                                                 "params": {"in_features": 32, "out_features": 64 * blocks}}
+        spec = (spec[0], config, *spec[2:])
     # Flux's parameters differ between hosts (0.33 requires txt_ids_dims): the pack's seam.
     unet_config = flux_network_kwargs(spec[1]) if spec[1].get("image_model") == "flux" else dict(spec[1])
     config = getattr(comfy.supported_models, spec[0])(unet_config)

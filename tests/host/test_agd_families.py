@@ -447,3 +447,83 @@ def test_prompts_of_different_lengths_train_each_as_the_encoder_gave_it(models, 
             own = {k: (v[0] if isinstance(v, tuple) else v) for k, v in own.items()}
             alone = adapted_call(model, agd, x[i:i + 1], sigma[i:i + 1], context[i:i + 1, :length], scale[i:i + 1], own)
             assert torch.allclose(together[i:i + 1], alone, atol=1e-5)
+
+
+# The transformer blocks ComfyUI's patches_replace["dit"] reaches, per family.
+BLOCK_LISTS = {"sd3": ("joint_blocks",), "flux": ("double_blocks", "single_blocks"), "wan": ("blocks",)}
+
+
+@pytest.mark.parametrize("name", ("sd3", "flux", "wan"))
+def test_training_recomputes_each_block_not_the_last_one(host, name, monkeypatch):
+    """In training the blocks are recomputed in backward (activation checkpointing). Each
+    recomputation must run the block it stands for (ComfyUI's block wrapper is a closure over
+    its forward loop's variable, which names the last block by then) and see the values the
+    block saw, though ComfyUI's blocks write in place to tensors autograd saved: the adapters'
+    gradients are those of a backward through copies of the saved activations, and the slope of
+    the loss along a direction of one early adapter's weights is the finite difference's."""
+    import guidance_lab.nodes.bridge.agd as bridge
+    from guidance_lab.nodes.bridge.agd import AGDAdapters, adapted_call
+    from guidance_lab.nodes.bridge.agd_training import training_copy
+    from guidance_lab.nodes.bridge.compat import training_mode
+
+    model, positive, _negative = tiny_model(name, blocks=3)
+    model = training_copy(model)
+    model.model.requires_grad_(False)  # frozen, as the trainer holds it
+    adapters = adapters_for(model, trained=True)
+    agd = AGDAdapters(adapters, (1.0, 8.0), "", architecture={"sd3": "mmdit"}.get(name, name),
+                      model_sampling=model.get_model_object("model_sampling"))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn((2, *FAMILIES[name]), generator=g)
+    sigma, scale = torch.tensor([0.8, 0.4]), torch.tensor([3.0, 6.0])
+    context = positive[0][0].repeat(2, 1, 1)
+    pooled = positive[0][1].get("pooled_output")
+    extras = {} if pooled is None else {"y": pooled.repeat(2, 1)}
+    network = model.model.diffusion_model
+    blocks = [block for attr in BLOCK_LISTS[name] for block in getattr(network, attr)]
+    runs = {id(block): 0 for block in blocks}
+    hooks = [block.register_forward_pre_hook(lambda module, _args: runs.__setitem__(id(module), runs[id(module)] + 1))
+             for block in blocks]
+
+    def loss():
+        return adapted_call(model, agd, x, sigma, context, scale, extras).double().square().mean()
+
+    def gradients():
+        adapters.zero_grad(set_to_none=True)
+        with training_mode():  # as the trainer's loop (0.33's Flux RoPE has a backward only then)
+            loss().backward()
+        return {n: p.grad.clone() for n, p in adapters.named_parameters() if p.grad is not None}
+
+    try:
+        recomputed = gradients()
+        # Once forward, once more in backward, but the first: its input needs no gradient (no
+        # adapter before it), so it is not recomputed.
+        assert [runs[id(b)] for b in blocks] == [1] + [2] * (len(blocks) - 1)
+        monkeypatch.setattr(bridge, "checkpoint", lambda fn, *tensors, **_kw: fn(*tensors))
+        with torch.autograd.graph.saved_tensors_hooks(torch.clone, lambda t: t):
+            kept = gradients()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert recomputed.keys() == kept.keys() and len(kept) == len(list(adapters.parameters()))
+    for key in kept:
+        torch.testing.assert_close(recomputed[key], kept[key], atol=1e-7, rtol=1e-5)
+    first = [(n, p) for n, p in adapters.named_parameters() if n.split(".")[1] == adapter_names(adapters)[0]]
+    direction = {n: torch.randn(p.shape, generator=g) for n, p in first}
+    slope = sum((recomputed[n].double() * direction[n]).sum() for n, _ in first).item()
+
+    def moved(eps):
+        with torch.no_grad():
+            for n, p in first:
+                p.add_(eps * direction[n])
+            value = loss().item()
+            for n, p in first:
+                p.sub_(eps * direction[n])
+        return value
+
+    eps = 2e-3
+    assert abs((moved(eps) - moved(-eps)) / (2 * eps) - slope) <= 5e-4 * abs(slope)
+
+
+def adapter_names(adapters) -> list:
+    """The adapters' block names in the order the network runs them."""
+    return list(dict.fromkeys(n.split(".")[1] for n, _p in adapters.named_parameters()))
