@@ -38,6 +38,7 @@ and the model is the base model.
 
 from __future__ import annotations
 
+import types
 from typing import Optional
 
 import torch
@@ -288,8 +289,6 @@ class _Conditioning:
 def bound_now(fn):
     """``fn`` with the variables its closure reads fixed at their present values: a copy of the
     function over new cells, so later assignments in the scope that made it do not reach it."""
-    import types
-
     if not isinstance(fn, types.FunctionType) or not fn.__closure__:
         return fn
     cells = []

@@ -45,12 +45,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _vocabulary() -> list:
-    from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
-
-    return [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS for b in BACKGROUNDS]
-
-
 def lora_model(model, lora, strength: float = 1.0):
     """The MODEL with the Smooth-LoRA file applied at ``strength`` by the pack's loader code; refuses a
     file with layers the model lacks (a measurement must not silently run with part of a LoRA)."""
@@ -104,7 +98,9 @@ def istd_study(weights, lora=None, n_pairs: int = 20, frames: int = 16, **option
     variants = {"base": model}
     if lora is not None:
         variants["lora"] = lora_model(model, lora, args.strength)
-    vocabulary = _vocabulary()
+    from tools.training.dataset import vocabulary_prompts
+
+    vocabulary = vocabulary_prompts()
     results = {name: {"istd": [], "mean_distance": []} for name in variants}
     strip = {}
     for k in range(n_pairs):

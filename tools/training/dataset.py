@@ -69,6 +69,11 @@ def prompt_of(shape: str, colour: str, background: str) -> str:
     return f"{_article(colour)} {colour} {shape} on {_article(background)} {background} background"
 
 
+def vocabulary_prompts() -> list:
+    """Every shape x colour x background prompt of the vocabulary (144), in that order."""
+    return [prompt_of(s, c, b) for s in SHAPES for c in COLOURS for b in BACKGROUNDS]
+
+
 def prompt_for(scene: Scene) -> str:
     """The prompt describing a scene."""
     return prompt_of(scene.shape, scene.colour, scene.background)

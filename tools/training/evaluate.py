@@ -50,14 +50,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def vocabulary_prompts(repeats: int = 1) -> list:
-    """Every shape x colour x background of the vocabulary (144), ``repeats`` times."""
-    from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
-
-    return [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
-            for b in BACKGROUNDS] * repeats
-
-
 def load_weights(weights: str):
     """(MODEL, CLIP, VAE): a shipped file by name through the loader node, or any file by path."""
     if "/" in weights:  # a file elsewhere (a checkpoint export under evaluation), not a shipped one
@@ -120,7 +112,9 @@ def main(argv=None):
         from tools.benchmark.smooth_istd import lora_model
 
         model = lora_model(model, args.lora, args.lora_strength)
-    prompts = vocabulary_prompts(args.repeats)
+    from tools.training.dataset import vocabulary_prompts
+
+    prompts = vocabulary_prompts() * args.repeats
     real, real_prompts, _ = make_batch(args.eval_seed, 0, args.real, 32)
     real_features = scene_features(real)
     results = {"weights": args.weights, "lora": None if args.lora is None else str(args.lora),

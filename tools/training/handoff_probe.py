@@ -54,7 +54,8 @@ def main(argv=None):
     import nodes
     from comfy_extras.nodes_chroma_radiance import EmptyChromaRadianceLatentImage
     from tools.quality.shapes import label_accuracy
-    from tools.training.evaluate import batched_conditioning, load_weights, vocabulary_prompts
+    from tools.training.dataset import vocabulary_prompts
+    from tools.training.evaluate import batched_conditioning, load_weights
 
     torch.set_num_threads(args.threads)
     prompts = vocabulary_prompts()

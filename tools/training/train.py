@@ -210,7 +210,7 @@ def noisy_captions(prompts: list, share: float, seed: int) -> list:
     (its own generator, so runs without caption noise keep their random streams)."""
     import numpy as np
 
-    from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, parse_prompt, prompt_for
+    from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, parse_prompt, prompt_of
 
     rng = np.random.default_rng([seed, 7])
     out = []
@@ -225,7 +225,7 @@ def noisy_captions(prompts: list, share: float, seed: int) -> list:
                 colour = pick(list(COLOURS), colour)
             else:
                 background = pick(list(BACKGROUNDS), background)
-        out.append(prompt_for(Scene(shape, colour, background, (16, 16), 16, 0)))
+        out.append(prompt_of(shape, colour, background))
     return out
 
 
@@ -333,7 +333,7 @@ class Trainer:
 
         from guidance_lab.nodes.bridge import default_model as dm
         from tools.training import networks
-        from tools.training.dataset import BACKGROUNDS, COLOURS, SHAPES, Scene, prompt_for
+        from tools.training.dataset import vocabulary_prompts
 
         self.args, self.dm, self.torch = args, dm, torch
         self.unet_config, self.text_config = configs(args)
@@ -361,9 +361,7 @@ class Trainer:
         self.unet.to(self.device)
         self.text.to(self.device)
         self.tokenizer = dm.ShapesTokenizer()
-        prompts = [prompt_for(Scene(s, c, b, (16, 16), 16, 0)) for s in SHAPES for c in COLOURS
-                   for b in BACKGROUNDS]
-        self.token_ids = networks.dataset_token_ids(self.tokenizer, prompts + [""])
+        self.token_ids = networks.dataset_token_ids(self.tokenizer, vocabulary_prompts() + [""])
         self._tokens = {}
         self.acp = alphas_cumprod(getattr(args, 'zsnr', False))
 
