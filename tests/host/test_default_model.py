@@ -8,7 +8,7 @@ import torch
 from guidance_lab.nodes.bridge.default_model import WeightsError, load_default_model
 from guidance_lab.nodes.extension import NODES
 from guidance_lab.nodes import default_model as loader_module
-from guidance_lab.default_model import FLOW32, SHIPPED as SHIPPED_NAMES, VPRED32
+from guidance_lab.default_model import DIT32, FLOW32, SHIPPED as SHIPPED_NAMES, VPRED32
 from guidance_lab.nodes.default_model import DEFAULT_WEIGHTS, WEIGHTS_DIR, DefaultModelLoaderNode
 from guidance_lab.nodes.validation import NodeInputError
 
@@ -21,7 +21,7 @@ SHIPPED = WEIGHTS_DIR / VPRED32  # the eps-family file, for the metadata tests
 
 @pytest.fixture(scope="module", params=SHIPPED_NAMES)
 def default_model(host, request):
-    """Each shipped default model in turn (flow and eps family)."""
+    """Each shipped default model in turn (flow UNet, eps-family UNet, flow DiT)."""
     return node_out(DefaultModelLoaderNode.execute(request.param))
 
 
@@ -47,8 +47,10 @@ def test_shipped_files_are_small_and_record_their_training():
         assert 0 < config["p_uncond"] < 1  # prompt dropout: the unconditional prediction is trained
         history = json.loads(meta["history"])  # every command that trained it, with its hardware
         assert history and all("hardware" in h for h in history if "run" in h)
-        families[name] = (meta["family"], meta["prediction"], json.loads(meta["sampling_settings"]))
-    assert families[FLOW32][:2] == ("flow", "flow")
+        families[name] = (meta["family"], meta["prediction"], json.loads(meta["sampling_settings"]),
+                          meta["architecture"])
+    assert families[FLOW32][:2] == ("flow", "flow") and families[FLOW32][3] == "unet"
+    assert families[DIT32][:2] == ("flow", "flow") and families[DIT32][3] == "flux"
     assert families[VPRED32][:2] == ("eps", "v") and families[VPRED32][2]["zsnr"] is True
 
 

@@ -137,6 +137,9 @@ TUNED_ONE_EVALUATION: dict = {
     "guidance_lab_vpred32": {"bdia": EditSettings(edit_cfg=8.0, edit_negative="source", gamma=0.8),
                              "o_belm": EditSettings(edit_cfg=6.0)},
 }
+# Not tuned on the DiT default model yet: it runs the flow UNet's, its family's best prior.
+TUNED["guidance_lab_dit32"] = TUNED["guidance_lab_flow32"]
+TUNED_ONE_EVALUATION["guidance_lab_dit32"] = TUNED_ONE_EVALUATION["guidance_lab_flow32"]
 
 
 def settings_for(weights: str, method: str = "edict") -> EditSettings:
