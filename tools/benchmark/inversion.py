@@ -137,9 +137,11 @@ TUNED_ONE_EVALUATION: dict = {
     "guidance_lab_vpred32": {"bdia": EditSettings(edit_cfg=8.0, edit_negative="source", gamma=0.8),
                              "o_belm": EditSettings(edit_cfg=6.0)},
 }
-# Not tuned on the DiT default model yet: it runs the flow UNet's, its family's best prior.
-TUNED["guidance_lab_dit32"] = TUNED["guidance_lab_flow32"]
-TUNED_ONE_EVALUATION["guidance_lab_dit32"] = TUNED_ONE_EVALUATION["guidance_lab_flow32"]
+# Models not tuned yet, each running another model's settings: the DiT the flow UNet's, its
+# family's best prior.
+BORROWED = {"guidance_lab_dit32": "guidance_lab_flow32"}
+for _model, _source in BORROWED.items():
+    TUNED[_model], TUNED_ONE_EVALUATION[_model] = TUNED[_source], TUNED_ONE_EVALUATION[_source]
 
 
 def settings_for(weights: str, method: str = "edict") -> EditSettings:
@@ -391,8 +393,11 @@ def _share(summary: dict, method: str, key: str) -> str:
     return f"{summary['success'][method][key]:.0%} ({lo:.0%}-{hi:.0%})"
 
 
-def markdown(summary: dict) -> str:
+def markdown(summary: dict, weights: str = "") -> str:
     s, methods = summary, _methods(summary)
+    source = BORROWED.get(weights.removesuffix(".safetensors"))
+    tuned = (f"borrowed from {source}, tuned there with tune_inversion.py (not tuned on this model yet)" if source
+             else "tuned per model on other pairs with tune_inversion.py")
     kinds = [r["pair"]["changes"] for r in s.get("rows", [])]
     mix = (f"{kinds.count('colour')} recolour, {kinds.count('shape')} reshape" if kinds
            else "recolour and reshape alternately")
@@ -401,8 +406,7 @@ def markdown(summary: dict) -> str:
         f"made (KSampler, CFG {SOURCE_CFG:g}); each inverted under the {s['inversion_prompt']} prompt at CFG "
         f"{s['cfg']:g} and re-sampled under the edit prompt, {s['steps']} steps ({s['scheduler']} schedule), "
         f"{', '.join(LABELS[m] for m in methods if m != 'ddim')} beside DDIM inversion + SamplerCustom (or "
-        "SamplerCustomAdvanced for APG) at EDICT's settings; each method's edit settings (last column) "
-        "tuned per model on other pairs with tune_inversion.py.",
+        f"SamplerCustomAdvanced for APG) at EDICT's settings; each method's edit settings (last column) {tuned}.",
         "",
         "| inversion | edit lands (95% CI) | rest kept (95% CI) | both (95% CI) | reconstruction PSNR (dB, median) "
         "| time / DDIM's (median of pairs, IQR) | settings |",

@@ -105,6 +105,11 @@ def pack_apg(cfg: float):
     return build
 
 
+def is_tuned(weights: str) -> bool:
+    """Whether tune.py chose AG's and LinearAG's settings for the default model ``weights``."""
+    return weights.removesuffix(".safetensors") in TUNED
+
+
 def tuned(weights: str) -> dict:
     """AG's and LinearAG's settings for the default model ``weights`` (a file name)."""
     return {"ag": AG, "linear_ag": LINEAR_AG, **TUNED.get(weights.removesuffix(".safetensors"), {})}

@@ -17,7 +17,7 @@ from ..quality.metrics import SCENE_FEATURES, distance_to_reference, diversity, 
 from ..quality.shapes import analyse_batch, label_accuracy, saturation_stats
 from ..training.dataset import parse_prompt
 from . import stats
-from .methods import BASELINE, CFG, METHODS
+from .methods import BASELINE, CFG, METHODS, is_tuned
 
 COLUMNS = [  # (key, heading, format)
     ("nfe_per_image", "NFE / image", "{:.1f}"),
@@ -150,8 +150,9 @@ def markdown(rows: dict, dataset: dict, checks: list, meta: dict) -> str:
         f"{meta['steps']} steps, euler, normal schedule, default model `{meta['weights']}`, "
         f"through ComfyUI {meta['comfyui']} over HTTP on {meta['machine']}, {meta['date']}; the run took "
         f"{meta['wall_seconds']:.0f} s.",
-        "AG and LinearAG settings for this model (tools/benchmark/tune.py, on prompts and seeds not "
-        f"scored here): AG {json.dumps(meta['settings'].get('ag'))}, LinearAG "
+        ("AG and LinearAG settings for this model (tools/benchmark/tune.py, on prompts and seeds not scored "
+         "here): " if is_tuned(meta["weights"]) else "AG and LinearAG settings: the defaults (not tuned on this "
+         "model yet): ") + f"AG {json.dumps(meta['settings'].get('ag'))}, LinearAG "
         f"{json.dumps(meta['settings'].get('linear_ag'))}.",
         "† ComfyUI's own samplers are not instrumented: NFE by construction (2 per step at CFG > 1, 1 at CFG 1; "
         "a KSamplerAdvanced switch row: 2 per guided step, 1 per step after it).",
@@ -262,7 +263,7 @@ def write_tables(out: Path, stored: dict) -> str:
     checks = targets(rows, data_row, timing) + (inv.targets(inversion) if inversion else [])
     table = markdown(rows, data_row, checks, meta)
     if inversion:
-        table += "\n" + inv.markdown(inversion) + "\n"
+        table += "\n" + inv.markdown(inversion, meta["weights"]) + "\n"
     (out / "results.md").write_text(f"# Guidance benchmark ({meta['date']})\n\n"
                                     "`make benchmark` (tools/benchmark/guidance_benchmark.py)\n\n" + table)
     stored["targets"] = [{"target": n, "verdict": v, "met": v == stats.MET, "measured": m} for n, v, m in checks]
