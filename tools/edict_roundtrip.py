@@ -9,7 +9,7 @@ at 50 steps, and how the error grows with the steps, the mixing weight p and a f
 By default the test fixture (a tiny random-weight SD1.5-family model, built by the host
 tests into the fixture cache) on the CPU, about an hour on two shared cores: the numbers
 say how exact the arithmetic is, not how good an edit looks. ``--default-models`` prints the
-round-trip table for the pack's two trained default models instead (each in its own family,
+round-trip table for the pack's trained default models instead (each in its own family,
 on images the model made, encoded by its VAE; a few minutes).
 """
 
