@@ -223,9 +223,9 @@ def test_scoring_prompts_leave_out_what_the_tuning_saw():
     assert scoring_prompts(5, args.eval_seed, ()) == scoring_prompts(5, args.eval_seed, ())
 
 
-def test_update_rows_replaces_only_the_rows_it_ran(tmp_path, monkeypatch):
-    """--methods X --update-rows: X runs in a scratch folder with its references and replaces X in
-    the stored results; every other row, the timing and the inversion stay as they were."""
+def _update_rows(tmp_path, monkeypatch, stored_results: dict, fresh_results: dict, methods: list) -> tuple:
+    """Run update_rows over ``stored_results`` with the inner run faked to write ``fresh_results``;
+    returns the inner run's command line and the stored results afterwards."""
     from pathlib import Path
 
     from tools.benchmark import guidance_benchmark as gb
@@ -233,31 +233,53 @@ def test_update_rows_replaces_only_the_rows_it_ran(tmp_path, monkeypatch):
 
     stored = tmp_path / "stored"
     stored.mkdir()
-    (stored / "results.json").write_text(json.dumps({
-        "meta": {"weights": "w.safetensors"}, "inversion": {"kept": 1},
-        "methods": {"o_belm": {"adherence": 0.8}, "comfy_cfg": {"adherence": 0.9}, "apg": {"adherence": 0.7}}}))
+    (stored / "results.json").write_text(json.dumps(stored_results))
     ran = []
 
     def fake_main(argv):
         ran.append(argv)
         out = Path(argv[argv.index("--out") + 1])
         out.mkdir(parents=True)
-        (out / "results.json").write_text(json.dumps({
-            "meta": {"date": "today", "wall_seconds": 1.0},
-            "methods": {"o_belm": {"adherence": 0.95}, "comfy_cfg": {"adherence": 0.91}}}))
+        (out / "results.json").write_text(json.dumps(fresh_results))
         (out / "grid_o_belm.png").write_bytes(b"png")
 
     monkeypatch.setattr(gb, "main", fake_main)
     monkeypatch.setattr(gb, "run_workdir", lambda kind: tmp_path / kind)
     monkeypatch.setattr(gb, "publish", lambda args, summary: None)
     monkeypatch.setattr(report, "regenerate", lambda out: "tables")
-    args = gb.parse_args(["--weights", "w.safetensors", "--methods", "o_belm", "--update-rows", "--out", str(stored)])
+    args = gb.parse_args(["--weights", "w.safetensors", "--methods", *methods, "--update-rows", "--out", str(stored)])
     assert gb.update_rows(args) == 0
-    assert "--inversion-pairs" in ran[0] and ran[0][ran[0].index("--inversion-pairs") + 1] == "0"
-    result = json.loads((stored / "results.json").read_text())
+    return ran[0], json.loads((stored / "results.json").read_text())
+
+
+def test_update_rows_replaces_only_the_rows_it_ran(tmp_path, monkeypatch):
+    """--methods X --update-rows: X runs in a scratch folder with its references and replaces X in
+    the stored results; every other row, the timing and the inversion stay as they were."""
+    from tools.benchmark import guidance_benchmark as gb
+
+    argv, result = _update_rows(
+        tmp_path, monkeypatch,
+        {"meta": {"weights": "w.safetensors"}, "inversion": {"kept": 1},
+         "methods": {"o_belm": {"adherence": 0.8}, "comfy_cfg": {"adherence": 0.9}, "apg": {"adherence": 0.7}}},
+        {"meta": {"date": "today", "wall_seconds": 1.0},
+         "methods": {"o_belm": {"adherence": 0.95}, "comfy_cfg": {"adherence": 0.91}}}, ["o_belm"])
+    assert "--inversion-pairs" in argv and argv[argv.index("--inversion-pairs") + 1] == "0"
     assert result["methods"] == {"o_belm": {"adherence": 0.95}, "comfy_cfg": {"adherence": 0.9},
                                  "apg": {"adherence": 0.7}}
     assert result["inversion"] == {"kept": 1} and result["meta"]["rows_rerun"][0]["rows"] == ["o_belm"]
-    assert (stored / "grid_o_belm.png").read_bytes() == b"png"
+    assert (tmp_path / "stored" / "grid_o_belm.png").read_bytes() == b"png"
     with pytest.raises(SystemExit):
         gb.parse_args(["--update-rows"])
+
+
+def test_update_rows_reports_the_settings_the_rerun_rows_ran(tmp_path, monkeypatch):
+    """Rerunning AG after its tuned threshold changed: the text must name the new threshold, and
+    LinearAG's, not rerun, keeps the stored one."""
+    old = {"ag": {"threshold": 0.995}, "linear_ag": {"warmup_steps": 2}}
+    new = {"ag": {"threshold": 0.9995}, "linear_ag": {"warmup_steps": 3}}
+    _, result = _update_rows(
+        tmp_path, monkeypatch,
+        {"meta": {"weights": "w.safetensors", "settings": old}, "methods": {"ag": {"adherence": 0.7}}},
+        {"meta": {"date": "today", "wall_seconds": 1.0, "settings": new}, "methods": {"ag": {"adherence": 0.8}}},
+        ["ag"])
+    assert result["meta"]["settings"] == {"ag": {"threshold": 0.9995}, "linear_ag": {"warmup_steps": 2}}

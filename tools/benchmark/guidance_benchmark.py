@@ -326,6 +326,11 @@ def update_rows(args) -> int:
         grid = scratch / "out" / f"grid_{name}.png"
         if grid.is_file():
             shutil.copy(grid, stored_out / grid.name)
+    # The settings the text reports are those of the rows that ran them (the tuned ones may
+    # have changed since the stored run).
+    for key in ("ag", "linear_ag"):
+        if key in args.methods:
+            stored["meta"]["settings"][key] = fresh["meta"]["settings"][key]
     rerun = {"rows": list(args.methods), **{k: fresh["meta"][k] for k in ("date", "wall_seconds")}}
     stored["meta"].setdefault("rows_rerun", []).append(rerun)
     (stored_out / "results.json").write_text(json.dumps(stored))

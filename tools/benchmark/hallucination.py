@@ -2,7 +2,7 @@
 the default models' out-of-support samples? Through a real ComfyUI server, per default model and
 CFG scale, judged by the in-support analyser (tools/quality/support.py).
 
-    .host/venv/bin/python -m tools.benchmark.hallucination          # both default models
+    .host/venv/bin/python -m tools.benchmark.hallucination          # every default model
     .host/venv/bin/python -m tools.benchmark.hallucination --weights guidance_lab_flow32.safetensors \\
         --tune-prompts 2 --score-prompts 2 --batch 4                  # quick look
 
@@ -11,7 +11,7 @@ paper scores, normal schedule) on one dataset prompt with a batch of noise draws
 carries each sample's score. The threshold is chosen on tuning graphs (other prompts, other noise
 seeds) as the score that keeps 90% of their in-support samples, then applied to the scoring graphs.
 Writes docs/benchmark/hallucination/<weights stem>.json and roc_<weights stem>.png, and results.md
-for the models of the run.
+from every model's JSON there (a run of one model keeps the others' rows).
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ import numpy as np
 from tools.bootstrap import import_pack
 from tools.paths import BENCHMARK_RESULTS, run_workdir
 
+import_pack()
+from guidance_lab.default_model import SHIPPED  # noqa: E402
+
 OUT = BENCHMARK_RESULTS / "hallucination"
-WEIGHTS = ("guidance_lab_flow32.safetensors", "guidance_lab_vpred32.safetensors")
 SCALES = (1.0, 3.0, 5.0)
 KEEP_IN_SUPPORT = 0.9  # the threshold keeps this share of the tuning graphs' in-support samples
 TUNE_DATA_SEED, SCORE_DATA_SEED = 2024, 777  # dataset seeds of the prompts
@@ -38,7 +40,7 @@ TUNE_NOISE_SEED = 50000  # noise seeds of tuning graphs: 50000+, scoring graphs:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", nargs="+", default=list(WEIGHTS), help="default-model files")
+    p.add_argument("--weights", nargs="+", default=list(SHIPPED), help="default-model files")
     p.add_argument("--cfg", nargs="+", type=float, default=list(SCALES))
     p.add_argument("--tune-prompts", type=int, default=6, help="tuning graphs per scale (one prompt each)")
     p.add_argument("--score-prompts", type=int, default=6, help="scoring graphs per scale (one prompt each)")
@@ -174,7 +176,11 @@ def run_graphs(server, args, weights, cfg, prompts, seed0, kind, batch):
     return {"scores": scores, "in_support": inside, "reasons": reasons}
 
 
-def write_markdown(results: dict, path: Path) -> None:
+def write_markdown(out: Path) -> None:
+    """results.md from every model's JSON in ``out``, in the order the pack ships them."""
+    order = {Path(name).stem: i for i, name in enumerate(SHIPPED)}
+    stems = sorted((f.stem for f in out.glob("*.json")), key=lambda stem: (order.get(stem, len(order)), stem))
+    results = {stem: json.loads((out / f"{stem}.json").read_text()) for stem in stems}
     lines = ["# Hallucination detection by trajectory variance on the default models", "",
              "Made by `python -m tools.benchmark.hallucination` (see each model's JSON for the command and "
              "settings). Out of support: judged by `tools/quality/support.py`. Threshold: keeps "
@@ -189,12 +195,11 @@ def write_markdown(results: dict, path: Path) -> None:
                          f"{c['hallucination_rate_before']:.2f} | {c['hallucination_rate_after']:.2f} | "
                          f"{c['removed_out_of_support']:.2f} | {c['kept_in_support']:.2f} | {c['auc']:.2f} | "
                          f"{c['oracle_min_removed_kept']:.2f} |")
-    path.write_text("\n".join(lines) + "\n")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import_pack()
     from guidance_lab.guiders.trajectory_variance import DEFAULT_WINDOW
     from tools.host.comfy_server import ComfyServer
 
@@ -235,7 +240,7 @@ def main(argv=None) -> int:
             (args.out / f"{stem}.json").write_text(json.dumps(results[stem], indent=1) + "\n")
             roc_plot(cells, f"{stem}: trajectory variance, {args.sampler}, {args.steps} steps",
                      args.out / f"roc_{stem}.png")
-    write_markdown(results, args.out / "results.md")
+    write_markdown(args.out)
     print(f"[hallucination] done in {time.monotonic() - started:.0f} s; results in {args.out}", flush=True)
     return 0
 

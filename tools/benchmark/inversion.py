@@ -103,6 +103,10 @@ TUNED = {
     # p 0.85, edit CFG 8: 84 % and 72 % (the constants, p 0.93 and CFG 5: 81 % and 47 %). On 48
     # pairs (tune_inversion_edit_cfg.json), edit CFG 12 lands 92 % and keeps 69 % (CFG 8: 85 %, 71 %).
     "guidance_lab_flow32": EditSettings(edit_cfg=12.0, mixing_weight=0.85),
+    # 32 tuning pairs (guidance_lab_dit32/tune_inversion*.json): p 0.85 at edit CFG 8 lands 91 %
+    # and keeps 59 % (CFG 12, the flow UNet's: 91 %, 47 %; CFG 6: 81 %, 59 %); p 0.82 lands 78 %
+    # (kept 69 %), p 0.8 at CFG 8-10 69 % (kept 78-81 %).
+    "guidance_lab_dit32": EditSettings(edit_cfg=8.0, mixing_weight=0.85),
 }
 
 
@@ -136,10 +140,18 @@ TUNED_ONE_EVALUATION: dict = {
     # (EDICT at the same edit CFG 6, p 0.8: 73 %, 73 %).
     "guidance_lab_vpred32": {"bdia": EditSettings(edit_cfg=8.0, edit_negative="source", gamma=0.8),
                              "o_belm": EditSettings(edit_cfg=6.0)},
+    # 32 tuning pairs (tune_inversion_bdia*.json, tune_inversion_o_belm*.json). BDIA: gamma 0.8 at
+    # edit CFG 8 lands 91 % and keeps 56 % (EDICT as chosen: 91 %, 59 %; CFG 10: 94 %, 44 %; CFG 6:
+    # 75 %, 56 %; gamma 0.75 at CFG 10: 75 %, 72 %; gamma 0.85 at CFG 5-12: 69-78 %; 0.92: 59-66
+    # %; the source prompt as negative: 62 %). O-BELM reaches 80 % nowhere; its most landed is
+    # kept: edit CFG 12, 72 % and 62 % (CFG 6-10: 59-66 %; 15-20: 66-69 %; the source negative at
+    # 8-12: 62-66 %). Recolouring lands (81-100 % at CFG >= 10), reshaping does not (31-56 %).
+    "guidance_lab_dit32": {"bdia": EditSettings(edit_cfg=8.0, gamma=0.8),
+                           "o_belm": EditSettings(edit_cfg=12.0)},
 }
-# Models not tuned yet, each running another model's settings: the DiT the flow UNet's, its
-# family's best prior.
-BORROWED = {"guidance_lab_dit32": "guidance_lab_flow32"}
+# Models not tuned yet, each running another model's settings (none now; the DiT ran the flow
+# UNet's until 2026-12-07).
+BORROWED: dict = {}
 for _model, _source in BORROWED.items():
     TUNED[_model], TUNED_ONE_EVALUATION[_model] = TUNED[_source], TUNED_ONE_EVALUATION[_source]
 
