@@ -20,7 +20,8 @@ VPRED32 = "guidance_lab_vpred32.safetensors"
 # every method can be measured on a DiT, with its adherence short of the other two's.
 DIT32 = "guidance_lab_dit32.safetensors"
 SHIPPED = (FLOW32, VPRED32, DIT32)
-AGD_ADAPTERS = {FLOW32: "guidance_lab_flow32_agd.safetensors", VPRED32: "guidance_lab_vpred32_agd.safetensors"}
+AGD_ADAPTERS = {FLOW32: "guidance_lab_flow32_agd.safetensors", VPRED32: "guidance_lab_vpred32_agd.safetensors",
+                DIT32: "guidance_lab_dit32_agd.safetensors"}
 # The one the pack presents first (demo, loader default, benchmark default).
 DEFAULT_WEIGHTS = FLOW32
 

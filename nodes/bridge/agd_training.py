@@ -447,14 +447,16 @@ def resume_from(state: torch.Tensor, sigmas: torch.Tensor, step: int) -> "tuple[
 
 def sampled_rmse(model, positive: torch.Tensor, negative: torch.Tensor, adapters: AdapterSet, scale_range,
                  scale: float, seeds, steps: int = 20, sampler_name: str = "euler", latent_shape=(3, 32, 32),
-                 timing: bool = False, teacher_steps: int = 0, fingerprint: Optional[str] = None):
+                 timing: bool = False, teacher_steps: int = 0, fingerprint: Optional[str] = None,
+                 positive_options: Optional[dict] = None, negative_options: Optional[dict] = None):
     """RMSE between AGD's sampled latents (1 NFE per step) and CFG's (empty negative, 2 NFE per
     step) at the same scale, prompts ([P, L, D] embeddings) and seeds: fidelity to the teacher.
     ``timing``: also the seconds each method's sampling took, side by side ((rmse, {cfg, agd})).
     ``teacher_steps`` k > 0 is a diagnosis, not AGD: the student starts from the teacher's own
     state after k steps, so the result bounds what any fix of the first k steps could give.
     ``fingerprint``: the base model the adapters were trained for (an adapter file's), checked
-    against ``model``."""
+    against ``model``. ``*_options``: the conditionings' options (``encode_prompts(..., True)``:
+    the pooled output SDXL, SD3 and Flux need), the negative's for one prompt."""
     import time
 
     import comfy.samplers
@@ -462,6 +464,8 @@ def sampled_rmse(model, positive: torch.Tensor, negative: torch.Tensor, adapters
     patched = apply_adapters(model, adapters, scale_range, fingerprint or base_model_fingerprint(model))
     count = positive.shape[0]
     negative = negative.expand(count, -1, -1).contiguous()
+    positive_options = dict(positive_options or {})
+    negative_options = select_options(negative_options or {}, [0] * count)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps).cpu()
     if not 0 <= teacher_steps < steps:
         raise ValueError(f"teacher_steps must lie in [0, {steps}), got {teacher_steps}")
@@ -471,7 +475,7 @@ def sampled_rmse(model, positive: torch.Tensor, negative: torch.Tensor, adapters
         noise = torch.randn((count, *latent_shape), generator=torch.Generator().manual_seed(int(seed)))
         latent = torch.zeros_like(noise)
         cfg = comfy.samplers.CFGGuider(model)
-        cfg.set_conds([[positive, {}]], [[negative, {}]])
+        cfg.set_conds([[positive, dict(positive_options)]], [[negative, dict(negative_options)]])
         cfg.set_cfg(scale)
         states = {}
 
@@ -483,7 +487,7 @@ def sampled_rmse(model, positive: torch.Tensor, negative: torch.Tensor, adapters
         teacher = cfg.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=int(seed), callback=keep_state)
         seconds["cfg"] += time.perf_counter() - started
         agd = AGDGuider(patched, AGDPolicy(scale, tuple(scale_range)))
-        agd.set_positive([[positive, {}]])
+        agd.set_positive([[positive, dict(positive_options)]])
         start_noise, start_sigmas = (resume_from(states["x"], sigmas, teacher_steps) if teacher_steps
                                      else (noise, sigmas))
         started = time.perf_counter()

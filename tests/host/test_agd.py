@@ -180,6 +180,27 @@ def test_shipped_adapters_load_by_name_on_their_own_model_only(shapes):
     assert base_model_fingerprint(model) in str(err.value)
 
 
+def test_shipped_dit_adapters_bring_one_pass_nearer_cfg(host):
+    """The DiT default model's shipped offset adapters (block replacement on ComfyUI's Flux
+    network): found by name, nearer CFG's images than the prompt alone on unseen seeds, and
+    refused on the flow UNet."""
+    from comfy_extras import nodes_custom_sampler as cs
+    from guidance_lab.default_model import AGD_ADAPTERS, DIT32, FLOW32
+
+    model, clip, _vae = node_out(DefaultModelLoaderNode.execute(DIT32))
+    positive, negative = encode(clip, "a blue square on a black background"), encode(clip, "")
+    patched, report = node_out(AGDAdapterLoaderNode.execute(model, AGD_ADAPTERS[DIT32]))
+    assert "(from the pack's shipped adapters)" in report
+    _, agd = agd_sample(patched, positive, 5.0, seed=11, steps=10, batch=4)
+    cfg = sample(node_out(cs.CFGGuider.execute(model, positive, negative, 5.0))[0], "euler", 10, latent(4), seed=11)
+    alone = cond_only_sample(model, positive, negative, seed=11, steps=10, batch=4)
+    rmse = lambda a, b: float((a - b).square().mean().sqrt())  # noqa: E731
+    assert rmse(agd, cfg) < rmse(alone, cfg)
+    flow_unet = node_out(DefaultModelLoaderNode.execute(FLOW32))[0]
+    with pytest.raises(NodeInputError, match=r"AGD Adapter Loader \(Guidance Lab\): input 'adapter_file'"):
+        AGDAdapterLoaderNode.execute(flow_unet, AGD_ADAPTERS[DIT32])
+
+
 def test_corrupt_or_missing_file_and_double_loading_are_refused(shapes, output_dir):
     model, _positive, _negative = shapes
     path = save_adapter(model, output_dir / "a.safetensors", trained=False)

@@ -164,6 +164,19 @@ def test_evaluate_refuses_an_adapter_of_another_model(tmp_path):
     assert result.returncode != 0 and "use the model it was trained on" in result.stderr, result.stderr[-2000:]
 
 
+def test_evaluate_runs_on_the_dit_default_model_with_its_pooled_conditioning(tmp_path):
+    """Flux (the DiT default model's network) needs the text encoder's pooled output in every
+    conditioning; evaluate passes it to CFG and to AGD alike."""
+    from guidance_lab.default_model import AGD_ADAPTERS, AGD_DIR, DIT32, WEIGHTS_DIR
+
+    result = run_cli(["evaluate", "--adapter", str(AGD_DIR / AGD_ADAPTERS[DIT32]), "--model",
+                      str(WEIGHTS_DIR / DIT32), "--prompts", "2", "--steps", "3", "--scales", "4", "--seeds", "3",
+                      "--threads", "1"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads(result.stdout)["rows"][0]
+    assert row["scale"] == 4 and row["rmse_untrained"] > 0 and row["rmse_trained"] > 0
+
+
 # DDP: gradients of 2 x 4 samples averaged over two gloo processes vs the mean over 8 in one
 # process: the same maths, summed in another order; after 3 AdamW steps the weights agree to
 # float32 rounding (stated tolerance: 1e-5 absolute).

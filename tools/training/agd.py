@@ -281,12 +281,20 @@ def evaluate_command(args) -> dict:
         raise SystemExit(str(err)) from None
     lo, hi = made.scale_range
     scales = args.scales or [lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3]
-    positive, negative = encode_prompts(clip, read_prompts(args.prompts)), encode_prompts(clip, [""])
+    try:
+        (positive, positive_options, lengths), (negative, negative_options, _) = (
+            encode_prompts(clip, prompts, True) for prompts in (read_prompts(args.prompts), [""]))
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    if len(set(lengths)) > 1:
+        raise SystemExit(f"the prompts encode to different lengths ({min(lengths)} to {max(lengths)} tokens); "
+                         "evaluate prompts of one length")
     shape = (model.get_model_object("latent_format").latent_channels, args.latent_size, args.latent_size)
     kind, layout = adapter_layout(model)
     untrained = AdapterSet(layout, made.adapters.config, kind)
     try:
-        rows = [evaluate_scale(args, model, positive, negative, untrained, made, scale, shape) for scale in scales]
+        rows = [evaluate_scale(args, model, (positive, positive_options), (negative, negative_options), untrained,
+                               made, scale, shape) for scale in scales]
     except ValueError as err:  # an adapter or data set of another model, named by the bridge
         raise SystemExit(str(err)) from None
     report = {"adapter": str(args.adapter), "parameters": made.adapters.parameter_count(),
@@ -304,16 +312,18 @@ def evaluate_command(args) -> dict:
     return report
 
 
-def evaluate_scale(args, model, positive, negative, untrained, made, scale: float, shape) -> dict:
+def evaluate_scale(args, model, positive: tuple, negative: tuple, untrained, made, scale: float, shape) -> dict:
     """``evaluate``'s row for one scale: RMSE to CFG untrained and trained, the side-by-side
-    sampling times and, with ``--teacher-steps``, the oracle RMSEs."""
+    sampling times and, with ``--teacher-steps``, the oracle RMSEs. ``positive``, ``negative``:
+    (embeddings, conditioning options)."""
     import time
 
     from guidance_lab.nodes.bridge.agd_training import sampled_rmse
 
     def rmse(adapters, **options):
-        return sampled_rmse(model, positive, negative, adapters, made.scale_range, scale, args.seeds, args.steps,
-                            latent_shape=shape, fingerprint=made.base_fingerprint, **options)
+        return sampled_rmse(model, positive[0], negative[0], adapters, made.scale_range, scale, args.seeds,
+                            args.steps, latent_shape=shape, fingerprint=made.base_fingerprint,
+                            positive_options=positive[1], negative_options=negative[1], **options)
 
     before = rmse(untrained)
     started = time.perf_counter()
