@@ -58,18 +58,26 @@ def _hash_value(digest, value, depth: int = 0) -> None:
             _hash_value(digest, weights, depth + 1)
 
 
+def _canonical(name: str) -> str:
+    """A weight's name as every supported ComfyUI gives it: 0.33 renamed the RMSNorm ``scale``
+    of its Flux network to ``weight`` (converting older files on load), and the same weights must
+    keep one fingerprint across hosts (an AGD adapter trained on one host, loaded on another)."""
+    return name.removesuffix(".scale") + ".weight" if name.endswith(".scale") else name
+
+
 def _base_digest(model_patcher) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    for name, entries in sorted(model_patcher.get_key_patches(PREFIX).items()):
-        digest.update(name.encode())
-        _hash_tensor(digest, entries[0][0])  # the original weight, unpatched
+    patches = model_patcher.get_key_patches(PREFIX)
+    for name in sorted(patches, key=_canonical):
+        digest.update(_canonical(name).encode())
+        _hash_tensor(digest, patches[name][0][0])  # the original weight, unpatched
     return digest.hexdigest()
 
 
 def _patch_digest(model_patcher) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    for name in sorted(k for k in model_patcher.patches if k.startswith(PREFIX)):
-        digest.update(name.encode())
+    for name in sorted((k for k in model_patcher.patches if k.startswith(PREFIX)), key=_canonical):
+        digest.update(_canonical(name).encode())
         _hash_value(digest, model_patcher.patches[name])
     return digest.hexdigest()
 

@@ -58,6 +58,17 @@ def test_item6_fingerprint_changes_with_any_single_weight(fixture_model):
     assert model_fingerprint(copy_with(model, lambda p: None)) == model_fingerprint(model)
 
 
+def test_fingerprint_ignores_the_hosts_renaming_of_flux_norm_scales():
+    """ComfyUI 0.33 calls the Flux RMSNorm weight ``weight`` where 0.3.75 called it ``scale``:
+    the same file must fingerprint alike on both, so an AGD adapter made on one loads on the
+    other (the shipped DiT adapters load on both hosts: test_agd.py)."""
+    canonical = fingerprint._canonical
+    assert canonical("diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale") == \
+        canonical("diffusion_model.double_blocks.0.img_attn.norm.key_norm.weight")
+    assert canonical("diffusion_model.input_blocks.0.0.weight") == "diffusion_model.input_blocks.0.0.weight"
+    assert canonical("diffusion_model.x.scale_shift.bias") == "diffusion_model.x.scale_shift.bias"
+
+
 def test_fingerprint_is_cached_and_covers_weight_patches(fixture_model, monkeypatch):
     model, _, _ = fixture_model
     base = model_fingerprint(model)
