@@ -16,11 +16,11 @@ The host side (injection through ComfyUI's attention patches and block replaceme
 ``nodes/bridge/agd.py``.
 """
 
-from .adapter import (AdapterConfig, CrossAttentionAdapter, OffsetAdapter, ScaleEncoder, fourier_features,
-                      sinusoidal_embedding)
-from .adapter_set import AdapterSet, block_name, relative_size
+from .adapter import (AdapterConfig, BlockAttentionAdapter, CrossAttentionAdapter, OffsetAdapter, ScaleEncoder,
+                      fourier_features, sinusoidal_embedding)
+from .adapter_set import TRANSFORMER_KINDS, AdapterSet, block_name, relative_size
 from .policy import AGDPolicy, check_scale
 
-__all__ = ["AdapterConfig", "CrossAttentionAdapter", "OffsetAdapter", "ScaleEncoder", "fourier_features",
-           "sinusoidal_embedding",
+__all__ = ["AdapterConfig", "BlockAttentionAdapter", "CrossAttentionAdapter", "OffsetAdapter", "ScaleEncoder",
+           "fourier_features", "sinusoidal_embedding", "TRANSFORMER_KINDS",
            "AdapterSet", "block_name", "relative_size", "AGDPolicy", "check_scale"]

@@ -138,6 +138,27 @@ class CrossAttentionAdapter(nn.Module):
         return self.out(attended)
 
 
+class BlockAttentionAdapter(CrossAttentionAdapter):
+    """[paper: adapter] on a transformer block's output: the cross-attention adapter, its query read
+    from every token of the hidden states the block returns (layer-normalised, as a UNet's attn2
+    input is), its output added to them.
+
+    Equation: h_out = block(h) + out(softmax(q(LN(block(h))) k^T / sqrt(d)) v), keys and values of
+    [w, t, (pooled,) prompt tokens], out zero-initialised. Unlike the offset adapter it gives each
+    token its own correction: CFG's correction differs across the image, and a token-independent
+    offset only reaches it through the blocks after it."""
+
+    def __init__(self, hidden_dim: int, context_dim: int, config: AdapterConfig, generator: torch.Generator,
+                 pooled_dim: int = 0):
+        super().__init__(hidden_dim, context_dim, config, generator, pooled_dim)
+        self.hidden_norm = nn.LayerNorm(hidden_dim, elementwise_affine=False)  # no weights: the file is unchanged
+
+    def forward(self, hidden: torch.Tensor, scale: torch.Tensor, timestep: torch.Tensor,
+                context: torch.Tensor, pooled: "torch.Tensor | None" = None) -> torch.Tensor:
+        """[paper: adapter], per token: [N, T, hidden_dim] to add to the block's output."""
+        return super().forward(self.hidden_norm(hidden), scale, timestep, context, pooled)
+
+
 class OffsetAdapter(nn.Module):
     """[paper: offset adapter] for transformer blocks (DiT, MMDiT, Flux, Wan): a token-independent offset.
 
@@ -178,5 +199,5 @@ class OffsetAdapter(nn.Module):
         return self.out(self.norm(F.relu(self.hidden(c))))[:, None]
 
 
-__all__ = ["AdapterConfig", "CrossAttentionAdapter", "OffsetAdapter", "ScaleEncoder", "fourier_features",
-           "sinusoidal_embedding"]
+__all__ = ["AdapterConfig", "BlockAttentionAdapter", "CrossAttentionAdapter", "OffsetAdapter", "ScaleEncoder",
+           "fourier_features", "sinusoidal_embedding"]

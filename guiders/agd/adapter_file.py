@@ -76,7 +76,7 @@ def _check_tensors(layout: dict, config: AdapterConfig, tensors: dict, kind: str
         expected = {"time_token.weight": (config.width, config.time_features),
                     "scale_token.freq": (config.fourier_features,),
                     "scale_token.mlp.0.weight": (config.mlp_hidden, config.fourier_features)}
-        if kind == "cross_attention":
+        if kind in ("cross_attention", "block_attention"):
             expected.update({"query.weight": (config.width, hidden), "prompt_tokens.weight": (config.width, context)})
         else:
             expected.update({"out.weight": (hidden, config.mlp_hidden), "prompt_token.weight": (config.width, context)})

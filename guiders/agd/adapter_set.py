@@ -1,6 +1,6 @@
 """The adapters of one model: one per adapted block, keyed by a stable block name.
 
-Two kinds ([paper: adapter], [paper: offset adapter]):
+Three kinds ([paper: adapter], [paper: offset adapter]):
 
 - ``cross_attention`` (UNets): one ``CrossAttentionAdapter`` per attn2 block. A block name is
   ``<part>_<index>_<sub>``, e.g. ``input_7_0``: the UNet part and block index that ComfyUI
@@ -10,6 +10,9 @@ Two kinds ([paper: adapter], [paper: offset adapter]):
 - ``offset`` (transformers): one ``OffsetAdapter`` per transformer block, named
   ``<block type>_<index>`` (``double_block_3``, ``single_block_0``: the keys of ComfyUI's
   block replacement). Layout entry: (hidden width, context width, pooled width or 0).
+- ``block_attention`` (transformers): one ``BlockAttentionAdapter`` per transformer block, the
+  same names and layout as ``offset``: a cross-attention adapter whose query is each token the
+  block returns, so each token gets its own correction.
 
 The layout and the kind are what the adapter file records as its architecture.
 """
@@ -19,9 +22,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapter import AdapterConfig, CrossAttentionAdapter, OffsetAdapter
+from .adapter import AdapterConfig, BlockAttentionAdapter, CrossAttentionAdapter, OffsetAdapter
 
-KINDS = ("cross_attention", "offset")
+KINDS = ("cross_attention", "offset", "block_attention")
+TRANSFORMER_KINDS = ("offset", "block_attention")  # one adapter per transformer block, added to its output
+ADAPTER_CLASSES = {"cross_attention": CrossAttentionAdapter, "offset": OffsetAdapter,
+                   "block_attention": BlockAttentionAdapter}
 
 
 def block_name(part: str, index: int, sub: int) -> str:
@@ -53,7 +59,7 @@ class AdapterSet(nn.Module):
         self.kind = kind
         self.layout = {name: _entry(name, dims, kind) for name, dims in sorted(layout.items())}
         generator = torch.Generator().manual_seed(config.seed)
-        make = CrossAttentionAdapter if kind == "cross_attention" else OffsetAdapter
+        make = ADAPTER_CLASSES[kind]
         # The initial weights are a function of the seed alone (every DDP rank, every resume).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -67,7 +73,7 @@ class AdapterSet(nn.Module):
     def forward(self, name: str, hidden: "torch.Tensor | None", scale: torch.Tensor, timestep: torch.Tensor,
                 context: torch.Tensor, pooled: "torch.Tensor | None" = None) -> torch.Tensor:
         """The adapter output to add to block ``name``'s attn2 output ([paper: adapter]) or, for
-        offset adapters, to its output hidden states ([paper: offset adapter]; ``hidden`` unused)."""
+        transformer adapters, to its output hidden states ``hidden`` ([paper: offset adapter]: unused)."""
         if self.kind == "offset":
             return self.adapters[name](scale, timestep, context, pooled)
         return self.adapters[name](hidden, scale, timestep, context, pooled)
@@ -100,4 +106,4 @@ def relative_size(adapters: AdapterSet, base_parameters: int) -> float:
     return 100.0 * adapters.parameter_count() / max(int(base_parameters), 1)
 
 
-__all__ = ["AdapterSet", "KINDS", "block_name", "relative_size"]
+__all__ = ["ADAPTER_CLASSES", "AdapterSet", "KINDS", "TRANSFORMER_KINDS", "block_name", "relative_size"]

@@ -20,7 +20,9 @@ joint text+image sequence). A replacement another node put there first is called
 the original block, so both apply. Lumina 2 (NextDiT) offers no block replacement; where the
 host's NextDiT calls ``transformer_options["patches"]["double_block"]`` after each of its main
 layers (ComfyUI 0.33; 0.3.75's does not), that post-block patch adds the offset to the layer's
-image tokens, as the replacement does for the other transformers.
+image tokens, as the replacement does for the other transformers. The ``block_attention`` kind
+(a cross-attention adapter per block, its query each token the block returned) goes through the
+same hooks and adds its per-token output where the offset adapter adds one vector.
 
 Both kinds read the model call's conditioning from an ``APPLY_MODEL`` wrapper
 (``comfy/model_base.py``, the same for every family), which hands the call's prompt embedding
@@ -44,7 +46,7 @@ from typing import Optional
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ...guiders.agd import AdapterSet, AGDPolicy, block_name
+from ...guiders.agd import TRANSFORMER_KINDS, AdapterSet, AGDPolicy, block_name
 from ...guiders.agd.policy import RUN_KEY
 from ...guiders.agd.trajectories import TEXT_TOKENS
 from .fingerprint import base_model_fingerprint
@@ -139,14 +141,20 @@ def dit_layout(model_patcher) -> dict:
     return {}
 
 
-def adapter_layout(model_patcher) -> "tuple[str, dict]":
-    """(adapter kind, layout) of the adapters this model takes; ValueError saying why it takes none."""
+def adapter_layout(model_patcher, kind: Optional[str] = None) -> "tuple[str, dict]":
+    """(adapter kind, layout) of the adapters this model takes; ValueError saying why it takes none.
+    ``kind``: for a transformer, ``offset`` (the default) or ``block_attention``; a UNet takes
+    ``cross_attention`` only."""
     if architecture_name(model_patcher) == "unet":
+        if kind not in (None, "cross_attention"):
+            raise ValueError(f"a UNet takes cross_attention adapters, not {kind}")
         return "cross_attention", attn2_layout(model_patcher)
     layout = dit_layout(model_patcher)
     if not layout:
         raise ValueError(unsupported_reason(model_patcher) or "has no blocks to put adapters on")
-    return "offset", layout
+    if kind not in (None, *TRANSFORMER_KINDS):
+        raise ValueError(f"a transformer takes {' or '.join(TRANSFORMER_KINDS)} adapters, not {kind}")
+    return kind or TRANSFORMER_KINDS[0], layout
 
 
 def attn2_layout(model_patcher) -> dict:
@@ -260,14 +268,16 @@ class AGDAdapters:
         return out.to(n.dtype)
 
     def offset(self, name: str, options: dict, hidden: torch.Tensor) -> Optional[torch.Tensor]:
-        """The offset for transformer block ``name`` ([paper: offset adapter]), or None where it is off."""
+        """What to add to transformer block ``name``'s output ``hidden`` ([paper: offset adapter], or
+        the block attention adapter's per-token output), or None where the adapters are off."""
         inputs = self._inputs(options, hidden.shape[0], hidden.device)
         if inputs is None:
             return None
         if inputs[2] is None:
             raise ValueError(f"AGD: transformer block {name} ran without the adapters' conditioning wrapper "
                              "(APPLY_MODEL); load the adapters with the AGD Adapter Loader")
-        return self.adapters(name, None, *inputs).to(hidden.dtype)
+        tokens = hidden.to(inputs[2].dtype) if self.adapters.kind == "block_attention" else None
+        return self.adapters(name, tokens, *inputs).to(hidden.dtype)
 
 
 class _Conditioning:
@@ -448,7 +458,7 @@ def check_fits(model_patcher, adapters: AdapterSet, fingerprint: str, architectu
         raise ValueError(f"the adapter was trained on base model {fingerprint}, but this model is {base} "
                          "(other weights or prediction type); use the model it was trained on, or train "
                          "an adapter for this one")
-    kind, layout = adapter_layout(model_patcher)
+    kind, layout = adapter_layout(model_patcher, adapters.kind if adapters.kind in TRANSFORMER_KINDS else None)
     if kind != adapters.kind or layout != adapters.layout:
         raise ValueError(f"the adapter's {adapters.kind} blocks {sorted(adapters.layout)[:4]} do not match this "
                          f"model's {kind} blocks {sorted(layout)[:4]}")

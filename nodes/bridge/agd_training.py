@@ -33,7 +33,7 @@ CHECKPOINT = "agd_checkpoint.safetensors"
 LOSS_LOG = "agd_loss.jsonl"
 # Settings a resumed run must share with its checkpoint (the step count may change).
 RESUME_SETTINGS = ("batch_size", "lr", "warmup_frac", "seed", "loss_space", "adapter_config", "base_fingerprint",
-                   "data")
+                   "adapter_kind", "data")
 
 
 def _chunks(clip, text: str) -> int:
@@ -357,17 +357,18 @@ def save_checkpoint(path: Path, adapters: AdapterSet, optimizer, step: int, sett
 def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, steps: int, batch_size: int = 64,
         lr: float = 1e-4, warmup_frac: float = 0.1, seed: int = 0, loss_space: str = "denoised",
         checkpoint_every: int = 100, dist=None, on_step: Optional[Callable] = None, crash_after: int = -1,
-        log: Callable = print, fingerprint: Optional[str] = None):
+        log: Callable = print, fingerprint: Optional[str] = None, kind: Optional[str] = None):
     """[paper: CFG-trajectory training]: train adapters on the stored trajectories (AdamW, no weight decay, warm-up +
     cosine), checkpointing to ``run_dir`` and resuming from it. Returns (adapters, losses).
-    ``fingerprint``: the base model's, where ``model`` is a training copy of it."""
+    ``fingerprint``: the base model's, where ``model`` is a training copy of it. ``kind``: the
+    adapter kind for a transformer (``adapter_layout``; default offset)."""
     dist = dist or SingleProcess()
     fingerprint = fingerprint or base_model_fingerprint(model)
     if store.meta.get("model_fingerprint") not in ("", fingerprint):
         raise ValueError(f"the trajectories were generated with base model {store.meta['model_fingerprint']}, "
                          f"this model is {fingerprint}")
     model.model.to(dist.device).requires_grad_(False)
-    kind, layout = adapter_layout(model)
+    kind, layout = adapter_layout(model, kind)
     adapters = AdapterSet(layout, config, kind).to(dist.device)
     agd = AGDAdapters(adapters, tuple(store.meta["scale_range"]), fingerprint, architecture=architecture_name(model))
     student = student_module(model, agd)
@@ -378,6 +379,8 @@ def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, ste
     data = json.dumps({k: v for k, v in store.meta.items() if k != "complete"}, sort_keys=True)
     settings = {"batch_size": batch_size, "lr": lr, "warmup_frac": warmup_frac, "seed": seed,
                 "loss_space": loss_space, "adapter_config": config.to_dict(), "base_fingerprint": fingerprint,
+                # recorded for the newer kind only, so checkpoints made before it still resume
+                **({"adapter_kind": kind} if kind == "block_attention" else {}),
                 "data": hashlib.blake2b(data.encode(), digest_size=8).hexdigest()}
     run_dir = Path(run_dir)
     checkpoint, log_path = run_dir / CHECKPOINT, run_dir / LOSS_LOG
@@ -529,7 +532,8 @@ def is_video(latent_format) -> bool:
 
 
 def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int, training_steps: int,
-                   batch_size: int, lr: float, width: int, seed: int, image_size: int, latent_frames: int = 1):
+                   batch_size: int, lr: float, width: int, seed: int, image_size: int, latent_frames: int = 1,
+                   kind: Optional[str] = None):
     """The training node's run: trajectories, then training, in ComfyUI's temporary folder keyed
     by the settings (so a queued-again run resumes both), with the node's progress bar and
     ComfyUI's interrupt. Returns (AdapterFile, losses)."""
@@ -558,7 +562,7 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
                 "scale_range": list(scale_range), "steps": sampling_steps, "seed": seed,
                 "latent_shape": list(latent_shape)}
     run_key = {**data_key, "training_steps": training_steps, "batch_size": batch_size, "lr": lr,
-               "adapter": config.to_dict()}
+               "adapter": config.to_dict(), **({"adapter_kind": kind} if kind else {})}
     digest = lambda d: hashlib.blake2b(json.dumps(d, sort_keys=True).encode(), digest_size=8).hexdigest()
     work = Path(folder_paths.get_temp_directory()) / "guidance_lab_agd"
     total = len(prompts) + training_steps
@@ -583,7 +587,7 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
         adapters, losses = fit(trainable, store, config, work / f"run_{digest(run_key)}", training_steps, batch_size,
                                lr, 0.1, seed, "denoised", checkpoint_every=25,
                                dist=SingleProcess(comfy.model_management.get_torch_device()), on_step=on_step,
-                               log=logging.getLogger("guidance_lab").info, fingerprint=fingerprint)
+                               log=logging.getLogger("guidance_lab").info, fingerprint=fingerprint, kind=kind)
         adapters = adapters.to("cpu")
     training = {"node": "GuidanceLab_AGDTrain", "prompts": len(prompts), "sampling_steps": sampling_steps,
                 "training_steps": training_steps, "batch_size": batch_size, "lr": lr, "warmup_frac": 0.1,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from guidance_lab.guiders import StepContext
-from guidance_lab.guiders.agd import (AdapterConfig, AdapterSet, AGDPolicy, CrossAttentionAdapter, OffsetAdapter,
-                                      block_name,
+from guidance_lab.guiders.agd import (AdapterConfig, AdapterSet, AGDPolicy, BlockAttentionAdapter,
+                                      CrossAttentionAdapter, OffsetAdapter, block_name,
                                       check_scale, fourier_features, relative_size)
 from guidance_lab.guiders.agd import adapter_file
 
@@ -304,6 +304,48 @@ def test_a_cross_attention_adapter_with_a_pooled_embedding_takes_it_as_one_more_
     # no pooled width: the SD1.x adapter exactly as before (no extra module, same initial weights)
     plain = CrossAttentionAdapter(64, 32, SMALL, torch.Generator().manual_seed(0))
     assert plain.pooled_token is None and plain.tokens(scale, timestep, context).shape == (2, 2 + 7, SMALL.width)
+
+
+def test_a_block_attention_adapter_starts_at_zero_then_corrects_each_token_by_its_own_state():
+    adapter = BlockAttentionAdapter(64, 32, SMALL, torch.Generator().manual_seed(0), pooled_dim=16)
+    hidden, scale, timestep, context = inputs(tokens=6)
+    pooled = torch.randn(2, 16, generator=torch.Generator().manual_seed(5))
+    out = adapter(hidden, scale, timestep, context, pooled)
+    assert out.shape == hidden.shape and torch.equal(out, torch.zeros_like(out))
+    perturb(adapter)
+    base = adapter(hidden, scale, timestep, context, pooled)
+    assert (base[:, 0] - base[:, 1]).abs().max() > 1e-4  # per token, not one offset for all
+    for changed in ((hidden, scale + 1, timestep, context, pooled), (hidden, scale, timestep / 2, context, pooled),
+                    (hidden, scale, timestep, context + 1, pooled), (hidden, scale, timestep, context, pooled + 1)):
+        assert (adapter(*changed) - base).abs().max() > 1e-4
+    # the query reads the layer-normalised state: a block's residual stream may grow without
+    # the adapter's attention saturating
+    torch.testing.assert_close(adapter(hidden * 50 + 3, scale, timestep, context, pooled), base,
+                               atol=1e-4, rtol=1e-4)
+    # a token's correction depends on that token alone (attention runs over the prompt, not the tokens)
+    torch.testing.assert_close(adapter(hidden[:, :3], scale, timestep, context, pooled), base[:, :3])
+
+
+def test_block_attention_adapter_files_round_trip_and_are_told_from_offset_ones(tmp_path):
+    adapters = AdapterSet(OFFSET_LAYOUT, SMALL, "block_attention")
+    perturb(adapters)
+    made = adapter_file.AdapterFile(adapters, "f1", {"model": "Flux", "architecture": "flux", "family": "flow"},
+                                    (1.0, 6.0))
+    loaded = adapter_file.load(adapter_file.save(tmp_path / "flux.safetensors", made))
+    assert loaded.adapters.kind == "block_attention" and loaded.adapters.layout == adapters.layout
+    hidden, scale, timestep, context = inputs()
+    name = sorted(OFFSET_LAYOUT)[0]
+    pooled = torch.randn(2, OFFSET_LAYOUT[name][2]) if OFFSET_LAYOUT[name][2] else None
+    torch.testing.assert_close(loaded.adapters(name, hidden, scale, timestep, context, pooled),
+                               adapters(name, hidden, scale, timestep, context, pooled), rtol=0, atol=0)
+    from safetensors.torch import save_file
+
+    # its tensors said to be an offset adapter's do not fit
+    architecture = {**json.loads(made.metadata()["architecture"]), "adapter_kind": "offset"}
+    save_file(adapters.flat_state_dict(), str(tmp_path / "liar.safetensors"),
+              metadata={**made.metadata(), "architecture": json.dumps(architecture)})
+    with pytest.raises(ValueError, match="do not fit the recorded layout"):
+        adapter_file.load(tmp_path / "liar.safetensors")
 
 
 def test_offset_adapter_files_record_their_kind_and_layout_and_round_trip(tmp_path):

@@ -181,9 +181,9 @@ def test_shipped_adapters_load_by_name_on_their_own_model_only(shapes):
 
 
 def test_shipped_dit_adapters_bring_one_pass_nearer_cfg(host):
-    """The DiT default model's shipped offset adapters (block replacement on ComfyUI's Flux
-    network): found by name, nearer CFG's images than the prompt alone on unseen seeds, and
-    refused on the flow UNet."""
+    """The DiT default model's shipped adapters (block attention, through block replacement on
+    ComfyUI's Flux network): found by name, nearer CFG's images than the prompt alone on unseen
+    seeds, and refused on the flow UNet."""
     from comfy_extras import nodes_custom_sampler as cs
     from guidance_lab.default_model import AGD_ADAPTERS, DIT32, FLOW32
 

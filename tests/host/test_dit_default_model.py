@@ -169,10 +169,10 @@ def test_a_truncated_dit_file_is_refused(dit_file, tmp_path):
         load_default_model(tmp_path / "cut.safetensors", "Default Model Loader (Guidance Lab)", "weights")
 
 
-def test_agd_trains_offset_adapters_on_the_dit_default_model_that_the_loader_and_guider_use(dit, tmp_path):
-    """Issue 31: the DiT default model (Flux's network, pixel space) takes AGD's offset adapters
-    on its double and single stream blocks: a few training steps, then loaded and sampled at
-    one evaluation per step."""
+def test_agd_trains_adapters_on_the_dit_default_model_that_the_loader_and_guider_use(dit, tmp_path):
+    """Issue 31: the DiT default model (Flux's network, pixel space) takes AGD's transformer
+    adapters (the train node's default, block attention) on its double and single stream blocks:
+    a few training steps, then loaded and sampled at one evaluation per step."""
     import folder_paths
 
     from guidance_lab.guiders.agd import adapter_file
@@ -187,7 +187,7 @@ def test_agd_trains_offset_adapters_on_the_dit_default_model_that_the_loader_and
             name = node_out(AGDTrainNode.execute(model, clip, "a red ring\na blue square", 1.0, 6.0, 2, 2, 2, 1e-3, 8,
                                                  32, 0, "agd/dit"))[0]
         made = adapter_file.load(tmp_path / name)
-        assert made.adapters.kind == "offset" and made.architecture["architecture"] == "flux"
+        assert made.adapters.kind == "block_attention" and made.architecture["architecture"] == "flux"
         assert {n.rsplit("_", 1)[0] for n in made.adapters.layout} == {"double_block", "single_block"}
         patched = node_out(AGDAdapterLoaderNode.execute(model, name))[0]
         guider = node_out(AGDGuiderNode.execute(patched, encode(clip, "a red ring"), 4.0))[0]

@@ -78,6 +78,10 @@ def parse_args(argv=None):
     t.add_argument("--mlp-hidden", type=int, default=64, help="hidden width of the w MLP (reference: 1280)")
     t.add_argument("--time-features", type=int, default=32)
     t.add_argument("--adapter-seed", type=int, default=0, help="draws f, phi and the initial weights")
+    t.add_argument("--adapter-kind", choices=["block_attention", "offset"], default="block_attention",
+                   help="transformers: block_attention (a cross-attention adapter reading each token the block "
+                        "returns; the default) or offset (one token-independent offset per block, the "
+                        "reference's). UNets: cross-attention adapters always (not used)")
     t.add_argument("--checkpoint-every", type=int, default=100)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--out", type=Path, default=None, help="write the adapter file here when done")
@@ -191,7 +195,7 @@ def train(args, log=print):
     pack_with_host()
     from guidance_lab.guiders.agd import AdapterConfig, adapter_file
     from guidance_lab.guiders.agd.trajectories import TrajectoryStore
-    from guidance_lab.nodes.bridge.agd import architecture_of, base_parameter_count
+    from guidance_lab.nodes.bridge.agd import architecture_name, architecture_of, base_parameter_count
     from guidance_lab.nodes.bridge.agd_training import fit
     from guidance_lab.nodes.bridge.fingerprint import base_model_fingerprint
 
@@ -219,7 +223,8 @@ def train(args, log=print):
     try:
         adapters, losses = fit(model, store, config, args.run_dir or TRAINING_CACHE / args.run_name, args.steps,
                                args.batch_size, args.lr, args.warmup_frac, args.seed, args.loss_space,
-                               args.checkpoint_every, dist, on_step, int(os.environ.get(CRASH_AFTER_ENV, "-1")), log)
+                               args.checkpoint_every, dist, on_step, int(os.environ.get(CRASH_AFTER_ENV, "-1")), log,
+                               kind=None if architecture_name(model) == "unet" else args.adapter_kind)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     if bar is not None:
@@ -290,7 +295,10 @@ def evaluate_command(args) -> dict:
         raise SystemExit(f"the prompts encode to different lengths ({min(lengths)} to {max(lengths)} tokens); "
                          "evaluate prompts of one length")
     shape = (model.get_model_object("latent_format").latent_channels, args.latent_size, args.latent_size)
-    kind, layout = adapter_layout(model)
+    try:
+        kind, layout = adapter_layout(model, made.adapters.kind)
+    except ValueError as err:
+        raise SystemExit(f"{args.adapter}: {err}") from None
     untrained = AdapterSet(layout, made.adapters.config, kind)
     try:
         rows = [evaluate_scale(args, model, (positive, positive_options), (negative, negative_options), untrained,
