@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 from ..default_model import AGD_ADAPTERS, AGD_DIR
 from ..guiders.agd import TRANSFORMER_KINDS, AGDPolicy
 from ..guiders.agd import adapter_file as agd_file
-from .bridge.agd import AGDGuider, apply_adapters, architecture_name, find_adapters, unsupported_reason
+from .bridge.agd import AGDGuider, apply_adapters, find_adapters, unsupported_reason
 from .bridge.files import PackFile, file_stamp, locate_file, plan_write, read_roots, relative_to_output
 from .guider_common import guider_output
 from .validation import NodeInputError, checks_inputs, require_conditioning
@@ -200,7 +200,7 @@ class AGDTrainNode(io.ComfyNode):
                              tooltip="Video models (Wan): frames of the training runs' latents (Wan 2.1: "
                                      "(video length - 1) / 4 + 1, e.g. 2 for 5 frames); 1 trains on stills. "
                                      "Image models: must be 1."),
-                io.Combo.Input("transformer_adapter", options=["block_attention", "offset"],
+                io.Combo.Input("transformer_adapter", options=sorted(TRANSFORMER_KINDS),
                                default="block_attention", optional=True,
                                tooltip="Transformers (SD3, Flux, Wan, Lumina 2): block_attention gives each "
                                        "token of each block its own correction, a cross-attention from the "
@@ -253,8 +253,7 @@ class AGDTrainNode(io.ComfyNode):
         try:
             made, losses = train_in_graph(model, clip, texts, (scale_min, scale_max), sampling_steps, training_steps,
                                           batch_size, learning_rate, adapter_width, training_seed, image_size,
-                                          latent_frames, None if architecture_name(model) == "unet"
-                                          else transformer_adapter)
+                                          latent_frames, transformer_adapter)
         except ValueError as err:
             raise ValueError(f"{cls.DISPLAY}: {err}") from err
         rel = relative_to_output(target.save(lambda tmp: agd_file.save(tmp, made)))

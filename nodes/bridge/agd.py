@@ -143,11 +143,9 @@ def dit_layout(model_patcher) -> dict:
 
 def adapter_layout(model_patcher, kind: Optional[str] = None) -> "tuple[str, dict]":
     """(adapter kind, layout) of the adapters this model takes; ValueError saying why it takes none.
-    ``kind``: for a transformer, ``offset`` (the default) or ``block_attention``; a UNet takes
-    ``cross_attention`` only."""
+    ``kind``: the transformer adapter kind, ``offset`` (the default) or ``block_attention``; a
+    UNet takes ``cross_attention`` adapters whatever it says."""
     if architecture_name(model_patcher) == "unet":
-        if kind not in (None, "cross_attention"):
-            raise ValueError(f"a UNet takes cross_attention adapters, not {kind}")
         return "cross_attention", attn2_layout(model_patcher)
     layout = dit_layout(model_patcher)
     if not layout:
@@ -459,6 +457,7 @@ def check_fits(model_patcher, adapters: AdapterSet, fingerprint: str, architectu
                          "(other weights or prediction type); use the model it was trained on, or train "
                          "an adapter for this one")
     kind, layout = adapter_layout(model_patcher, adapters.kind if adapters.kind in TRANSFORMER_KINDS else None)
+    # (a transformer file on a UNet gets the UNet's kind back and is refused below)
     if kind != adapters.kind or layout != adapters.layout:
         raise ValueError(f"the adapter's {adapters.kind} blocks {sorted(adapters.layout)[:4]} do not match this "
                          f"model's {kind} blocks {sorted(layout)[:4]}")

@@ -361,7 +361,7 @@ def fit(model, store: TrajectoryStore, config: AdapterConfig, run_dir: Path, ste
     """[paper: CFG-trajectory training]: train adapters on the stored trajectories (AdamW, no weight decay, warm-up +
     cosine), checkpointing to ``run_dir`` and resuming from it. Returns (adapters, losses).
     ``fingerprint``: the base model's, where ``model`` is a training copy of it. ``kind``: the
-    adapter kind for a transformer (``adapter_layout``; default offset)."""
+    adapter kind for a transformer (``adapter_layout``: default offset; a UNet's is cross-attention)."""
     dist = dist or SingleProcess()
     fingerprint = fingerprint or base_model_fingerprint(model)
     if store.meta.get("model_fingerprint") not in ("", fingerprint):
@@ -557,12 +557,13 @@ def train_in_graph(model, clip, prompts: list, scale_range, sampling_steps: int,
     latent_shape = (int(latent_format.latent_channels), *frames, side, side)
     config = AdapterConfig(width=width, fourier_features=width, mlp_hidden=2 * width,
                            time_features=width + width % 2, seed=seed)
+    kind = adapter_layout(model, kind)[0]  # the kind that trains: a UNet's is cross-attention whatever was asked
     encoded = encode_with_empty(clip, prompts)
     data_key = {"fingerprint": fingerprint, "text_fingerprint": encoded[2], "prompts": prompts,
                 "scale_range": list(scale_range), "steps": sampling_steps, "seed": seed,
                 "latent_shape": list(latent_shape)}
     run_key = {**data_key, "training_steps": training_steps, "batch_size": batch_size, "lr": lr,
-               "adapter": config.to_dict(), **({"adapter_kind": kind} if kind else {})}
+               "adapter": config.to_dict(), "adapter_kind": kind}
     digest = lambda d: hashlib.blake2b(json.dumps(d, sort_keys=True).encode(), digest_size=8).hexdigest()
     work = Path(folder_paths.get_temp_directory()) / "guidance_lab_agd"
     total = len(prompts) + training_steps

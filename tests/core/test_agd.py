@@ -326,12 +326,17 @@ def test_a_block_attention_adapter_starts_at_zero_then_corrects_each_token_by_it
     torch.testing.assert_close(adapter(hidden[:, :3], scale, timestep, context, pooled), base[:, :3])
 
 
-def test_block_attention_adapter_files_round_trip_and_are_told_from_offset_ones(tmp_path):
-    adapters = AdapterSet(OFFSET_LAYOUT, SMALL, "block_attention")
+def flux_file_round_trip(kind: str, tmp_path):
+    """(adapters, their AdapterFile, the file read back) for perturbed transformer adapters of ``kind``."""
+    adapters = AdapterSet(OFFSET_LAYOUT, SMALL, kind)
     perturb(adapters)
     made = adapter_file.AdapterFile(adapters, "f1", {"model": "Flux", "architecture": "flux", "family": "flow"},
                                     (1.0, 6.0))
-    loaded = adapter_file.load(adapter_file.save(tmp_path / "flux.safetensors", made))
+    return adapters, made, adapter_file.load(adapter_file.save(tmp_path / "flux.safetensors", made))
+
+
+def test_block_attention_adapter_files_round_trip_and_are_told_from_offset_ones(tmp_path):
+    adapters, made, loaded = flux_file_round_trip("block_attention", tmp_path)
     assert loaded.adapters.kind == "block_attention" and loaded.adapters.layout == adapters.layout
     hidden, scale, timestep, context = inputs()
     name = sorted(OFFSET_LAYOUT)[0]
@@ -349,11 +354,7 @@ def test_block_attention_adapter_files_round_trip_and_are_told_from_offset_ones(
 
 
 def test_offset_adapter_files_record_their_kind_and_layout_and_round_trip(tmp_path):
-    adapters = AdapterSet(OFFSET_LAYOUT, SMALL, "offset")
-    perturb(adapters)
-    made = adapter_file.AdapterFile(adapters, "f1", {"model": "Flux", "architecture": "flux", "family": "flow"},
-                                    (1.0, 6.0))
-    loaded = adapter_file.load(adapter_file.save(tmp_path / "flux.safetensors", made))
+    adapters, made, loaded = flux_file_round_trip("offset", tmp_path)
     assert loaded.adapters.kind == "offset" and loaded.architecture["architecture"] == "flux"
     assert loaded.adapters.layout == {k: tuple(v) for k, v in OFFSET_LAYOUT.items()}
     for key, value in adapters.flat_state_dict().items():

@@ -195,7 +195,7 @@ def train(args, log=print):
     pack_with_host()
     from guidance_lab.guiders.agd import AdapterConfig, adapter_file
     from guidance_lab.guiders.agd.trajectories import TrajectoryStore
-    from guidance_lab.nodes.bridge.agd import architecture_name, architecture_of, base_parameter_count
+    from guidance_lab.nodes.bridge.agd import architecture_of, base_parameter_count
     from guidance_lab.nodes.bridge.agd_training import fit
     from guidance_lab.nodes.bridge.fingerprint import base_model_fingerprint
 
@@ -224,7 +224,7 @@ def train(args, log=print):
         adapters, losses = fit(model, store, config, args.run_dir or TRAINING_CACHE / args.run_name, args.steps,
                                args.batch_size, args.lr, args.warmup_frac, args.seed, args.loss_space,
                                args.checkpoint_every, dist, on_step, int(os.environ.get(CRASH_AFTER_ENV, "-1")), log,
-                               kind=None if architecture_name(model) == "unet" else args.adapter_kind)
+                               kind=args.adapter_kind)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     if bar is not None:
